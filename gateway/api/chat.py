@@ -1,0 +1,191 @@
+"""`POST /v1/chat/completions` as a plain ASGI endpoint: the hot path, kept free of framework layers.
+
+HTTP only: read and check the body, authenticate, hand the request to the pipeline, and write the
+answer (JSON, or an SSE stream that ends with `[DONE]` only when the upstream finished it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from gateway.api.http import check_api_key, header_value, request_id_of, send_error
+from gateway.errors import BodyTooLarge, GatewayError, InvalidRequest
+from gateway.pipeline import Answer, ChatPipeline
+from gateway.providers.base import ChatRequest
+from gateway.wire import parse_chat_request
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+logger = logging.getLogger("gateway.api.chat")
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_DONE = b"data: [DONE]\n\n"
+
+
+class ChatCompletionsEndpoint:
+    def __init__(self, pipeline: ChatPipeline, key_digests: frozenset[str], max_body_bytes: int) -> None:
+        self._pipeline = pipeline
+        self._key_digests = key_digests
+        self._max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = request_id_of(scope)
+        headers = [(b"x-request-id", request_id.encode())]
+        if scope["method"] != "POST":
+            error = InvalidRequest(f"Method {scope['method']} is not allowed on {scope['path']}; use POST.")
+            error.status = 405
+            await send_error(send, error, headers)
+            return
+        try:
+            check_api_key(header_value(scope, b"authorization"), self._key_digests)
+            raw = await self._read_body(scope, receive)
+            body, validated = parse_chat_request(raw)
+            request = ChatRequest(
+                body=body,
+                request_id=request_id,
+                stream=bool(validated.stream),
+                include_usage=bool(validated.stream_options and validated.stream_options.include_usage),
+            )
+        except GatewayError as error:
+            await send_error(send, error, headers)
+            return
+        await self._answer(request, started, headers, receive, send)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        declared = header_value(scope, b"content-length")
+        if declared and declared.isdigit() and int(declared) > self._max_body_bytes:
+            raise BodyTooLarge(f"The request body exceeds the limit of {self._max_body_bytes} bytes.")
+        message = await receive()
+        body = message.get("body", b"")
+        if not message.get("more_body", False):
+            return body  # type: ignore[no-any-return]
+        parts = [body]
+        size = len(body)
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidRequest("The client went away while sending the body.")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body_bytes:
+                raise BodyTooLarge(f"The request body exceeds the limit of {self._max_body_bytes} bytes.")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def _answer(
+        self,
+        request: ChatRequest,
+        started: float,
+        headers: list[tuple[bytes, bytes]],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        watcher = DisconnectWatcher(receive)
+        try:
+            try:
+                answer = await self._pipeline.answer(request)
+            except GatewayError as error:
+                await send_error(send, error, headers)
+                return
+            headers += _routing_headers(answer)
+            if answer.stream is not None:
+                await self._send_stream(answer, started, headers, send)
+            elif answer.completion is not None:
+                overhead = time.perf_counter() - started - answer.upstream_seconds
+                headers.append((b"x-gateway-overhead-ms", f"{overhead * 1000:.3f}".encode()))
+                body = answer.completion.body
+                headers.append((b"content-length", str(len(body)).encode()))
+                await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS + headers})
+                await send({"type": "http.response.body", "body": body})
+        except asyncio.CancelledError:
+            if not watcher.disconnected:
+                raise
+            owner = asyncio.current_task()
+            if owner is not None:
+                owner.uncancel()
+            logger.info("client went away; request %s cancelled", request.request_id)
+        except OSError:  # uvicorn's ClientDisconnected: the client left while we were sending
+            logger.info("client went away while request %s was answered", request.request_id)
+        except Exception:
+            logger.exception("internal error in request %s", request.request_id)
+            error = GatewayError(f"The gateway failed to handle request {request.request_id}.")
+            try:
+                await send_error(send, error, headers)
+            except Exception:  # the response had already started; nothing more can be said
+                pass
+        finally:
+            watcher.stop()
+
+    async def _send_stream(
+        self, answer: Answer, started: float, headers: list[tuple[bytes, bytes]], send: Send
+    ) -> None:
+        stream = answer.stream
+        assert stream is not None
+        overhead = time.perf_counter() - started - answer.upstream_seconds
+        headers.append((b"x-gateway-overhead-ms", f"{overhead * 1000:.3f}".encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + headers})
+        try:
+            async for block in stream:
+                await send({"type": "http.response.body", "body": block, "more_body": True})
+        except GatewayError as error:
+            # Bytes were already sent: say so in-band and end without [DONE], never a silent clean end.
+            logger.warning("stream from %s broke: %s", answer.deployment, error.message)
+            await send({"type": "http.response.body", "body": b"data: " + error.to_json() + b"\n\n"})
+            return
+        finally:
+            await stream.aclose()
+        await send({"type": "http.response.body", "body": _DONE})
+
+
+def _routing_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (b"x-gateway-route", answer.route.encode()),
+        (b"x-gateway-deployment", answer.deployment.encode()),
+    ]
+    if answer.fallback:
+        headers.append((b"x-gateway-fallback", _header_safe(answer.fallback)))
+    return headers
+
+
+def _header_safe(text: str) -> bytes:
+    return text.replace("\r", " ").replace("\n", " ")[:300].encode("ascii", "replace")
+
+
+class DisconnectWatcher:
+    """Cancels the request's task when the client disconnects, so the upstream call stops too.
+
+    Watching `receive` on a side task is the only way ASGI tells a handler that its client left
+    while it waits on something else (the upstream)."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._owner = asyncio.current_task()
+        self._active = True
+        self.disconnected = False
+        self._task = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                if self._active and self._owner is not None:
+                    self.disconnected = True
+                    self._owner.cancel()
+                return
+
+    def stop(self) -> None:
+        self._active = False
+        self._task.cancel()

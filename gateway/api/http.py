@@ -1,0 +1,57 @@
+"""Small pieces of raw ASGI shared by the endpoints: headers, request ids, error responses."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from gateway.errors import AuthenticationFailed, GatewayError
+from gateway.settings import digest_key
+
+CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+_MAX_REQUEST_ID = 128
+
+
+def header_value(scope: MutableMapping[str, Any], name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")  # type: ignore[no-any-return]
+    return None
+
+
+def request_id_of(scope: MutableMapping[str, Any]) -> str:
+    """The client's x-request-id when it sent a sane one, else a new id."""
+    sent = header_value(scope, b"x-request-id")
+    if sent and len(sent) <= _MAX_REQUEST_ID and sent.isprintable() and sent.isascii():
+        return sent
+    return uuid.uuid4().hex
+
+
+async def send_error(
+    send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    error: GatewayError,
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    body = error.to_json()
+    response_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *headers,
+    ]
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        response_headers.append((b"retry-after", str(int(retry_after + 0.999)).encode()))
+    await send({"type": "http.response.start", "status": error.status, "headers": response_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def check_api_key(authorization: str | None, key_digests: frozenset[str]) -> None:
+    """Raise `AuthenticationFailed` unless keys are off or the bearer key is one of them."""
+    if not key_digests:
+        return
+    if not authorization:
+        raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'.")
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or digest_key(key.strip()) not in key_digests:
+        raise AuthenticationFailed("Incorrect API key provided.")

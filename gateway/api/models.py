@@ -1,0 +1,40 @@
+"""`GET /v1/models`: the route aliases and deployments a key may use, never their credentials."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+
+from gateway.api.http import check_api_key
+from gateway.routing.catalog import AUTO
+from gateway.runtime import Runtime
+
+router = APIRouter()
+
+
+@router.get("/v1/models")
+@router.get("/models", include_in_schema=False)
+async def list_models(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> dict[str, Any]:
+    runtime: Runtime = request.app.state.runtime
+    check_api_key(authorization, runtime.key_digests)
+    catalog = runtime.catalog
+    assert catalog is not None
+    created = int(time.time())
+    models: list[dict[str, Any]] = [
+        {"id": AUTO, "object": "model", "created": created, "owned_by": "gateway", "kind": "auto",
+         "route": catalog.config.default_route},
+    ]
+    for route, members in catalog.config.routes.items():
+        models.append({"id": route, "object": "model", "created": created, "owned_by": "gateway",
+                       "kind": "route", "deployments": members})
+    for name, provider in catalog.providers.items():
+        models.append({
+            "id": name, "object": "model", "created": created, "owned_by": provider.deployment.provider,
+            "kind": "deployment", "available": provider.available,
+            **({} if provider.available else {"unavailable_reason": provider.unavailable_reason}),
+        })
+    return {"object": "list", "data": models}

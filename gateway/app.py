@@ -1,0 +1,105 @@
+"""create_app(settings): the ASGI application. Nothing is built at import time; the lifespan builds it all.
+
+`/v1/chat/completions` is dispatched straight to its plain ASGI endpoint (the hot path); every
+other path goes through FastAPI.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from gateway.api import health, models
+from gateway.api.http import CHAT_PATHS, request_id_of
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.runtime import Runtime
+from gateway.settings import Settings
+
+logger = logging.getLogger("gateway.api")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+
+
+def create_app(settings: Settings | None = None, environ: dict[str, str] | None = None) -> GatewayApp:
+    runtime = Runtime(settings or Settings(), environ)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.runtime = runtime
+        try:
+            await runtime.start()
+            yield
+        finally:
+            await runtime.stop()
+
+    api = FastAPI(title="gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    api.include_router(models.router)
+    api.include_router(health.router)
+    api.add_exception_handler(GatewayError, _gateway_error)
+    api.add_exception_handler(HTTPException, _http_error)
+    api.add_exception_handler(RequestValidationError, _validation_error)
+    api.add_exception_handler(Exception, _unexpected_error)
+    return GatewayApp(api, runtime)
+
+
+class GatewayApp:
+    def __init__(self, api: FastAPI, runtime: Runtime) -> None:
+        self.api = api
+        self.runtime = runtime
+
+    async def __call__(
+        self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
+    ) -> None:
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)
+            return
+        if scope["path"] in CHAT_PATHS and self.runtime.chat is not None:
+            await self.runtime.chat(scope, receive, send)
+            return
+        request_id = request_id_of(scope).encode()
+
+        async def send_with_request_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id)]
+            await send(message)
+
+        await self.api(scope, receive, send_with_request_id)
+
+
+def _error_response(error: GatewayError) -> Response:
+    return Response(error.to_json(), status_code=error.status, media_type="application/json")
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return _error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error = GatewayError(str(exc.detail))
+    error.status = exc.status_code
+    error.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    if exc.status_code == 404:
+        error.message = f"Unknown path {request.url.path}."
+    return _error_response(error)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    param = ".".join(str(part) for part in first["loc"])
+    return _error_response(InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    logger.exception("internal error on %s", request.url.path, exc_info=exc)
+    return _error_response(GatewayError("The gateway failed to handle this request."))

@@ -1,0 +1,86 @@
+"""The `gateway` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.config import ConfigError, load_config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description="A multi-model routing gateway.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the OpenAI-compatible API")
+    serve.add_argument("--config", type=Path, help="deployments and routes (default: $GATEWAY_CONFIG)")
+    serve.add_argument("--host", help="address to bind (default: $GATEWAY_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: $GATEWAY_PORT or 8080)")
+
+    check = commands.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("config", type=Path)
+
+    bench = commands.add_parser("bench", help="measure the gateway's overhead against a fake upstream")
+    bench.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    bench.add_argument("--duration", type=float, default=10.0, help="seconds per load phase")
+    bench.add_argument("--no-litellm", action="store_true", help="skip LiteLLM proxy even if installed")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "check-config":
+        try:
+            load_config(args.config)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(f"{args.config}: ok")
+        return 0
+    from gateway.bench.run import run_bench  # the benchmark's own imports stay out of `serve`
+
+    return run_bench(json_path=args.json, duration=args.duration, with_litellm=not args.no_litellm)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.runtime import StartupError
+    from gateway.settings import Settings
+
+    overrides = {k: v for k, v in {"config": args.config, "host": args.host, "port": args.port}.items() if v}
+    settings = Settings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        load_config(settings.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=30,
+        )
+    )
+    try:
+        server.run()
+    except StartupError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The gateway's deployment and route configuration, read from YAML and validated strictly.
+
+A deployment is one upstream model behind one provider; a route is a named, ordered list of
+deployments (fallback order). Credentials never appear here: a deployment names the environment
+variable that holds its key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ProviderKind = Literal["openai", "anthropic", "litellm", "managed-local"]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(StrictModel):
+    connect: Annotated[float, Field(gt=0)] = 5.0
+    first_byte: Annotated[float, Field(gt=0)] = 60.0
+    total: Annotated[float, Field(gt=0)] = 600.0
+
+
+class Price(StrictModel):
+    """USD per million tokens; overrides litellm's price map for this deployment."""
+
+    input_per_mtok: Annotated[float, Field(ge=0)] = 0.0
+    output_per_mtok: Annotated[float, Field(ge=0)] = 0.0
+
+
+class Deployment(StrictModel):
+    name: str = ""
+    provider: ProviderKind
+    model: str = ""
+    api_base: str | None = None
+    api_key_env: str | None = None
+    timeouts: Timeouts = Timeouts()
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    price: Price | None = None
+    # Ask OpenAI-compatible upstreams for usage on streams (dropped again if the client did not ask).
+    stream_usage: bool = True
+
+
+class CircuitBreakerConfig(StrictModel):
+    failure_threshold: Annotated[int, Field(ge=1)] = 5
+    cooldown_seconds: Annotated[float, Field(gt=0)] = 30.0
+
+
+class GatewayConfig(StrictModel):
+    deployments: dict[str, Deployment]
+    routes: dict[str, list[str]]
+    default_route: str
+    # Where requests go when every deployment of the route they were sent to is unavailable.
+    fallback_route: str | None = None
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_deployments(cls, data: Any) -> Any:
+        """Each deployment is named by its key in the mapping."""
+        if isinstance(data, dict) and isinstance(data.get("deployments"), dict):
+            named = {}
+            for name, body in data["deployments"].items():
+                if isinstance(body, dict) and "name" not in body:
+                    body = {**body, "name": name}
+                named[name] = body
+            data = {**data, "deployments": named}
+        return data
+
+    @model_validator(mode="after")
+    def _check_references(self) -> GatewayConfig:
+        for name, deployment in self.deployments.items():
+            if deployment.name != name:
+                raise ValueError(f"deployment {name!r} declares a different name {deployment.name!r}")
+            if not deployment.model and deployment.provider != "managed-local":
+                raise ValueError(f"deployment {name!r}: 'model' is required")
+        for route, members in self.routes.items():
+            if route in self.deployments:
+                raise ValueError(f"route {route!r} has the same name as a deployment")
+            if not members:
+                raise ValueError(f"route {route!r} lists no deployments")
+            for member in members:
+                if member not in self.deployments:
+                    raise ValueError(f"route {route!r} names unknown deployment {member!r}")
+        for field, route in (("default_route", self.default_route), ("fallback_route", self.fallback_route)):
+            if route is not None and route not in self.routes:
+                raise ValueError(f"{field} {route!r} is not a route")
+        return self
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or invalid; the message says where."""
+
+
+def load_config(path: Path) -> GatewayConfig:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{path}: invalid configuration"]
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            lines.append(f"  {where}: {error['msg']}")
+        raise ConfigError("\n".join(lines)) from exc

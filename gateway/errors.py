@@ -1,0 +1,125 @@
+"""One error tree for everything the gateway reports to a client.
+
+    GatewayError                      500 server_error
+    ├── InvalidRequest                400 invalid_request_error
+    │   └── BodyTooLarge              413 invalid_request_error
+    ├── AuthenticationFailed          401 authentication_error
+    ├── ModelNotFound                 404 invalid_request_error (code model_not_found)
+    ├── RateLimited                   429 rate_limit_error
+    └── UpstreamError                 502 upstream_error
+        ├── UpstreamRejected          the upstream's own 4xx, passed on with its status
+        ├── UpstreamUnavailable       503 (no deployment available, circuits open, missing provider key)
+        └── UpstreamTimeout           504
+
+Each error renders itself as OpenAI's error JSON. Messages are written for the caller and never
+carry a stack trace, an upstream credential or an upstream's raw body.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+class GatewayError(Exception):
+    status = 500
+    error_type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "error": {
+                    "message": self.message,
+                    "type": self.error_type,
+                    "param": self.param,
+                    "code": self.code,
+                }
+            }
+        )
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class BodyTooLarge(InvalidRequest):
+    status = 413
+    code = "request_too_large"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class UpstreamError(GatewayError):
+    """The upstream failed in a way worth retrying elsewhere (connect error, 5xx, broken body)."""
+
+    status = 502
+    error_type = "upstream_error"
+    code = "bad_gateway"
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream refused this request (4xx other than 429): retrying will not help."""
+
+    def __init__(self, message: str, *, status: int, error_type: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.code = None
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamRateLimited(RateLimited):
+    """The upstream answered 429; retried elsewhere, and passed on if nothing else answers."""

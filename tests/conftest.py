@@ -1,0 +1,100 @@
+"""Real servers on loopback for the tests: fake upstreams and the gateway itself, on a background loop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+import yaml
+
+from gateway.app import GatewayApp, create_app
+from gateway.fakes.background import BackgroundLoop
+from gateway.fakes.openai_upstream import FakeOpenAIUpstream
+from gateway.fakes.script import Behaviour
+from gateway.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def bg() -> Iterator[BackgroundLoop]:
+    with BackgroundLoop() as loop:
+        yield loop
+
+
+@pytest.fixture
+def upstreams(bg: BackgroundLoop) -> Iterator[Callable[..., FakeOpenAIUpstream]]:
+    """Start fake OpenAI-compatible upstreams; all are stopped after the test."""
+    started: list[FakeOpenAIUpstream] = []
+
+    def start(default: Behaviour | None = None) -> FakeOpenAIUpstream:
+        upstream = FakeOpenAIUpstream(default=default or Behaviour())
+        bg.run(upstream.start())
+        started.append(upstream)
+        return upstream
+
+    yield start
+    for upstream in started:
+        bg.run(upstream.stop())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    app: GatewayApp
+    server: uvicorn.Server
+    task: asyncio.Future[Any] | None = field(default=None)
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+
+def openai_deployment(upstream: FakeOpenAIUpstream, **extra: Any) -> dict[str, Any]:
+    return {"provider": "openai", "model": "fake-model", "api_base": upstream.base_url, **extra}
+
+
+@pytest.fixture
+def gateway(bg: BackgroundLoop, tmp_path: Path) -> Iterator[Callable[..., RunningGateway]]:
+    """Start the gateway in-process on a free port with the given configuration (a dict)."""
+    running: list[RunningGateway] = []
+
+    def start(
+        config: dict[str, Any], environ: dict[str, str] | None = None, **settings: Any
+    ) -> RunningGateway:
+        path = tmp_path / f"gateway-{len(running)}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        port = free_port()
+        app = create_app(Settings(config=path, port=port, **settings), environ=environ or {})
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", access_log=False, log_level="warning")
+        )
+        gateway = RunningGateway(f"http://127.0.0.1:{port}", app, server)
+        gateway.task = asyncio.run_coroutine_threadsafe(server.serve(), bg.loop)  # type: ignore[assignment]
+
+        async def wait_started() -> None:
+            while not server.started:
+                if gateway.task is not None and gateway.task.done():
+                    raise RuntimeError("the gateway did not start")
+                await asyncio.sleep(0.01)
+
+        bg.run(wait_started(), timeout=30)
+        running.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in running:
+        gateway.server.should_exit = True
+        if gateway.task is not None:
+            gateway.task.result(timeout=30)
