@@ -56,7 +56,10 @@ class GatewayApp:
         self.runtime = runtime
 
     async def __call__(
-        self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
+        self,
+        scope: Scope,
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
     ) -> None:
         if scope["type"] != "http":
             await self.api(scope, receive, send)

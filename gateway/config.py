@@ -87,9 +87,13 @@ class GatewayConfig(StrictModel):
             for member in members:
                 if member not in self.deployments:
                     raise ValueError(f"route {route!r} names unknown deployment {member!r}")
-        for field, route in (("default_route", self.default_route), ("fallback_route", self.fallback_route)):
-            if route is not None and route not in self.routes:
-                raise ValueError(f"{field} {route!r} is not a route")
+        named: tuple[tuple[str, str | None], ...] = (
+            ("default_route", self.default_route),
+            ("fallback_route", self.fallback_route),
+        )
+        for field, route_name in named:
+            if route_name is not None and route_name not in self.routes:
+                raise ValueError(f"{field} {route_name!r} is not a route")
         return self
 
 

@@ -21,8 +21,8 @@ import orjson
 
 
 class GatewayError(Exception):
-    status = 500
-    error_type = "server_error"
+    status: int = 500
+    error_type: str = "server_error"
     code: str | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
@@ -56,25 +56,25 @@ class InvalidRequest(GatewayError):
 
 class BodyTooLarge(InvalidRequest):
     status = 413
-    code = "request_too_large"
+    code: str | None = "request_too_large"
 
 
 class AuthenticationFailed(GatewayError):
     status = 401
     error_type = "authentication_error"
-    code = "invalid_api_key"
+    code: str | None = "invalid_api_key"
 
 
 class ModelNotFound(GatewayError):
     status = 404
     error_type = "invalid_request_error"
-    code = "model_not_found"
+    code: str | None = "model_not_found"
 
 
 class RateLimited(GatewayError):
     status = 429
     error_type = "rate_limit_error"
-    code = "rate_limit_exceeded"
+    code: str | None = "rate_limit_exceeded"
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -90,7 +90,7 @@ class UpstreamError(GatewayError):
 
     status = 502
     error_type = "upstream_error"
-    code = "bad_gateway"
+    code: str | None = "bad_gateway"
 
     @property
     def retryable(self) -> bool:
@@ -113,12 +113,12 @@ class UpstreamRejected(UpstreamError):
 
 class UpstreamUnavailable(UpstreamError):
     status = 503
-    code = "upstream_unavailable"
+    code: str | None = "upstream_unavailable"
 
 
 class UpstreamTimeout(UpstreamError):
     status = 504
-    code = "upstream_timeout"
+    code: str | None = "upstream_timeout"
 
 
 class UpstreamRateLimited(RateLimited):

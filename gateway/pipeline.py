@@ -37,13 +37,19 @@ class ChatPipeline:
                 target, lambda provider: provider.open_stream(request, deadline), deadline
             )
             return Answer(
-                streamed.route, streamed.deployment, streamed.fallback, streamed.upstream_seconds,
+                streamed.route,
+                streamed.deployment,
+                streamed.fallback,
+                streamed.upstream_seconds,
                 stream=streamed.result,
             )
         completed: Outcome[Completion] = await self._executor.run(
             target, lambda provider: provider.complete(request, deadline), deadline
         )
         return Answer(
-            completed.route, completed.deployment, completed.fallback, completed.upstream_seconds,
+            completed.route,
+            completed.deployment,
+            completed.fallback,
+            completed.upstream_seconds,
             completion=completed.result,
         )

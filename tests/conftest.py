@@ -78,7 +78,9 @@ def gateway(bg: BackgroundLoop, tmp_path: Path) -> Iterator[Callable[..., Runnin
         port = free_port()
         app = create_app(Settings(config=path, port=port, **settings), environ=environ or {})
         server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", access_log=False, log_level="warning")
+            uvicorn.Config(
+                app, host="127.0.0.1", port=port, lifespan="on", access_log=False, log_level="warning"
+            )
         )
         gateway = RunningGateway(f"http://127.0.0.1:{port}", app, server)
         gateway.task = asyncio.run_coroutine_threadsafe(server.serve(), bg.loop)  # type: ignore[assignment]

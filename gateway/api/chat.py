@@ -7,6 +7,7 @@ answer (JSON, or an SSE stream that ends with `[DONE]` only when the upstream fi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -121,11 +122,9 @@ class ChatCompletionsEndpoint:
             logger.info("client went away while request %s was answered", request.request_id)
         except Exception:
             logger.exception("internal error in request %s", request.request_id)
-            error = GatewayError(f"The gateway failed to handle request {request.request_id}.")
-            try:
-                await send_error(send, error, headers)
-            except Exception:  # the response had already started; nothing more can be said
-                pass
+            failure = GatewayError(f"The gateway failed to handle request {request.request_id}.")
+            with contextlib.suppress(Exception):  # if the response had started, nothing more can be said
+                await send_error(send, failure, headers)
         finally:
             watcher.stop()
 

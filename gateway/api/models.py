@@ -25,16 +25,36 @@ async def list_models(
     assert catalog is not None
     created = int(time.time())
     models: list[dict[str, Any]] = [
-        {"id": AUTO, "object": "model", "created": created, "owned_by": "gateway", "kind": "auto",
-         "route": catalog.config.default_route},
+        {
+            "id": AUTO,
+            "object": "model",
+            "created": created,
+            "owned_by": "gateway",
+            "kind": "auto",
+            "route": catalog.config.default_route,
+        },
     ]
     for route, members in catalog.config.routes.items():
-        models.append({"id": route, "object": "model", "created": created, "owned_by": "gateway",
-                       "kind": "route", "deployments": members})
+        models.append(
+            {
+                "id": route,
+                "object": "model",
+                "created": created,
+                "owned_by": "gateway",
+                "kind": "route",
+                "deployments": members,
+            }
+        )
     for name, provider in catalog.providers.items():
-        models.append({
-            "id": name, "object": "model", "created": created, "owned_by": provider.deployment.provider,
-            "kind": "deployment", "available": provider.available,
-            **({} if provider.available else {"unavailable_reason": provider.unavailable_reason}),
-        })
+        models.append(
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": provider.deployment.provider,
+                "kind": "deployment",
+                "available": provider.available,
+                **({} if provider.available else {"unavailable_reason": provider.unavailable_reason}),
+            }
+        )
     return {"object": "list", "data": models}

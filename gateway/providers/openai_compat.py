@@ -97,7 +97,9 @@ class OpenAICompatProvider:
             parsed = orjson.loads(data)
             usage = parsed.get("usage")
         except (orjson.JSONDecodeError, AttributeError) as exc:
-            raise UpstreamError(f"Deployment '{self.deployment.name}' returned a malformed response.") from exc
+            raise UpstreamError(
+                f"Deployment '{self.deployment.name}' returned a malformed response."
+            ) from exc
         return Completion(
             body=data,
             usage=Usage.from_openai(usage) if isinstance(usage, dict) else None,
@@ -169,9 +171,8 @@ class OpenAIStream:
             if event.startswith(_DONE):
                 self._done = True
                 break
-            if b'"usage":{' in event or b'"usage": {' in event:
-                if not self._take_usage(event):
-                    continue
+            if (b'"usage":{' in event or b'"usage": {' in event) and not self._take_usage(event):
+                continue
             kept.append(event + b"\n\n")
         if kept:
             self._pending.append(b"".join(kept))
@@ -250,7 +251,9 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return None
 
 
-def translate_transport_error(deployment: str, exc: BaseException, *, midstream: bool = False) -> GatewayError:
+def translate_transport_error(
+    deployment: str, exc: BaseException, *, midstream: bool = False
+) -> GatewayError:
     where = "in the middle of the stream" if midstream else ""
     if isinstance(exc, asyncio.TimeoutError):
         return UpstreamTimeout(f"Deployment '{deployment}' timed out{' ' + where if where else ''}.")

@@ -44,13 +44,17 @@ class Catalog:
             fallback = self.config.fallback_route
             if fallback and fallback != route:
                 seen = {c.provider.deployment.name for c in candidates}
-                candidates += tuple(c for c in self._routes[fallback] if c.provider.deployment.name not in seen)
+                candidates += tuple(
+                    c for c in self._routes[fallback] if c.provider.deployment.name not in seen
+                )
             return Target(route, candidates, explicit=False)
         if model in self._routes:
             return Target(model, self._routes[model], explicit=True)
         provider = self.providers.get(model)
         if provider is None:
-            raise ModelNotFound(f"The model '{model}' does not exist or you do not have access to it.", param="model")
+            raise ModelNotFound(
+                f"The model '{model}' does not exist or you do not have access to it.", param="model"
+            )
         return Target(model, (Candidate(model, provider),), explicit=True)
 
     def model_names(self) -> list[str]:

@@ -40,7 +40,9 @@ class Backoff:
 
 
 class RouteExecutor:
-    def __init__(self, health: DeploymentHealth, backoff: Backoff = Backoff(), seed: int | None = None) -> None:
+    def __init__(
+        self, health: DeploymentHealth, backoff: Backoff = Backoff(), seed: int | None = None
+    ) -> None:
         self._health = health
         self._backoff = backoff
         self._rng = random.Random(seed)
@@ -61,7 +63,9 @@ class RouteExecutor:
             breaker = self._health.breaker(name)
             for attempt in range(provider.deployment.retries + 1):
                 if deadline.remaining() <= 0:
-                    raise UpstreamTimeout(f"No deployment answered within the request deadline ({_tried(skipped)}).")
+                    raise UpstreamTimeout(
+                        f"No deployment answered within the request deadline ({_tried(skipped)})."
+                    )
                 if not breaker.allows_request():
                     skipped.append(f"{name}: circuit open")
                     break
@@ -102,7 +106,9 @@ class RouteExecutor:
             raise last_error
         raise UpstreamUnavailable(f"No deployment of '{target.route}' is available ({_tried(skipped)}).")
 
-    def _retry_wait(self, error: GatewayError, attempt: int, provider: Provider, deadline: Deadline) -> float | None:
+    def _retry_wait(
+        self, error: GatewayError, attempt: int, provider: Provider, deadline: Deadline
+    ) -> float | None:
         """Seconds to wait before retrying the same deployment, or None to move on to the next."""
         if attempt >= provider.deployment.retries or isinstance(error, UpstreamTimeout):
             return None
@@ -116,4 +122,3 @@ class RouteExecutor:
 
 def _tried(skipped: list[str]) -> str:
     return "; ".join(skipped) if skipped else "nothing tried"
-

@@ -101,10 +101,15 @@ def test_tool_calls_reach_the_client(upstreams: Upstreams, gateway: Gateway, str
     upstream = upstreams(Behaviour(tool_call=True))
     gw = gateway(single_route(upstream))
     tools: list[Any] = [
-        {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+        {
+            "type": "function",
+            "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}},
+        }
     ]
     if stream:
-        chunks = list(client(gw).chat.completions.create(model="auto", messages=MESSAGES, tools=tools, stream=True))
+        chunks = list(
+            client(gw).chat.completions.create(model="auto", messages=MESSAGES, tools=tools, stream=True)
+        )
         calls = [call for c in chunks if c.choices for call in (c.choices[0].delta.tool_calls or [])]
         assert calls[0].function is not None and calls[0].function.name == "lookup"
         assert chunks[-1].choices[0].finish_reason == "tool_calls"
@@ -123,9 +128,16 @@ def test_tool_calls_reach_the_client(upstreams: Upstreams, gateway: Gateway, str
         (b'{"model": "auto"}', 400, "messages"),
         (b'{"model": "auto", "messages": "hello"}', 400, "messages"),
         (b'{"model": "auto", "messages": [{"role": "wizard", "content": "x"}]}', 400, "messages.0.role"),
-        (b'{"model": "auto", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}', 400,
-         "temperature"),
-        (b'{"model": "auto", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}', 400, "stream"),
+        (
+            b'{"model": "auto", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}',
+            400,
+            "temperature",
+        ),
+        (
+            b'{"model": "auto", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
+            400,
+            "stream",
+        ),
         (b'{"model": "gpt-17", "messages": [{"role": "user", "content": "x"}]}', 404, "model"),
     ],
 )
@@ -134,8 +146,9 @@ def test_bad_input_gets_an_openai_error_and_reaches_no_upstream(
 ) -> None:
     upstream = upstreams()
     gw = gateway(single_route(upstream))
-    response = httpx.post(f"{gw.base_url}/chat/completions", content=body,
-                          headers={"content-type": "application/json"})
+    response = httpx.post(
+        f"{gw.base_url}/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
     assert response.status_code == status
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -169,7 +182,9 @@ def test_keys_are_required_when_configured(upstreams: Upstreams, gateway: Gatewa
         client(gw, api_key="sk-wrong").models.list()
 
 
-def test_models_lists_routes_and_deployments_without_credentials(upstreams: Upstreams, gateway: Gateway) -> None:
+def test_models_lists_routes_and_deployments_without_credentials(
+    upstreams: Upstreams, gateway: Gateway
+) -> None:
     upstream = upstreams()
     config = single_route(upstream, api_key_env="UPSTREAM_KEY")
     gw = gateway(config, environ={"UPSTREAM_KEY": "sk-secret-provider-key"})

@@ -20,7 +20,9 @@ MESSAGES: list[Any] = [{"role": "user", "content": "Tell me a story"}]
 FAST = {"connect": 1, "first_byte": 0.5, "total": 5}
 
 
-def two_deployments(first: FakeOpenAIUpstream, second: FakeOpenAIUpstream, **first_extra: Any) -> dict[str, Any]:
+def two_deployments(
+    first: FakeOpenAIUpstream, second: FakeOpenAIUpstream, **first_extra: Any
+) -> dict[str, Any]:
     return {
         "deployments": {
             "first": openai_deployment(first, timeouts=FAST, **first_extra),
@@ -45,7 +47,9 @@ def test_a_500_is_retried_on_the_same_deployment(upstreams: Upstreams, gateway: 
     assert len(first.requests) == 2 and second.requests == []
 
 
-def test_a_deployment_that_keeps_failing_falls_back_to_the_next(upstreams: Upstreams, gateway: Gateway) -> None:
+def test_a_deployment_that_keeps_failing_falls_back_to_the_next(
+    upstreams: Upstreams, gateway: Gateway
+) -> None:
     first, second = upstreams(Behaviour(status=503)), upstreams()
     gw = gateway(two_deployments(first, second, retries=2))
     raw = client(gw).chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
@@ -104,7 +108,9 @@ def test_the_overall_deadline_bounds_a_request(upstreams: Upstreams, gateway: Ga
     assert time.monotonic() - started < 2
 
 
-@pytest.mark.parametrize("broken", [Behaviour(status=500), Behaviour(disconnect_after=0), Behaviour(latency=3)])
+@pytest.mark.parametrize(
+    "broken", [Behaviour(status=500), Behaviour(disconnect_after=0), Behaviour(latency=3)]
+)
 def test_a_stream_that_fails_before_its_first_byte_falls_back(
     upstreams: Upstreams, gateway: Gateway, broken: Behaviour
 ) -> None:
@@ -137,8 +143,11 @@ def test_a_stream_broken_after_bytes_ends_with_an_error_event_and_no_done(
 def test_garbage_from_upstream_is_a_clean_502(upstreams: Upstreams, gateway: Gateway) -> None:
     first = upstreams(Behaviour(garbage=True))
     gw = gateway(
-        {"deployments": {"first": openai_deployment(first, retries=0)}, "routes": {"r": ["first"]},
-         "default_route": "r"}
+        {
+            "deployments": {"first": openai_deployment(first, retries=0)},
+            "routes": {"r": ["first"]},
+            "default_route": "r",
+        }
     )
     with pytest.raises(openai.APIStatusError) as caught:
         client(gw).chat.completions.create(model="auto", messages=MESSAGES)
@@ -170,8 +179,11 @@ def test_a_client_disconnect_cancels_the_upstream_call(
 ) -> None:
     upstream = upstreams(Behaviour(hang=True) if not stream else Behaviour(chunks=50, chunk_delay=0.1))
     gw = gateway(
-        {"deployments": {"only": openai_deployment(upstream, timeouts={"first_byte": 30, "total": 60})},
-         "routes": {"r": ["only"]}, "default_route": "r"}
+        {
+            "deployments": {"only": openai_deployment(upstream, timeouts={"first_byte": 30, "total": 60})},
+            "routes": {"r": ["only"]},
+            "default_route": "r",
+        }
     )
     if stream:
         chunks = client(gw).chat.completions.create(model="auto", messages=MESSAGES, stream=True)

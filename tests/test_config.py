@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_configuration_is_valid() -> None:
+    config = load_config(REPO / "policies" / "gateway.yaml")
+    assert config.default_route == "frontier" and config.fallback_route == "local"
+    assert config.deployments["smollm2"].provider == "managed-local"
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("deployments: {}\nroutes: {r: [nope]}\ndefault_route: r\n", "unknown deployment 'nope'"),
+        (
+            "deployments: {a: {provider: openai, model: m}}\nroutes: {r: [a]}\ndefault_route: x\n",
+            "default_route 'x' is not a route",
+        ),
+        (
+            "deployments: {a: {provider: openai, model: m, api_key: sk-1}}\n"
+            "routes: {r: [a]}\ndefault_route: r\n",
+            "deployments.a.api_key: Extra inputs are not permitted",
+        ),
+        (
+            "deployments: {a: {provider: magic, model: m}}\nroutes: {r: [a]}\ndefault_route: r\n",
+            "deployments.a.provider",
+        ),
+        ("deployments: {a: {provider: openai}}\nroutes: {r: [a]}\ndefault_route: r\n", "'model' is required"),
+        ("deployments: [\n", "not valid YAML"),
+    ],
+)
+def test_invalid_configuration_is_reported_with_where(tmp_path: Path, text: str, complaint: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert complaint in str(caught.value)
+    assert str(tmp_path) in str(caught.value)
+
+
+def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(REPO / "policies" / "gateway.yaml")]) == 0
+    bad = write(tmp_path, "deployments: {}\nroutes: {}\n")
+    assert main(["check-config", str(bad)]) == 1
+    assert "default_route" in capsys.readouterr().err
