@@ -21,6 +21,7 @@ from gateway.routing.catalog import Catalog
 from gateway.routing.executor import RouteExecutor
 from gateway.routing.health import DeploymentHealth
 from gateway.settings import Settings
+from gateway.tokens import TokenCounter
 
 logger = logging.getLogger("gateway")
 
@@ -56,8 +57,9 @@ class Runtime:
             timeout=aiohttp.ClientTimeout(total=settings.request_timeout),
         )
         local = self._start_local_model(config)
+        tokens = TokenCounter()
         providers: dict[str, Provider] = {
-            name: build_provider(deployment, self._session, self._environ, local)
+            name: build_provider(deployment, self._session, self._environ, tokens, local)
             for name, deployment in config.deployments.items()
         }
         if not self.key_digests:

@@ -21,6 +21,8 @@ class Usage:
     completion_tokens: int = 0
     total_tokens: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+    # True when the upstream reported nothing and the gateway counted the tokens itself.
+    estimated: bool = False
 
     @classmethod
     def from_openai(cls, usage: dict[str, Any]) -> Usage:

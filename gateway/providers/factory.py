@@ -9,6 +9,7 @@ import aiohttp
 from gateway.config import Deployment
 from gateway.providers.base import ChatRequest, ChatStream, Completion, Deadline, Provider
 from gateway.providers.openai_compat import OpenAICompatProvider
+from gateway.tokens import TokenCounter
 
 
 class SupervisedLocalProvider:
@@ -59,16 +60,17 @@ def build_provider(
     deployment: Deployment,
     session: aiohttp.ClientSession,
     environ: Mapping[str, str],
+    tokens: TokenCounter,
     local_model: tuple[str, Callable[[], bool]] | str,
 ) -> Provider:
     """`local_model` is the managed server's (base URL, health check), or why there is none."""
     if deployment.provider == "openai":
-        return OpenAICompatProvider(deployment, session, environ)
+        return OpenAICompatProvider(deployment, session, environ, tokens)
     if deployment.provider == "managed-local":
         if isinstance(local_model, str):
             return NoLocalModel(deployment, local_model)
         base_url, healthy = local_model
-        inner = OpenAICompatProvider(deployment, session, environ, api_base=base_url)
+        inner = OpenAICompatProvider(deployment, session, environ, tokens, api_base=base_url)
         return SupervisedLocalProvider(inner, healthy)
     # Only deployments that need litellm load its adapter (litellm itself loads on first call).
     from gateway.providers.litellm_adapter import LiteLLMProvider

@@ -24,6 +24,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.providers.base import ChatRequest, Completion, Deadline, Usage
+from gateway.tokens import TokenCounter
 
 _DONE = b"data: [DONE]"
 
@@ -34,11 +35,13 @@ class OpenAICompatProvider:
         deployment: Deployment,
         session: aiohttp.ClientSession,
         environ: Mapping[str, str],
+        tokens: TokenCounter,
         *,
         api_base: str | None = None,
     ) -> None:
         self.deployment = deployment
         self._session = session
+        self._tokens = tokens
         base = (api_base or deployment.api_base or "").rstrip("/")
         self._url = f"{base}/chat/completions"
         self._headers = {"Content-Type": "application/json"}
@@ -116,7 +119,7 @@ class OpenAICompatProvider:
             raise
         except Exception as exc:
             raise translate_transport_error(self.deployment.name, exc) from exc
-        stream = OpenAIStream(self.deployment.name, response, request.include_usage)
+        stream = OpenAIStream(self.deployment.name, response, request, self._tokens)
         try:
             if response.status != 200:
                 data = await response.read()
@@ -135,10 +138,16 @@ class OpenAICompatProvider:
 class OpenAIStream:
     """Frames upstream bytes into SSE events, watches for usage and the end, and passes bytes on."""
 
-    def __init__(self, deployment: str, response: aiohttp.ClientResponse, include_usage: bool) -> None:
+    def __init__(
+        self, deployment: str, response: aiohttp.ClientResponse, request: ChatRequest, tokens: TokenCounter
+    ) -> None:
         self._deployment = deployment
         self._response = response
-        self._include_usage = include_usage
+        self._request = request
+        self._include_usage = request.include_usage
+        self._tokens = tokens
+        self._content_events = 0
+        self._last_event = b""
         self._buffer = b""
         self._pending: list[bytes] = []
         self._done = False
@@ -173,6 +182,9 @@ class OpenAIStream:
                 break
             if (b'"usage":{' in event or b'"usage": {' in event) and not self._take_usage(event):
                 continue
+            if _carries_content(event):
+                self._content_events += 1
+            self._last_event = event
             kept.append(event + b"\n\n")
         if kept:
             self._pending.append(b"".join(kept))
@@ -201,9 +213,40 @@ class OpenAIStream:
                 for block in pending:
                     yield block
             if self._done:
+                if self.usage is None:
+                    estimate = self._estimate_usage()
+                    if estimate:
+                        yield estimate
                 return
             if not await self._read():
                 raise UpstreamError(f"Deployment '{self._deployment}' ended the stream without finishing it.")
+
+    def _estimate_usage(self) -> bytes:
+        """The upstream sent no usage: count it (content chunks ≈ completion tokens) and, when the
+        client asked for usage, build the final usage chunk it would have sent."""
+        prompt = self._tokens.count_messages(self._request.body.get("messages") or ())
+        completion = self._content_events
+        self.usage = Usage(prompt, completion, prompt + completion, estimated=True)
+        if not self._include_usage:
+            return b""
+        try:
+            last = orjson.loads(self._last_event[self._last_event.index(b"{") :])
+        except (ValueError, orjson.JSONDecodeError):
+            last = {}
+        chunk = {
+            "id": last.get("id", self._request.request_id),
+            "object": "chat.completion.chunk",
+            "created": last.get("created", int(time.time())),
+            "model": last.get("model", ""),
+            "choices": [],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+                "estimated": True,
+            },
+        }
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     async def aclose(self) -> None:
         # A finished body can return its connection to the pool; an unfinished one must be dropped.
@@ -211,6 +254,15 @@ class OpenAIStream:
             self._response.release()
         else:
             self._response.close()
+
+
+def _carries_content(event: bytes) -> bool:
+    """A cheap test for a chunk with non-empty text, without parsing it."""
+    if b'"content":"' in event:
+        return b'"content":""' not in event
+    if b'"content": "' in event:
+        return b'"content": ""' not in event
+    return False
 
 
 def upstream_status_error(

@@ -215,3 +215,20 @@ def test_health_and_readiness(upstreams: Upstreams, gateway: Gateway) -> None:
     not_ready = gateway(single_route(upstream, api_key_env="UNSET_KEY"))
     assert httpx.get(f"{not_ready.url}/healthz").status_code == 200
     assert httpx.get(f"{not_ready.url}/readyz").status_code == 503
+
+
+def test_a_stream_without_upstream_usage_still_ends_with_an_estimated_usage_chunk(
+    upstreams: Upstreams, gateway: Gateway
+) -> None:
+    upstream = upstreams(Behaviour(chunks=7, usage=False))
+    gw = gateway(single_route(upstream))
+    chunks = list(
+        client(gw).chat.completions.create(
+            model="auto", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    usage = chunks[-1].usage
+    assert usage is not None and chunks[-1].choices == []
+    assert usage.completion_tokens == 7
+    assert usage.prompt_tokens == 3 + 7  # "What is the capital of France?" is 7 tokens in cl100k_base
+    assert usage.model_extra == {"estimated": True}
