@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import uvicorn
 import yaml
@@ -54,11 +56,20 @@ class RunningGateway:
     url: str
     app: GatewayApp
     server: uvicorn.Server
-    task: asyncio.Future[Any] | None = field(default=None)
+    task: concurrent.futures.Future[Any] | None = None
+    clients: list[openai.OpenAI] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
         return f"{self.url}/v1"
+
+    def client(self, **options: Any) -> openai.OpenAI:
+        """The official client pointed at the gateway; closed when the test ends."""
+        options.setdefault("api_key", "none")
+        options.setdefault("max_retries", 0)
+        created = openai.OpenAI(base_url=self.base_url, **options)
+        self.clients.append(created)
+        return created
 
 
 def openai_deployment(upstream: FakeOpenAIUpstream, **extra: Any) -> dict[str, Any]:
@@ -83,7 +94,7 @@ def gateway(bg: BackgroundLoop, tmp_path: Path) -> Iterator[Callable[..., Runnin
             )
         )
         gateway = RunningGateway(f"http://127.0.0.1:{port}", app, server)
-        gateway.task = asyncio.run_coroutine_threadsafe(server.serve(), bg.loop)  # type: ignore[assignment]
+        gateway.task = asyncio.run_coroutine_threadsafe(server.serve(), bg.loop)
 
         async def wait_started() -> None:
             while not server.started:
@@ -97,6 +108,8 @@ def gateway(bg: BackgroundLoop, tmp_path: Path) -> Iterator[Callable[..., Runnin
 
     yield start
     for gateway in running:
+        for opened in gateway.clients:
+            opened.close()
         gateway.server.should_exit = True
         if gateway.task is not None:
             gateway.task.result(timeout=30)

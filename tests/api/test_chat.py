@@ -26,16 +26,13 @@ def single_route(upstream: FakeOpenAIUpstream, **deployment: Any) -> dict[str, A
     }
 
 
-def client(gw: RunningGateway, **kwargs: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.base_url, api_key=kwargs.pop("api_key", "none"), max_retries=0, **kwargs)
-
 
 def test_non_streaming_answer_passes_fields_through_and_says_who_answered(
     upstreams: Upstreams, gateway: Gateway
 ) -> None:
     upstream = upstreams()
     gw = gateway(single_route(upstream))
-    raw = client(gw).chat.completions.with_raw_response.create(
+    raw = gw.client().chat.completions.with_raw_response.create(
         model="auto",
         messages=MESSAGES,
         seed=7,
@@ -66,7 +63,7 @@ def test_stream_reports_usage_only_when_asked_but_always_asks_upstream(
 ) -> None:
     upstream = upstreams(Behaviour(chunks=20))
     gw = gateway(single_route(upstream))
-    stream = client(gw).chat.completions.create(
+    stream = gw.client().chat.completions.create(
         model="frontier",
         messages=MESSAGES,
         stream=True,
@@ -108,13 +105,13 @@ def test_tool_calls_reach_the_client(upstreams: Upstreams, gateway: Gateway, str
     ]
     if stream:
         chunks = list(
-            client(gw).chat.completions.create(model="auto", messages=MESSAGES, tools=tools, stream=True)
+            gw.client().chat.completions.create(model="auto", messages=MESSAGES, tools=tools, stream=True)
         )
         calls = [call for c in chunks if c.choices for call in (c.choices[0].delta.tool_calls or [])]
         assert calls[0].function is not None and calls[0].function.name == "lookup"
         assert chunks[-1].choices[0].finish_reason == "tool_calls"
     else:
-        completion = client(gw).chat.completions.create(model="auto", messages=MESSAGES, tools=tools)
+        completion = gw.client().chat.completions.create(model="auto", messages=MESSAGES, tools=tools)
         call = completion.choices[0].message.tool_calls
         assert call is not None and call[0].function.name == "lookup"  # type: ignore[union-attr]
     assert upstream.requests[-1].body["tools"] == tools
@@ -163,7 +160,7 @@ def test_oversize_body_is_refused_with_413(upstreams: Upstreams, gateway: Gatewa
     gw = gateway(single_route(upstream), max_body_bytes=10_000)
     big = [{"role": "user", "content": "x" * 20_000}]
     with pytest.raises(openai.APIStatusError) as caught:
-        client(gw).chat.completions.create(model="auto", messages=big)
+        gw.client().chat.completions.create(model="auto", messages=big)
     assert caught.value.status_code == 413
     assert upstream.requests == []
 
@@ -172,14 +169,14 @@ def test_keys_are_required_when_configured(upstreams: Upstreams, gateway: Gatewa
     upstream = upstreams()
     gw = gateway(single_route(upstream), api_keys="sk-team-a,sk-team-b")
     with pytest.raises(openai.AuthenticationError):
-        client(gw, api_key="sk-wrong").chat.completions.create(model="auto", messages=MESSAGES)
+        gw.client(api_key="sk-wrong").chat.completions.create(model="auto", messages=MESSAGES)
     missing = httpx.post(f"{gw.base_url}/chat/completions", json={"model": "auto", "messages": MESSAGES})
     assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
     assert upstream.requests == []
-    answer = client(gw, api_key="sk-team-b").chat.completions.create(model="auto", messages=MESSAGES)
+    answer = gw.client(api_key="sk-team-b").chat.completions.create(model="auto", messages=MESSAGES)
     assert answer.choices[0].message.content
     with pytest.raises(openai.AuthenticationError):
-        client(gw, api_key="sk-wrong").models.list()
+        gw.client(api_key="sk-wrong").models.list()
 
 
 def test_models_lists_routes_and_deployments_without_credentials(
@@ -194,7 +191,7 @@ def test_models_lists_routes_and_deployments_without_credentials(
     assert "sk-secret" not in response.text
     assert response.headers["x-request-id"]
     assert upstream.requests == []
-    client(gw).chat.completions.create(model="primary", messages=MESSAGES)
+    gw.client().chat.completions.create(model="primary", messages=MESSAGES)
     assert upstream.requests[-1].headers["authorization"] == "Bearer sk-secret-provider-key"
 
 
@@ -223,7 +220,7 @@ def test_a_stream_without_upstream_usage_still_ends_with_an_estimated_usage_chun
     upstream = upstreams(Behaviour(chunks=7, usage=False))
     gw = gateway(single_route(upstream))
     chunks = list(
-        client(gw).chat.completions.create(
+        gw.client().chat.completions.create(
             model="auto", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
         )
     )

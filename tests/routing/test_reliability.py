@@ -34,15 +34,12 @@ def two_deployments(
     }
 
 
-def client(gw: RunningGateway, **kwargs: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.base_url, api_key="none", max_retries=0, **kwargs)
-
 
 def test_a_500_is_retried_on_the_same_deployment(upstreams: Upstreams, gateway: Gateway) -> None:
     first, second = upstreams(), upstreams()
     first.script(Behaviour(status=500))
     gw = gateway(two_deployments(first, second, retries=1))
-    raw = client(gw).chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
+    raw = gw.client().chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
     assert raw.headers["x-gateway-deployment"] == "first"
     assert len(first.requests) == 2 and second.requests == []
 
@@ -52,7 +49,7 @@ def test_a_deployment_that_keeps_failing_falls_back_to_the_next(
 ) -> None:
     first, second = upstreams(Behaviour(status=503)), upstreams()
     gw = gateway(two_deployments(first, second, retries=2))
-    raw = client(gw).chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
+    raw = gw.client().chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
     assert raw.headers["x-gateway-deployment"] == "second"
     assert raw.headers["x-gateway-fallback"].startswith("frontier/first -> frontier/second")
     assert len(first.requests) == 3 and len(second.requests) == 1
@@ -62,7 +59,7 @@ def test_when_everything_fails_the_client_gets_502(upstreams: Upstreams, gateway
     first, second = upstreams(Behaviour(status=500)), upstreams(Behaviour(status=502))
     gw = gateway(two_deployments(first, second, retries=0))
     with pytest.raises(openai.APIStatusError) as caught:
-        client(gw).chat.completions.create(model="auto", messages=MESSAGES)
+        gw.client().chat.completions.create(model="auto", messages=MESSAGES)
     assert caught.value.status_code == 502
     assert caught.value.response.json()["error"]["type"] == "upstream_error"
 
@@ -74,7 +71,7 @@ def test_rate_limits_are_passed_on_with_retry_after_when_nothing_else_answers(
     second = upstreams(Behaviour(status=429, retry_after=20))
     gw = gateway(two_deployments(first, second, retries=2))
     with pytest.raises(openai.RateLimitError) as caught:
-        client(gw).chat.completions.create(model="auto", messages=MESSAGES)
+        gw.client().chat.completions.create(model="auto", messages=MESSAGES)
     # Retry-After beyond the back-off cap moves on at once instead of sleeping 30 s.
     assert len(first.requests) == 1
     assert caught.value.response.headers["retry-after"] == "20"
@@ -84,7 +81,7 @@ def test_an_upstream_4xx_is_passed_on_and_not_retried(upstreams: Upstreams, gate
     first, second = upstreams(Behaviour(status=400, error_message="max_tokens is too large")), upstreams()
     gw = gateway(two_deployments(first, second))
     with pytest.raises(openai.BadRequestError) as caught:
-        client(gw).chat.completions.create(model="auto", messages=MESSAGES)
+        gw.client().chat.completions.create(model="auto", messages=MESSAGES)
     assert "max_tokens is too large" in caught.value.message
     assert len(first.requests) == 1 and second.requests == []
 
@@ -93,7 +90,7 @@ def test_a_slow_first_byte_times_out_and_falls_back(upstreams: Upstreams, gatewa
     first, second = upstreams(Behaviour(latency=3)), upstreams()
     gw = gateway(two_deployments(first, second))
     started = time.monotonic()
-    raw = client(gw).chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
+    raw = gw.client().chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
     assert raw.headers["x-gateway-deployment"] == "second"
     assert time.monotonic() - started < 2.5
 
@@ -103,7 +100,7 @@ def test_the_overall_deadline_bounds_a_request(upstreams: Upstreams, gateway: Ga
     gw = gateway(two_deployments(first, second), request_timeout=0.8)
     started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as caught:
-        client(gw).chat.completions.create(model="auto", messages=MESSAGES)
+        gw.client().chat.completions.create(model="auto", messages=MESSAGES)
     assert caught.value.status_code == 504
     assert time.monotonic() - started < 2
 
@@ -137,7 +134,7 @@ def test_a_stream_broken_after_bytes_ends_with_an_error_event_and_no_done(
     assert raw.rstrip().splitlines()[-1].startswith(b'data: {"error":')
     assert second.requests == []
     with pytest.raises(openai.APIError):
-        list(client(gw).chat.completions.create(model="auto", messages=MESSAGES, stream=True))
+        list(gw.client().chat.completions.create(model="auto", messages=MESSAGES, stream=True))
 
 
 def test_garbage_from_upstream_is_a_clean_502(upstreams: Upstreams, gateway: Gateway) -> None:
@@ -150,7 +147,7 @@ def test_garbage_from_upstream_is_a_clean_502(upstreams: Upstreams, gateway: Gat
         }
     )
     with pytest.raises(openai.APIStatusError) as caught:
-        client(gw).chat.completions.create(model="auto", messages=MESSAGES)
+        gw.client().chat.completions.create(model="auto", messages=MESSAGES)
     assert caught.value.status_code == 502
 
 
@@ -160,15 +157,15 @@ def test_the_circuit_opens_after_consecutive_failures_and_half_opens_after_coold
     first, second = upstreams(Behaviour(status=500)), upstreams()
     gw = gateway(two_deployments(first, second, retries=0))
     for _ in range(3):
-        client(gw).chat.completions.create(model="auto", messages=MESSAGES)
+        gw.client().chat.completions.create(model="auto", messages=MESSAGES)
     assert len(first.requests) == 3
-    raw = client(gw).chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
+    raw = gw.client().chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
     assert "circuit open" in raw.headers["x-gateway-fallback"]
     assert len(first.requests) == 3  # skipped while open
     assert httpx.get(f"{gw.url}/readyz").json()["deployments"]["first"]["circuit"] == "open"
     time.sleep(0.6)
     first.default = Behaviour()
-    raw = client(gw).chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
+    raw = gw.client().chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
     assert raw.headers["x-gateway-deployment"] == "first"  # the probe went through and closed it
     assert httpx.get(f"{gw.url}/readyz").json()["deployments"]["first"]["circuit"] == "closed"
 
@@ -186,14 +183,14 @@ def test_a_client_disconnect_cancels_the_upstream_call(
         }
     )
     if stream:
-        chunks = client(gw).chat.completions.create(model="auto", messages=MESSAGES, stream=True)
+        chunks = gw.client().chat.completions.create(model="auto", messages=MESSAGES, stream=True)
         for index, _ in enumerate(chunks):
             if index == 3:
                 break
         chunks.close()
     else:
         with pytest.raises(openai.APITimeoutError):
-            client(gw, timeout=0.5).chat.completions.create(model="auto", messages=MESSAGES)
+            gw.client(timeout=0.5).chat.completions.create(model="auto", messages=MESSAGES)
     deadline = time.monotonic() + 5
     while upstream.cancelled == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -214,11 +211,11 @@ def test_auto_falls_back_to_the_local_route_when_frontier_has_no_key(
         "fallback_route": "local",
     }
     gw = gateway(config, environ={})
-    raw = client(gw).chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
+    raw = gw.client().chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
     assert raw.headers["x-gateway-route"] == "local"
     assert "OPENAI_API_KEY is not set" in raw.headers["x-gateway-fallback"]
     with pytest.raises(openai.APIStatusError) as caught:
-        client(gw).chat.completions.create(model="frontier", messages=MESSAGES)
+        gw.client().chat.completions.create(model="frontier", messages=MESSAGES)
     assert caught.value.status_code == 503
     assert "OPENAI_API_KEY is not set" in caught.value.message
     assert frontier.requests == []
