@@ -48,7 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
-    from gateway.runtime import StartupError
+    from gateway.runtime import StartupError, check_exposure
     from gateway.settings import Settings
 
     overrides = {k: v for k, v in {"config": args.config, "host": args.host, "port": args.port}.items() if v}
@@ -58,7 +58,8 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         load_config(settings.config)
-    except ConfigError as exc:
+        check_exposure(settings)
+    except (ConfigError, StartupError) as exc:
         print(exc, file=sys.stderr)
         return 1
     server = uvicorn.Server(
@@ -74,11 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=30,
         )
     )
-    try:
-        server.run()
-    except StartupError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    server.run()
     return 0 if server.started else 1
 
 

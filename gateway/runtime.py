@@ -45,11 +45,7 @@ class Runtime:
 
     async def start(self) -> None:
         settings = self.settings
-        if not self.key_digests and not _is_loopback(settings.host):
-            raise StartupError(
-                f"Refusing to serve on {settings.host} without API keys: set GATEWAY_API_KEYS, "
-                "or bind to a loopback address."
-            )
+        check_exposure(settings)
         config = load_config(settings.config)
         self.config = config
         self._session = aiohttp.ClientSession(
@@ -119,6 +115,15 @@ class Runtime:
                 await provider.aclose()
         if self._session is not None:
             await self._session.close()
+
+
+def check_exposure(settings: Settings) -> None:
+    """An open gateway (no client keys) may listen on loopback only."""
+    if not settings.api_keys and not _is_loopback(settings.host):
+        raise StartupError(
+            f"Refusing to serve on {settings.host} without API keys: set GATEWAY_API_KEYS, "
+            "or bind to a loopback address."
+        )
 
 
 def _is_loopback(host: str) -> bool:

@@ -55,3 +55,12 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     bad = write(tmp_path, "deployments: {}\nroutes: {}\n")
     assert main(["check-config", str(bad)]) == 1
     assert "default_route" in capsys.readouterr().err
+
+
+def test_an_open_gateway_refuses_to_listen_beyond_loopback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GATEWAY_API_KEYS", raising=False)
+    config = str(REPO / "policies" / "gateway.yaml")
+    assert main(["serve", "--config", config, "--host", "0.0.0.0", "--port", "1"]) == 1
+    assert "without API keys" in capsys.readouterr().err

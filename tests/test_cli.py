@@ -1,0 +1,59 @@
+"""`gateway serve` as a user runs it: a real process, a real port, a clean exit on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import yaml
+
+from gateway.fakes.openai_upstream import FakeOpenAIUpstream
+from tests.conftest import free_port, openai_deployment
+
+
+def test_serve_answers_and_exits_cleanly_on_sigterm(
+    upstreams: Callable[..., FakeOpenAIUpstream], tmp_path: Path
+) -> None:
+    upstream = upstreams()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"deployments": {"d": openai_deployment(upstream)}, "routes": {"r": ["d"]}, "default_route": "r"}
+        )
+    )
+    port = free_port()
+    env = {**os.environ, "GATEWAY_MANAGE_LOCAL_MODEL": "false", "GATEWAY_LOG_LEVEL": "warning"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "gateway did not start"
+            time.sleep(0.05)
+        body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+        answer = httpx.post(f"{url}/v1/chat/completions", json=body)
+        assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        stderr = process.stderr.read() if process.stderr else ""
+    assert "Traceback" not in stderr
