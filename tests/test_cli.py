@@ -56,4 +56,6 @@ def test_serve_answers_and_exits_cleanly_on_sigterm(
             process.kill()
             process.wait()
         stderr = process.stderr.read() if process.stderr else ""
+        if process.stderr:
+            process.stderr.close()
     assert "Traceback" not in stderr
