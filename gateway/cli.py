@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,6 +76,9 @@ def _serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=30,
         )
     )
+    # uvicorn re-raises SIGTERM after its graceful shutdown, which would end the process with -15;
+    # a drained, flushed shutdown on SIGTERM is a success, so that re-raise lands on a no-op here.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     server.run()
     return 0 if server.started else 1
 
