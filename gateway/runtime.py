@@ -42,6 +42,7 @@ class Runtime:
         self.key_digests = settings.api_key_digests()
         self._session: aiohttp.ClientSession | None = None
         self._local_start: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         settings = self.settings
@@ -63,10 +64,19 @@ class Runtime:
         for name, provider in providers.items():
             if not provider.available and provider.deployment.provider != "managed-local":
                 logger.warning("deployment %s unavailable: %s", name, provider.unavailable_reason)
+        self._warm_up(providers)
         self.health = DeploymentHealth(providers, config.circuit_breaker)
         self.catalog = Catalog(config, providers)
         pipeline = ChatPipeline(self.catalog, RouteExecutor(self.health), settings.request_timeout)
         self.chat = ChatCompletionsEndpoint(pipeline, self.key_digests, settings.max_body_bytes)
+
+    def _warm_up(self, providers: Mapping[str, Provider]) -> None:
+        """Providers with a costly first call (litellm's 3 s import) pay it in the background now."""
+        for provider in providers.values():
+            warm_up = getattr(provider, "warm_up", None)
+            if provider.available and warm_up is not None:
+                self._background.append(asyncio.create_task(warm_up()))
+                return  # one import serves every such provider
 
     def _start_local_model(self, config: GatewayConfig) -> tuple[str, Callable[[], bool]] | str:
         """Start the managed model server in the background; serving does not wait for it."""
@@ -106,6 +116,8 @@ class Runtime:
         )
 
     async def stop(self) -> None:
+        for task in self._background:
+            task.cancel()
         if self._local_start is not None:
             self._local_start.cancel()
         if self.local_model is not None:
