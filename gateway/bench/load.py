@@ -1,0 +1,261 @@
+"""A closed-loop HTTP/1.1 load generator, lean enough not to be the bottleneck on one shared core.
+
+Each worker keeps one keep-alive connection and sends pre-built request bytes; responses are parsed
+by httptools (C) on a bare asyncio Protocol, so the client costs a few microseconds per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import cast
+
+import httptools
+import orjson
+
+PROMPT = "Say hello to the benchmark"
+# How long a phase waits for in-flight requests after its window closed before giving up on them.
+DRAIN_SECONDS = 5.0
+
+
+class ProtocolError(Exception):
+    """The server closed the connection or sent something that is not HTTP/1.1."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where chat requests go and what they say: the same body for every target but `model`."""
+
+    host: str
+    port: int
+    path: str
+    model: str
+    api_key: str | None = None
+
+    def request(self, *, stream: bool) -> bytes:
+        body: dict[str, object] = {"model": self.model, "messages": [{"role": "user", "content": PROMPT}]}
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        payload = orjson.dumps(body)
+        lines = [
+            f"POST {self.path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(payload)}",
+        ]
+        if self.api_key:
+            lines.append(f"Authorization: Bearer {self.api_key}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; `send` resolves to (status, body) when the whole response arrived."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, keep_body: bool) -> None:
+        self._loop = loop
+        self._keep_body = keep_body
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self._parts: list[bytes] = []
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(ProtocolError(f"bad response: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(ProtocolError("connection closed mid-response"))
+
+    def on_body(self, body: bytes) -> None:
+        if self._keep_body:
+            self._parts.append(body)
+
+    def on_message_complete(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        body = b"".join(self._parts)
+        self._parts.clear()
+        if not self._parser.should_keep_alive():
+            self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_result((self._parser.get_status_code(), body))
+
+    def _fail(self, exc: Exception) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def send(self, request: bytes) -> asyncio.Future[tuple[int, bytes]]:
+        if self.closed or self._transport is None:
+            raise ProtocolError("connection is closed")
+        waiter = self._loop.create_future()
+        self._waiter = waiter
+        self._transport.write(request)
+        return waiter
+
+    def close(self) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+
+
+async def _connect(endpoint: Endpoint, keep_body: bool) -> _Connection:
+    loop = asyncio.get_running_loop()
+    _, connection = await loop.create_connection(
+        lambda: _Connection(loop, keep_body), endpoint.host, endpoint.port
+    )
+    return connection
+
+
+async def request_once(endpoint: Endpoint, request: bytes) -> tuple[int, bytes]:
+    """One request on a fresh connection (start-up probes and smoke checks)."""
+    connection = await _connect(endpoint, keep_body=True)
+    try:
+        return await connection.send(request)
+    finally:
+        connection.close()
+
+
+def stream_verdict(body: bytes) -> tuple[bool, bool]:
+    """(ended with [DONE], carried a usage object) for one SSE body."""
+    events = [event.strip() for event in body.replace(b"\r\n", b"\n").split(b"\n\n") if event.strip()]
+    complete = bool(events) and events[-1] == b"data: [DONE]"
+    for event in reversed(events[-4:]):
+        if b'"usage"' not in event or not event.startswith(b"data:"):
+            continue
+        try:
+            chunk = orjson.loads(event[5:])
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict) and chunk["usage"]:
+            return complete, True
+    return complete, False
+
+
+@dataclass(slots=True)
+class PhaseResult:
+    """What one phase measured; rates are over the measurement window only (warm-up excluded)."""
+
+    clients: int
+    stream: bool
+    seconds: float = 0.0
+    requests: int = 0
+    errors: int = 0
+    missing_usage: int = 0
+    latencies_ns: list[int] = field(default_factory=list)
+    # CPU seconds (or any counter) spent during the window, per meter name.
+    meters: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile_ms(self, q: float) -> float | None:
+        if not self.latencies_ns:
+            return None
+        ordered = sorted(self.latencies_ns)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
+
+
+@dataclass(slots=True)
+class _State:
+    recording: bool = False
+    stopped: bool = False
+
+
+async def _worker(
+    endpoint: Endpoint, request: bytes, check_stream: bool, state: _State, result: PhaseResult
+) -> None:
+    connection: _Connection | None = None
+    clock = time.perf_counter_ns
+    try:
+        while not state.stopped:
+            if connection is None or connection.closed:
+                try:
+                    connection = await _connect(endpoint, keep_body=check_stream)
+                except OSError:
+                    if state.recording:
+                        result.errors += 1
+                    await asyncio.sleep(0.01)
+                    continue
+            started = clock()
+            try:
+                status, body = await connection.send(request)
+            except ProtocolError:
+                if state.recording:
+                    result.errors += 1
+                connection = None
+                continue
+            elapsed = clock() - started
+            if not state.recording:
+                continue
+            if status != 200:
+                result.errors += 1
+                continue
+            if check_stream:
+                complete, usage = stream_verdict(body)
+                if not complete:
+                    result.errors += 1
+                    continue
+                if not usage:
+                    result.missing_usage += 1
+            result.requests += 1
+            result.latencies_ns.append(elapsed)
+    finally:
+        if connection is not None:
+            connection.close()
+
+
+async def run_phase(
+    endpoint: Endpoint,
+    *,
+    clients: int,
+    stream: bool,
+    warmup: float,
+    duration: float,
+    meters: Mapping[str, Callable[[], float]],
+) -> PhaseResult:
+    """Run `clients` closed-loop workers; record only the `duration` window after `warmup`.
+
+    `meters` (e.g. a process's CPU seconds) are read at both ends of the window.
+    """
+    result = PhaseResult(clients=clients, stream=stream)
+    state = _State()
+    request = endpoint.request(stream=stream)
+    tasks = [asyncio.create_task(_worker(endpoint, request, stream, state, result)) for _ in range(clients)]
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # the client allocates no cycles worth collecting; pauses would only add noise
+    try:
+        await asyncio.sleep(warmup)
+        before = {name: meter() for name, meter in meters.items()}
+        state.recording = True
+        started = time.perf_counter()
+        await asyncio.sleep(duration)
+        state.recording = False
+        result.seconds = time.perf_counter() - started
+        result.meters = {name: meter() - before[name] for name, meter in meters.items()}
+        state.stopped = True
+        _, pending = await asyncio.wait(tasks, timeout=DRAIN_SECONDS)
+        for task in pending:
+            task.cancel()
+            result.errors += 1  # a request that never finished
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                raise outcome  # a bug in the client, not a measurement
+    finally:
+        for task in tasks:
+            task.cancel()
+        if gc_was_enabled:
+            gc.enable()
+    return result
