@@ -72,6 +72,7 @@ def _serve(args: argparse.Namespace) -> int:
             http="httptools",
             lifespan="on",
             access_log=False,
+            proxy_headers=False,  # the client address is not trusted from headers, and it costs time
             log_level=settings.log_level,
             timeout_graceful_shutdown=30,
         )

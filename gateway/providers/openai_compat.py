@@ -42,6 +42,11 @@ class OpenAICompatProvider:
         self.deployment = deployment
         self._session = session
         self._tokens = tokens
+        timeouts = deployment.timeouts
+        self._total = timeouts.total
+        self._limits = aiohttp.ClientTimeout(
+            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.first_byte
+        )
         base = (api_base or deployment.api_base or "").rstrip("/")
         self._url = f"{base}/chat/completions"
         self._headers = {"Content-Type": "application/json"}
@@ -75,12 +80,17 @@ class OpenAICompatProvider:
         return orjson.dumps(body)
 
     def _timeout(self, deadline: Deadline) -> aiohttp.ClientTimeout:
-        limits = self.deployment.timeouts
-        remaining = max(deadline.remaining(), 0.001)
+        """The deployment's own timeouts, clipped to the request's deadline only when it is nearer
+        (building a ClientTimeout per request is measurable on the hot path)."""
+        remaining = deadline.remaining()
+        if remaining >= self._total:
+            return self._limits
+        remaining = max(remaining, 0.001)
+        limits = self._limits
         return aiohttp.ClientTimeout(
-            total=min(limits.total, remaining),
-            sock_connect=min(limits.connect, remaining),
-            sock_read=min(limits.first_byte, remaining),
+            total=remaining,
+            sock_connect=min(limits.sock_connect or remaining, remaining),
+            sock_read=min(limits.sock_read or remaining, remaining),
         )
 
     async def complete(self, request: ChatRequest, deadline: Deadline) -> Completion:
