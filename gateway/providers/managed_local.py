@@ -139,7 +139,10 @@ class ManagedLocalModel:
         self._healthy = True
         logger.info(
             "local model %s ready at %s (pid %s) in %.1fs",
-            self.model_path.name, self.base_url, self.pid, time.monotonic() - started,
+            self.model_path.name,
+            self.base_url,
+            self.pid,
+            time.monotonic() - started,
         )
         self._supervisor = asyncio.create_task(self._supervise(), name="local-model-supervisor")
         self._supervisor.add_done_callback(_log_crash)
@@ -158,15 +161,25 @@ class ManagedLocalModel:
 
     def _command(self) -> list[str]:
         return [
-            sys.executable, "-m", "llama_cpp.server",
-            "--model", str(self.model_path),
-            "--model_alias", self.model_path.stem,
-            "--host", self.host,
-            "--port", str(self.port),
-            "--n_threads", str(self.n_threads),
-            "--n_threads_batch", str(self.n_threads),
-            "--n_ctx", str(self.n_ctx),
-            "--interrupt_requests", "False",
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(self.model_path),
+            "--model_alias",
+            self.model_path.stem,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--n_threads",
+            str(self.n_threads),
+            "--n_threads_batch",
+            str(self.n_threads),
+            "--n_ctx",
+            str(self.n_ctx),
+            "--interrupt_requests",
+            "False",
         ]
 
     async def _spawn(self) -> None:
