@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from gateway.bench import litellm_proxy
+from gateway.bench import floor_app, litellm_proxy
 from gateway.bench.load import Endpoint, ProtocolError, request_once, run_phase, stream_verdict
 from gateway.bench.procs import Child, ChildFailed, free_port, own_cpu_seconds, ready_line, spawn
 from gateway.bench.report import (
@@ -152,6 +152,20 @@ def _gateway_spec(config: Path, key: str) -> _ProxySpec:
     )
 
 
+def _floor_spec() -> _ProxySpec:
+    return _ProxySpec(
+        "floor",
+        "Python floor",
+        lambda port: [
+            sys.executable, "-m", "uvicorn", "gateway.bench.floor_app:app", "--port", str(port),
+            "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--no-proxy-headers",
+            "--log-level", "warning",
+        ],
+        lambda port: Endpoint("127.0.0.1", port, "/v1/chat/completions", MODEL),
+        GATEWAY_STARTUP_TIMEOUT,
+    )  # fmt: skip
+
+
 def _litellm_spec(config: Path, key: str) -> _ProxySpec:
     return _ProxySpec(
         "litellm",
@@ -222,9 +236,11 @@ async def _bench(duration: float, with_litellm: bool) -> Outcome:
         )
         await _check_stream(direct)
 
+        env[floor_app.UPSTREAM_ENV] = upstream_url
+        floor = await _start_proxy(_floor_spec(), env, tmp, proxy_cpus, stack)
         gateway_config = _gateway_config(tmp / "gateway.yaml", upstream_url)
         gateway = await _start_proxy(_gateway_spec(gateway_config, gateway_key), env, tmp, proxy_cpus, stack)
-        columns = [direct, gateway]
+        columns = [direct, floor, gateway]
         if litellm_status == "measured":
             key = litellm_proxy.write_config(tmp / "litellm.yaml", upstream_url, MODEL)
             spec = _litellm_spec(tmp / "litellm.yaml", key)

@@ -21,7 +21,7 @@ def test_bench_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture
 
     assert os.sched_getaffinity(0) == affinity  # the bench pins itself while it runs, then lets go
     report = json.loads(out.read_text())
-    assert set(report["figures"]) == {"direct", "gateway"}
+    assert set(report["figures"]) == {"direct", "floor", "gateway"}
     for column in report["figures"].values():
         assert set(FIGURES) <= set(column)
     gateway = report["figures"]["gateway"]
@@ -33,6 +33,7 @@ def test_bench_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture
     assert gateway["streams_missing_usage"] == 0
     assert gateway["startup_s"] > 0
     assert report["figures"]["direct"]["errors"] == 0
+    assert report["figures"]["floor"]["errors"] == 0
     assert report["litellm"] == "skipped (--no-litellm)"
     assert report["machine"]["python"] and report["duration_s"] == 0.3
     printed = capsys.readouterr().out
