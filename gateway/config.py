@@ -39,6 +39,9 @@ class Deployment(StrictModel):
     model: str = ""
     api_base: str | None = None
     api_key_env: str | None = None
+    # Azure OpenAI's classic endpoints take the key in an `api-key` header and need an api-version.
+    auth_header: Literal["authorization", "api-key"] = "authorization"
+    api_version: str | None = None
     timeouts: Timeouts = Timeouts()
     retries: Annotated[int, Field(ge=0, le=10)] = 2
     price: Price | None = None

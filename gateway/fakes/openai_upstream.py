@@ -13,7 +13,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -47,6 +47,7 @@ class RecordedRequest:
 
     headers: dict[str, str]
     body: dict[str, Any]
+    query: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +277,7 @@ class FakeOpenAIUpstream:
         self.request_count += 1
         if self.record:
             headers = {k.lower(): v for k, v in request.headers.items()}
-            self.requests.append(RecordedRequest(headers=headers, body=body))
+            self.requests.append(RecordedRequest(headers=headers, body=body, query=dict(request.query)))
         try:
             behaviour = self._script.popleft()
         except IndexError:

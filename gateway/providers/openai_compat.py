@@ -49,14 +49,18 @@ class OpenAICompatProvider:
         )
         base = (api_base or deployment.api_base or "").rstrip("/")
         self._url = f"{base}/chat/completions"
+        if deployment.api_version:
+            self._url += f"?api-version={deployment.api_version}"
         self._headers = {"Content-Type": "application/json"}
         self._missing_key: str | None = None
         if deployment.api_key_env:
             key = environ.get(deployment.api_key_env, "")
-            if key:
-                self._headers["Authorization"] = f"Bearer {key}"
-            else:
+            if not key:
                 self._missing_key = deployment.api_key_env
+            elif deployment.auth_header == "api-key":
+                self._headers["api-key"] = key
+            else:
+                self._headers["Authorization"] = f"Bearer {key}"
         if not base:
             self._missing_key = self._missing_key or "api_base"
 

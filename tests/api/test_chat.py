@@ -26,7 +26,6 @@ def single_route(upstream: FakeOpenAIUpstream, **deployment: Any) -> dict[str, A
     }
 
 
-
 def test_non_streaming_answer_passes_fields_through_and_says_who_answered(
     upstreams: Upstreams, gateway: Gateway
 ) -> None:
@@ -229,3 +228,16 @@ def test_a_stream_without_upstream_usage_still_ends_with_an_estimated_usage_chun
     assert usage.completion_tokens == 7
     assert usage.prompt_tokens == 3 + 7  # "What is the capital of France?" is 7 tokens in cl100k_base
     assert usage.model_extra == {"estimated": True}
+
+
+def test_azure_style_deployments_send_the_key_in_an_api_key_header(
+    upstreams: Upstreams, gateway: Gateway
+) -> None:
+    upstream = upstreams()
+    config = single_route(upstream, api_key_env="AZURE_KEY", auth_header="api-key", api_version="2024-10-21")
+    gw = gateway(config, environ={"AZURE_KEY": "azure-secret"})
+    gw.client().chat.completions.create(model="auto", messages=MESSAGES)
+    headers = upstream.requests[-1].headers
+    assert headers["api-key"] == "azure-secret"
+    assert "authorization" not in headers
+    assert upstream.requests[-1].query == {"api-version": "2024-10-21"}
