@@ -118,6 +118,7 @@ class FakeAnthropicUpstream:
         self._script: deque[AnthropicBehaviour] = deque()
         self._ids: Iterator[int] = itertools.count(1)
         self._runner: web.AppRunner | None = None
+        self.base_url = ""
 
     def script(self, *behaviours: AnthropicBehaviour) -> None:
         self._script.extend(behaviours)
@@ -141,7 +142,8 @@ class FakeAnthropicUpstream:
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         bound_host, bound_port = self._runner.addresses[0][:2]
-        return f"http://{bound_host}:{bound_port}"
+        self.base_url = f"http://{bound_host}:{bound_port}"
+        return self.base_url
 
     async def stop(self) -> None:
         if self._runner is not None:

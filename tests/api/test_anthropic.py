@@ -21,23 +21,19 @@ MESSAGES: list[Any] = [
 @pytest.fixture
 def anthropic(bg: BackgroundLoop) -> Iterator[FakeAnthropicUpstream]:
     upstream = FakeAnthropicUpstream(api_key=KEY)
-    base = bg.run(upstream.start())
-    upstream.base = base  # type: ignore[attr-defined]
+    bg.run(upstream.start())
     yield upstream
     bg.run(upstream.stop())
+
+
+def claude(anthropic: FakeAnthropicUpstream, **extra: Any) -> dict[str, Any]:
+    return {"provider": "anthropic", "model": "claude-haiku-4-5", "api_base": anthropic.base_url, **extra}
 
 
 @pytest.fixture
 def gw(anthropic: FakeAnthropicUpstream, gateway: Callable[..., RunningGateway]) -> RunningGateway:
     config = {
-        "deployments": {
-            "claude": {
-                "provider": "anthropic",
-                "model": "claude-haiku-4-5",
-                "api_base": anthropic.base,  # type: ignore[attr-defined]
-                "api_key_env": "ANTHROPIC_API_KEY",
-            }
-        },
+        "deployments": {"claude": claude(anthropic, api_key_env="ANTHROPIC_API_KEY")},
         "routes": {"frontier": ["claude"]},
         "default_route": "frontier",
     }
@@ -128,12 +124,7 @@ def test_an_anthropic_outage_falls_back_to_the_next_deployment(
     backup = upstreams()
     config = {
         "deployments": {
-            "claude": {
-                "provider": "anthropic",
-                "model": "claude-haiku-4-5",
-                "api_base": anthropic.base,  # type: ignore[attr-defined]
-                "retries": 0,
-            },
+            "claude": claude(anthropic, retries=0),
             "backup": {"provider": "openai", "model": "m", "api_base": backup.base_url},
         },
         "routes": {"frontier": ["claude", "backup"]},

@@ -34,7 +34,6 @@ def two_deployments(
     }
 
 
-
 def test_a_500_is_retried_on_the_same_deployment(upstreams: Upstreams, gateway: Gateway) -> None:
     first, second = upstreams(), upstreams()
     first.script(Behaviour(status=500))
