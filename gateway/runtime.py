@@ -6,7 +6,6 @@ import asyncio
 import ipaddress
 import logging
 import os
-import socket
 from collections.abc import Callable, Mapping
 
 import aiohttp
@@ -91,7 +90,6 @@ class Runtime:
             return reason
         model = ManagedLocalModel(
             path,
-            port=_free_port(),
             n_threads=self.settings.local_model_threads,
             log_path=self.settings.local_model_log,
         )
@@ -145,10 +143,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
