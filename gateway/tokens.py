@@ -46,11 +46,12 @@ class TokenCounter:
         for message in messages:
             total += TOKENS_PER_MESSAGE
             if isinstance(message, dict):
-                total += self.count_text(_text_of(message.get("content")))
+                total += self.count_text(content_text(message.get("content")))
         return total
 
 
-def _text_of(content: Any) -> str:
+def content_text(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a list of parts."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):

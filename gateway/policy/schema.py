@@ -1,0 +1,264 @@
+"""The routing policy as admins write it in `policies/*.yaml`: strict models, unknown keys are errors.
+
+A policy names routes, defines signals (per-request features), and lists rules in priority order:
+the first rule whose condition holds picks the route. Golden test cases live in the same file.
+The models here only describe the file; `policy.compile` checks references and builds the evaluators.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# ---- routes -----------------------------------------------------------------------------------
+
+
+class RoutePrice(Strict):
+    """USD per million tokens, overriding the deployments' own prices on this route."""
+
+    input_per_mtok: Annotated[float, Field(ge=0)]
+    output_per_mtok: Annotated[float, Field(ge=0)]
+
+
+class Route(Strict):
+    """Either deployments in fallback order, or a weighted split between deployments (A/B, canary):
+    one is picked by weight, the others follow as fallbacks."""
+
+    deployments: Annotated[list[str], Field(min_length=1)] | None = None
+    split: dict[str, Annotated[float, Field(gt=0)]] | None = None
+    price: RoutePrice | None = None
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> Route:
+        if (self.deployments is None) == (self.split is None):
+            raise ValueError("a route has either 'deployments' (fallback order) or 'split' (weights)")
+        if self.split is not None and not self.split:
+            raise ValueError("'split' lists no deployments")
+        return self
+
+
+# ---- signals ----------------------------------------------------------------------------------
+
+TextScope = Literal["system", "user", "last_user", "all"]
+
+
+class SizeSignal(Strict):
+    """A count: prompt tokens (tiktoken), number of messages, or the requested max_tokens."""
+
+    kind: Literal["size"]
+    of: Literal["prompt_tokens", "messages", "max_tokens"]
+
+
+class FeatureSignal(Strict):
+    """Whether the request uses tools, images, JSON mode or streaming."""
+
+    kind: Literal["feature"]
+    of: Literal["tools", "images", "json_mode", "stream"]
+
+
+class KeywordSignal(Strict):
+    """True when any of the words or phrases appears (whole words) in the chosen text."""
+
+    kind: Literal["keywords"]
+    words: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    scope: TextScope = Field("all", alias="in")
+    case_sensitive: bool = False
+
+
+class RegexSignal(Strict):
+    """True when the regular expression matches somewhere in the chosen text."""
+
+    kind: Literal["regex"]
+    pattern: Annotated[str, Field(min_length=1)]
+    scope: TextScope = Field("all", alias="in")
+    case_sensitive: bool = True
+
+
+class MetadataSignal(Strict):
+    """Who is asking: the caller's team, key id, role, the request's `user` field, or its tags
+    (from the `x-gateway-tags` header)."""
+
+    kind: Literal["metadata"]
+    of: Literal["team", "key", "role", "user", "tags"]
+
+
+class LearnedScoreSignal(Strict):
+    """The probability that the strong model is needed, from the learned router (none yet: null)."""
+
+    kind: Literal["learned_score"]
+
+
+class BudgetSignal(Strict):
+    """The fraction of the caller's team budget already spent (null until accounting exists)."""
+
+    kind: Literal["budget_spent"]
+
+
+class RouteHealthSignal(Strict):
+    """Whether a route has a deployment that can take requests now."""
+
+    kind: Literal["route_healthy"]
+    route: str
+
+
+Signal = Annotated[
+    SizeSignal
+    | FeatureSignal
+    | KeywordSignal
+    | RegexSignal
+    | MetadataSignal
+    | LearnedScoreSignal
+    | BudgetSignal
+    | RouteHealthSignal,
+    Field(discriminator="kind"),
+]
+
+# ---- conditions -------------------------------------------------------------------------------
+
+OPERATORS = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "contains")
+Scalar = str | int | float | bool | None
+
+
+class Compare(Strict):
+    """`signal` compared with exactly one operator, e.g. `{signal: prompt_tokens, lt: 200}`."""
+
+    signal: str
+    eq: Scalar = None
+    ne: Scalar = None
+    lt: int | float | None = None
+    lte: int | float | None = None
+    gt: int | float | None = None
+    gte: int | float | None = None
+    in_: list[Scalar] | None = Field(None, alias="in")
+    not_in: list[Scalar] | None = None
+    contains: Scalar = None
+
+    @model_validator(mode="after")
+    def _one_operator(self) -> Compare:
+        given = [name for name in self.operators_set()]
+        if len(given) != 1:
+            raise ValueError(f"a comparison needs exactly one operator of {', '.join(OPERATORS)}")
+        return self
+
+    def operators_set(self) -> list[str]:
+        return ["in" if field == "in_" else field for field in self.model_fields_set if field != "signal"]
+
+    @property
+    def operator(self) -> str:
+        return self.operators_set()[0]
+
+    @property
+    def operand(self) -> Any:
+        return getattr(self, "in_" if self.operator == "in" else self.operator)
+
+
+class AllOf(Strict):
+    all_: Annotated[list[Condition], Field(min_length=1)] = Field(alias="all")
+
+
+class AnyOf(Strict):
+    any_: Annotated[list[Condition], Field(min_length=1)] = Field(alias="any")
+
+
+class NotOf(Strict):
+    not_: Condition = Field(alias="not")
+
+
+def _condition_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        for key in ("all", "any", "not", "signal"):
+            if key in value:
+                return key
+        return None
+    for cls, key in ((AllOf, "all"), (AnyOf, "any"), (NotOf, "not"), (Compare, "signal")):
+        if isinstance(value, cls):
+            return key
+    return None
+
+
+Condition = Annotated[
+    Annotated[AllOf, Tag("all")]
+    | Annotated[AnyOf, Tag("any")]
+    | Annotated[NotOf, Tag("not")]
+    | Annotated[Compare, Tag("signal")],
+    Discriminator(
+        _condition_tag,
+        custom_error_type="condition",
+        custom_error_message=(
+            "a condition is one of {all: [...]}, {any: [...]}, {not: ...} or {signal: ..., <op>: ...}"
+        ),
+    ),
+]
+
+# ---- rules ------------------------------------------------------------------------------------
+
+
+class CacheDirective(Strict):
+    enabled: bool = True
+    similarity: Annotated[float, Field(gt=0, le=1)] | None = None
+    ttl_seconds: Annotated[int, Field(gt=0)] | None = None
+
+
+class Overrides(Strict):
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    timeout_seconds: Annotated[float, Field(gt=0)] | None = None
+
+
+class Rule(Strict):
+    name: Annotated[str, Field(min_length=1)]
+    when: Condition
+    route: str
+    cache: CacheDirective | None = None
+    overrides: Overrides | None = None
+    # Send a copy to this route, record its answer, never return it.
+    shadow: str | None = None
+
+
+# ---- golden cases -----------------------------------------------------------------------------
+
+
+class GoldenRequest(Strict):
+    """A request as the gateway would see it: the OpenAI body plus who sent it."""
+
+    body: dict[str, Any]
+    team: str | None = None
+    key: str | None = None
+    role: str | None = None
+    tags: list[str] = []
+    # Values for signals the test cannot compute (learned score, budget, health).
+    signals: dict[str, Scalar] = {}
+
+
+class Expectation(Strict):
+    route: str
+    # The rule that should decide; "default" when no rule matches.
+    rule: str
+
+
+class GoldenCase(Strict):
+    name: Annotated[str, Field(min_length=1)]
+    request: GoldenRequest
+    expect: Expectation
+
+
+# ---- the policy -------------------------------------------------------------------------------
+
+
+class Policy(Strict):
+    description: str = ""
+    routes: Annotated[dict[str, Route], Field(min_length=1)]
+    signals: dict[str, Signal] = {}
+    rules: list[Rule] = []
+    default_route: str
+    # Where a request goes when every deployment of its route is unavailable.
+    fallback_route: str | None = None
+    tests: list[GoldenCase] = []
+
+
+DEFAULT_RULE = "default"

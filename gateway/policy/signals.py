@@ -1,0 +1,139 @@
+"""Signal values for one request, computed lazily: only the signals a rule asks for are computed,
+each at most once."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.policy.schema import (
+    BudgetSignal,
+    FeatureSignal,
+    KeywordSignal,
+    LearnedScoreSignal,
+    MetadataSignal,
+    RegexSignal,
+    RouteHealthSignal,
+    Scalar,
+    Signal,
+    SizeSignal,
+    TextScope,
+)
+from gateway.tokens import TokenCounter, content_text
+
+SignalValue = Scalar | list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the policy may look at: the OpenAI body and who sent it. Never the provider keys."""
+
+    body: Mapping[str, Any]
+    team: str | None = None
+    key: str | None = None
+    role: str | None = None
+    tags: tuple[str, ...] = ()
+    request_id: str = ""
+    # Whether a route can take requests now (None: not known, e.g. outside a running gateway).
+    route_healthy: Callable[[str], bool | None] | None = None
+    # Values supplied from outside the request (learned score, budget, health, or a golden case).
+    given: Mapping[str, Scalar] = field(default_factory=dict)
+
+    def text(self, scope: TextScope) -> str:
+        messages = self.body.get("messages") or ()
+        if scope == "last_user":
+            users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+            return content_text(users[-1].get("content")) if users else ""
+        roles = {"system": ("system", "developer"), "user": ("user",), "all": None}[scope]
+        return "\n".join(
+            content_text(m.get("content"))
+            for m in messages
+            if isinstance(m, dict) and (roles is None or m.get("role") in roles)
+        )
+
+
+Evaluator = Callable[[RequestFacts], SignalValue]
+
+
+class SignalBook:
+    """The values of one request's signals, each computed on first use."""
+
+    def __init__(self, evaluators: Mapping[str, Evaluator], facts: RequestFacts) -> None:
+        self._evaluators = evaluators
+        self._facts = facts
+        self.values: dict[str, SignalValue] = {}
+
+    def get(self, name: str) -> SignalValue:
+        if name in self.values:
+            return self.values[name]
+        if name in self._facts.given:
+            value: SignalValue = self._facts.given[name]
+        else:
+            value = self._evaluators[name](self._facts)
+        self.values[name] = value
+        return value
+
+
+def build_evaluator(signal: Signal, tokens: TokenCounter) -> Evaluator:
+    """The function computing one signal; regexes and word patterns are compiled here, once."""
+    if isinstance(signal, SizeSignal):
+        return _size(signal, tokens)
+    if isinstance(signal, FeatureSignal):
+        return _feature(signal)
+    if isinstance(signal, KeywordSignal):
+        words = "|".join(re.escape(word) for word in signal.words)
+        flags = 0 if signal.case_sensitive else re.IGNORECASE
+        keyword_pattern = re.compile(rf"(?<!\w)(?:{words})(?!\w)", flags)
+        return lambda facts: keyword_pattern.search(facts.text(signal.scope)) is not None
+    if isinstance(signal, RegexSignal):
+        regex = re.compile(signal.pattern, 0 if signal.case_sensitive else re.IGNORECASE)
+        return lambda facts: regex.search(facts.text(signal.scope)) is not None
+    if isinstance(signal, MetadataSignal):
+        return _metadata(signal)
+    if isinstance(signal, LearnedScoreSignal | BudgetSignal):
+        return lambda facts: None  # filled by the router and accounting when they exist
+    if isinstance(signal, RouteHealthSignal):
+        route = signal.route
+        return lambda facts: facts.route_healthy(route) if facts.route_healthy else None
+    raise AssertionError(f"no evaluator for {signal!r}")
+
+
+def _size(signal: SizeSignal, tokens: TokenCounter) -> Evaluator:
+    if signal.of == "prompt_tokens":
+        return lambda facts: tokens.count_messages(facts.body.get("messages") or ())
+    if signal.of == "messages":
+        return lambda facts: len(facts.body.get("messages") or ())
+
+    def max_tokens(facts: RequestFacts) -> SignalValue:
+        value = facts.body.get("max_completion_tokens", facts.body.get("max_tokens"))
+        return value if isinstance(value, int) else None
+
+    return max_tokens
+
+
+def _feature(signal: FeatureSignal) -> Evaluator:
+    if signal.of == "tools":
+        return lambda facts: bool(facts.body.get("tools") or facts.body.get("functions"))
+    if signal.of == "json_mode":
+        return lambda facts: (
+            (facts.body.get("response_format") or {}).get("type") in ("json_object", "json_schema")
+        )
+    if signal.of == "stream":
+        return lambda facts: bool(facts.body.get("stream"))
+    return lambda facts: any(
+        isinstance(part, dict) and part.get("type") in ("image_url", "input_image", "image")
+        for message in facts.body.get("messages") or ()
+        if isinstance(message, dict) and isinstance(message.get("content"), list)
+        for part in message["content"]
+    )
+
+
+def _metadata(signal: MetadataSignal) -> Evaluator:
+    if signal.of == "tags":
+        return lambda facts: list(facts.tags)
+    if signal.of == "user":
+        return lambda facts: facts.body.get("user") if isinstance(facts.body.get("user"), str) else None
+    attribute = signal.of
+    return lambda facts: getattr(facts, attribute)
