@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.config import ConfigError, load_config
+from gateway.policy.commands import add_policy_commands, run_policy_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,7 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--duration", type=float, default=10.0, help="seconds per load phase")
     bench.add_argument("--no-litellm", action="store_true", help="skip LiteLLM proxy even if installed")
 
+    add_policy_commands(commands)
+
     args = parser.parse_args(argv)
+    if args.command == "policy":
+        return run_policy_command(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "check-config":

@@ -1,0 +1,119 @@
+"""`gateway policy validate | test | explain | schema`: check and explain policies without serving."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.config import ConfigError, load_config
+from gateway.policy.compile import CompiledPolicy, PolicyError, golden_failure, load_policy
+from gateway.policy.decide import Decision, decide
+from gateway.policy.schema import GoldenRequest, Policy
+from gateway.policy.signals import RequestFacts
+from gateway.tokens import TokenCounter
+
+DEFAULT_CONFIG = Path("policies/gateway.yaml")
+
+
+def add_policy_commands(commands: Any) -> None:
+    policy = commands.add_parser("policy", help="validate, test and explain routing policies")
+    verbs = policy.add_subparsers(dest="policy_command", required=True)
+    for verb, text in (("validate", "check policies: schema, references, golden cases"),
+                       ("test", "run each policy's golden cases and show every result")):  # fmt: skip
+        parser = verbs.add_parser(verb, help=text)
+        parser.add_argument("policies", type=Path, nargs="+")
+        _config_option(parser)
+    explain = verbs.add_parser("explain", help="show the decision for a request, with every signal and rule")
+    explain.add_argument("policy", type=Path)
+    explain.add_argument(
+        "request", type=Path, help="an OpenAI request body, or {body, team, key, role, tags}"
+    )
+    _config_option(explain)
+    schema = verbs.add_parser("schema", help="write the policy JSON Schema (for editors)")
+    schema.add_argument("--output", type=Path, default=Path("policies/schema.json"))
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help="where the deployments are declared"
+    )
+
+
+def run_policy_command(args: argparse.Namespace) -> int:
+    if args.policy_command == "schema":
+        args.output.write_text(policy_json_schema())
+        print(f"wrote {args.output}")
+        return 0
+    try:
+        deployments = set(load_config(args.config).deployments)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    tokens = TokenCounter()
+    if args.policy_command == "explain":
+        return _explain(args.policy, args.request, deployments, tokens)
+    failed = False
+    for path in args.policies:
+        run_golden = args.policy_command == "validate"
+        try:
+            compiled = load_policy(path, deployments, tokens, run_golden=run_golden)
+        except PolicyError as exc:
+            failed = True
+            print("\n".join(exc.problems), file=sys.stderr)
+            continue
+        if run_golden:
+            print(f"{path}: ok ({len(compiled.rules)} rules, {len(compiled.policy.tests)} golden cases)")
+        else:
+            failed |= not _report_golden(path, compiled)
+    return 1 if failed else 0
+
+
+def _report_golden(path: Path, compiled: CompiledPolicy) -> bool:
+    passed = True
+    for index, case in enumerate(compiled.policy.tests):
+        failure = golden_failure(compiled, index)
+        print(f"{path}: {'FAIL' if failure else 'ok  '} {case.name}{': ' + failure if failure else ''}")
+        passed &= failure is None
+    return passed
+
+
+def _explain(policy_path: Path, request_path: Path, deployments: set[str], tokens: TokenCounter) -> int:
+    try:
+        compiled = load_policy(policy_path, deployments, tokens)
+        raw = json.loads(request_path.read_text())
+    except PolicyError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 1
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"{request_path}: {exc}", file=sys.stderr)
+        return 1
+    request = GoldenRequest.model_validate(raw if "body" in raw else {"body": raw})
+    facts = RequestFacts(
+        body=request.body, team=request.team, key=request.key, role=request.role,
+        tags=tuple(request.tags), request_id="explain", given=request.signals,
+    )  # fmt: skip
+    decision = decide(compiled, facts, explain=True)
+    print(json.dumps(explanation(decision), indent=2))
+    return 0
+
+
+def explanation(decision: Decision) -> dict[str, Any]:
+    return {
+        "rule": decision.rule,
+        "route": decision.route,
+        "deployments": list(decision.deployments),
+        "cache": decision.cache.model_dump() if decision.cache else None,
+        "overrides": decision.overrides.model_dump(exclude_none=True) if decision.overrides else None,
+        "shadow": decision.shadow,
+        "signals": dict(decision.signals),
+        "rules": [{"rule": o.rule, "matched": o.matched, "why": o.why} for o in decision.outcomes],
+    }
+
+
+def policy_json_schema() -> str:
+    schema = Policy.model_json_schema(by_alias=True)
+    schema["title"] = "Gateway routing policy"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
