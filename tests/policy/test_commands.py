@@ -76,3 +76,12 @@ def test_explain_shows_signals_and_every_rule(tmp_path: Path, capsys: pytest.Cap
     ]
     assert explained["signals"]["prompt_tokens"] == 5
     assert explained["overrides"] == {"max_tokens": 512}
+
+
+SHIPPED = sorted(p for p in (REPO / "policies").glob("*.yaml") if p.name != "gateway.yaml")
+
+
+@pytest.mark.parametrize("policy", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_policy_loads_and_passes_its_golden_cases(policy: Path) -> None:
+    assert len(SHIPPED) >= 4
+    assert main(["policy", "validate", str(policy), "--config", CONFIG]) == 0
