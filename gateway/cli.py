@@ -18,7 +18,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve the OpenAI-compatible API")
-    serve.add_argument("--config", type=Path, help="deployments and routes (default: $GATEWAY_CONFIG)")
+    serve.add_argument("--config", type=Path, help="the deployments (default: $GATEWAY_CONFIG)")
+    serve.add_argument("--policy", type=Path, help="the routing policy (default: $GATEWAY_POLICY)")
     serve.add_argument("--host", help="address to bind (default: $GATEWAY_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: $GATEWAY_PORT or 8080)")
 
@@ -54,19 +55,26 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.policy.compile import PolicyError, load_policy
     from gateway.runtime import StartupError, check_exposure
     from gateway.settings import Settings
+    from gateway.tokens import TokenCounter
 
-    overrides = {k: v for k, v in {"config": args.config, "host": args.host, "port": args.port}.items() if v}
+    given = {"config": args.config, "policy": args.policy, "host": args.host, "port": args.port}
+    overrides = {k: v for k, v in given.items() if v}
     settings = Settings(**overrides)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        load_config(settings.config)
+        deployments = load_config(settings.config).deployments
         check_exposure(settings)
+        load_policy(settings.policy, deployments, TokenCounter())
     except (ConfigError, StartupError) as exc:
         print(exc, file=sys.stderr)
+        return 1
+    except PolicyError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
         return 1
     server = uvicorn.Server(
         uvicorn.Config(

@@ -1,8 +1,8 @@
-"""The gateway's deployment and route configuration, read from YAML and validated strictly.
+"""The gateway's deployments, read from YAML and validated strictly.
 
-A deployment is one upstream model behind one provider; a route is a named, ordered list of
-deployments (fallback order). Credentials never appear here: a deployment names the environment
-variable that holds its key.
+A deployment is one upstream model behind one provider. Credentials never appear here: a deployment
+names the environment variable that holds its key. Routes, rules and the default route are the routing
+policy's (`gateway.policy`).
 """
 
 from __future__ import annotations
@@ -55,11 +55,9 @@ class CircuitBreakerConfig(StrictModel):
 
 
 class GatewayConfig(StrictModel):
+    """The deployments the gateway may call. Routes and rules live in the routing policy."""
+
     deployments: dict[str, Deployment]
-    routes: dict[str, list[str]]
-    default_route: str
-    # Where requests go when every deployment of the route they were sent to is unavailable.
-    fallback_route: str | None = None
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
 
     @model_validator(mode="before")
@@ -76,27 +74,12 @@ class GatewayConfig(StrictModel):
         return data
 
     @model_validator(mode="after")
-    def _check_references(self) -> GatewayConfig:
+    def _check_deployments(self) -> GatewayConfig:
         for name, deployment in self.deployments.items():
             if deployment.name != name:
                 raise ValueError(f"deployment {name!r} declares a different name {deployment.name!r}")
             if not deployment.model and deployment.provider != "managed-local":
                 raise ValueError(f"deployment {name!r}: 'model' is required")
-        for route, members in self.routes.items():
-            if route in self.deployments:
-                raise ValueError(f"route {route!r} has the same name as a deployment")
-            if not members:
-                raise ValueError(f"route {route!r} lists no deployments")
-            for member in members:
-                if member not in self.deployments:
-                    raise ValueError(f"route {route!r} names unknown deployment {member!r}")
-        named: tuple[tuple[str, str | None], ...] = (
-            ("default_route", self.default_route),
-            ("fallback_route", self.fallback_route),
-        )
-        for field, route_name in named:
-            if route_name is not None and route_name not in self.routes:
-                raise ValueError(f"{field} {route_name!r} is not a route")
         return self
 
 

@@ -1,22 +1,42 @@
-"""One chat request from start to end: resolve what `model` means, then call upstreams in order.
+"""One chat request from start to end: decide where it goes (the policy, for `model: auto`), apply the
+rule's overrides, then call upstreams in order.
 
-The policy engine, the cache and accounting slot in here as later steps; the HTTP layer only
-parses, calls `ChatPipeline.answer` and writes what comes back.
+The cache and accounting slot in here as later steps; the HTTP layer only parses, calls
+`ChatPipeline.answer` and writes what comes back.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
+from gateway.policy.decide import Decision, decide
+from gateway.policy.schema import Overrides
+from gateway.policy.signals import RequestFacts
+from gateway.policy.store import PolicyStore
 from gateway.providers.base import ChatRequest, ChatStream, Completion, Deadline
-from gateway.routing.catalog import Catalog
+from gateway.routing.catalog import AUTO, Catalog, Target
 from gateway.routing.executor import Outcome, RouteExecutor
+
+# The rule reported for requests that named a route or deployment themselves.
+EXPLICIT_RULE = "explicit"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent the request, as far as the gateway knows."""
+
+    team: str | None = None
+    key: str | None = None
+    role: str | None = None
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
 class Answer:
     route: str
     deployment: str
+    rule: str
     fallback: str | None
     upstream_seconds: float
     completion: Completion | None = None
@@ -24,32 +44,71 @@ class Answer:
 
 
 class ChatPipeline:
-    def __init__(self, catalog: Catalog, executor: RouteExecutor, request_timeout: float) -> None:
+    def __init__(
+        self, catalog: Catalog, policies: PolicyStore, executor: RouteExecutor, request_timeout: float
+    ) -> None:
         self.catalog = catalog
+        self.policies = policies
         self._executor = executor
         self._request_timeout = request_timeout
 
-    async def answer(self, request: ChatRequest) -> Answer:
-        target = self.catalog.resolve(request.body["model"])
-        deadline = Deadline.after(self._request_timeout)
+    def facts(self, request: ChatRequest, caller: Caller) -> RequestFacts:
+        policy = self.policies.current.policy
+        return RequestFacts(
+            body=request.body,
+            team=caller.team,
+            key=caller.key,
+            role=caller.role,
+            tags=caller.tags,
+            request_id=request.request_id,
+            route_healthy=lambda route: self.catalog.route_healthy(policy, route),
+        )
+
+    def route(self, request: ChatRequest, caller: Caller) -> tuple[Target, str, Decision | None]:
+        """Where the request goes, and which rule said so; calls no model."""
+        compiled = self.policies.current
+        if request.body["model"] != AUTO:
+            target = self.catalog.resolve(request.body["model"], compiled.policy, request.request_id)
+            return target, EXPLICIT_RULE, None
+        decision = decide(compiled, self.facts(request, caller))
+        return (
+            self.catalog.for_decision(decision, compiled.policy, request.request_id),
+            decision.rule,
+            decision,
+        )
+
+    async def answer(self, request: ChatRequest, caller: Caller = Caller()) -> Answer:
+        target, rule, decision = self.route(request, caller)
+        timeout = self._request_timeout
+        if decision is not None and decision.overrides is not None:
+            request = _with_overrides(request, decision.overrides)
+            timeout = min(timeout, decision.overrides.timeout_seconds or timeout)
+        deadline = Deadline.after(timeout)
         if request.stream:
             streamed: Outcome[ChatStream] = await self._executor.run(
                 target, lambda provider: provider.open_stream(request, deadline), deadline
             )
             return Answer(
-                streamed.route,
-                streamed.deployment,
-                streamed.fallback,
-                streamed.upstream_seconds,
+                streamed.route, streamed.deployment, rule, streamed.fallback, streamed.upstream_seconds,
                 stream=streamed.result,
-            )
+            )  # fmt: skip
         completed: Outcome[Completion] = await self._executor.run(
             target, lambda provider: provider.complete(request, deadline), deadline
         )
         return Answer(
-            completed.route,
-            completed.deployment,
-            completed.fallback,
-            completed.upstream_seconds,
+            completed.route, completed.deployment, rule, completed.fallback, completed.upstream_seconds,
             completion=completed.result,
-        )
+        )  # fmt: skip
+
+
+def _with_overrides(request: ChatRequest, overrides: Overrides) -> ChatRequest:
+    """Cap the answer's length as the rule says (the client's own lower limit stands)."""
+    cap = overrides.max_tokens
+    if cap is None:
+        return request
+    body: dict[str, Any] = dict(request.body)
+    field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    asked = body.get(field)
+    if not isinstance(asked, int) or asked > cap:
+        body[field] = cap
+    return replace(request, body=body)

@@ -13,6 +13,8 @@ import aiohttp
 from gateway.api.chat import ChatCompletionsEndpoint
 from gateway.config import GatewayConfig, load_config
 from gateway.pipeline import ChatPipeline
+from gateway.policy.compile import PolicyError
+from gateway.policy.store import PolicyStore
 from gateway.providers.base import Provider
 from gateway.providers.factory import build_provider
 from gateway.providers.managed_local import ManagedLocalModel, find_smollm2_model
@@ -35,6 +37,8 @@ class Runtime:
         self._environ = dict(os.environ if environ is None else environ)
         self.config: GatewayConfig | None = None
         self.catalog: Catalog | None = None
+        self.policies: PolicyStore | None = None
+        self.pipeline: ChatPipeline | None = None
         self.health: DeploymentHealth | None = None
         self.chat: ChatCompletionsEndpoint | None = None
         self.local_model: ManagedLocalModel | None = None
@@ -48,12 +52,16 @@ class Runtime:
         check_exposure(settings)
         config = load_config(settings.config)
         self.config = config
+        tokens = TokenCounter()
+        try:
+            self.policies = PolicyStore(settings.policy, config.deployments, tokens)
+        except PolicyError as exc:
+            raise StartupError("\n".join(exc.problems)) from exc
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=1000, keepalive_timeout=30, ttl_dns_cache=300),
             timeout=aiohttp.ClientTimeout(total=settings.request_timeout),
         )
         local = self._start_local_model(config)
-        tokens = TokenCounter()
         providers: dict[str, Provider] = {
             name: build_provider(deployment, self._session, self._environ, tokens, local)
             for name, deployment in config.deployments.items()
@@ -65,9 +73,13 @@ class Runtime:
                 logger.warning("deployment %s unavailable: %s", name, provider.unavailable_reason)
         self._warm_up(providers)
         self.health = DeploymentHealth(providers, config.circuit_breaker)
-        self.catalog = Catalog(config, providers)
-        pipeline = ChatPipeline(self.catalog, RouteExecutor(self.health), settings.request_timeout)
-        self.chat = ChatCompletionsEndpoint(pipeline, self.key_digests, settings.max_body_bytes)
+        self.catalog = Catalog(providers, self.health)
+        self.pipeline = ChatPipeline(
+            self.catalog, self.policies, RouteExecutor(self.health), settings.request_timeout
+        )
+        self.chat = ChatCompletionsEndpoint(self.pipeline, self.key_digests, settings.max_body_bytes)
+        if settings.policy_reload_interval > 0:
+            self._background.append(asyncio.create_task(self.policies.watch(settings.policy_reload_interval)))
 
     def _warm_up(self, providers: Mapping[str, Provider]) -> None:
         """Providers with a costly first call (litellm's 3 s import) pay it in the background now."""
@@ -105,13 +117,9 @@ class Runtime:
             logger.error("local model failed to start: %s", exc)
 
     def ready(self) -> bool:
-        if self.catalog is None or self.health is None:
+        if self.catalog is None:
             return False
-        health = self.health
-        return any(
-            provider.available and health.breaker(name).would_allow()
-            for name, provider in self.catalog.providers.items()
-        )
+        return any(self.catalog.deployment_usable(name) for name in self.catalog.providers)
 
     async def stop(self) -> None:
         for task in self._background:

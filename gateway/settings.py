@@ -15,7 +15,11 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8080
-    config: Path = Path("policies/gateway.yaml")
+    # The deployments the gateway may call, and the routing policy that chooses between them.
+    config: Path = Path("policies/deployments.yaml")
+    policy: Path = Path("policies/default.yaml")
+    # How often the policy file is checked for changes (seconds; 0 turns reloading off).
+    policy_reload_interval: float = 1.0
     # Client keys, comma-separated. Empty: the gateway runs open, which it allows only on loopback.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = 4 * 1024 * 1024

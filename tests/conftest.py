@@ -76,18 +76,39 @@ def openai_deployment(upstream: FakeOpenAIUpstream, **extra: Any) -> dict[str, A
     return {"provider": "openai", "model": "fake-model", "api_base": upstream.base_url, **extra}
 
 
+POLICY_KEYS = ("routes", "signals", "rules", "default_route", "fallback_route", "tests")
+
+
+def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A test's one dict as the gateway's two files: deployments, and the routing policy (where a
+    route may be written as a plain list of deployments)."""
+    deployments = {k: v for k, v in config.items() if k not in POLICY_KEYS}
+    policy = {k: v for k, v in config.items() if k in POLICY_KEYS}
+    policy["routes"] = {
+        name: {"deployments": route} if isinstance(route, list) else route
+        for name, route in config.get("routes", {}).items()
+    }
+    return deployments, policy
+
+
 @pytest.fixture
 def gateway(bg: BackgroundLoop, tmp_path: Path) -> Iterator[Callable[..., RunningGateway]]:
     """Start the gateway in-process on a free port with the given configuration (a dict)."""
     running: list[RunningGateway] = []
 
     def start(
-        config: dict[str, Any], environ: dict[str, str] | None = None, **settings: Any
+        spec: dict[str, Any] | None = None, environ: dict[str, str] | None = None, **settings: Any
     ) -> RunningGateway:
-        path = tmp_path / f"gateway-{len(running)}.yaml"
-        path.write_text(yaml.safe_dump(config))
+        """`spec` is one dict for both files; without it, `config=` and `policy=` name the files."""
+        if spec is not None:
+            deployments, policy = split_config(spec)
+            settings["config"] = tmp_path / f"deployments-{len(running)}.yaml"
+            settings["config"].write_text(yaml.safe_dump(deployments))
+            settings["policy"] = tmp_path / f"policy-{len(running)}.yaml"
+            settings["policy"].write_text(yaml.safe_dump(policy))
         port = free_port()
-        app = create_app(Settings(config=path, port=port, **settings), environ=environ or {})
+        settings.setdefault("policy_reload_interval", 0)
+        app = create_app(Settings(port=port, **settings), environ=environ or {})
         server = uvicorn.Server(
             uvicorn.Config(
                 app, host="127.0.0.1", port=port, lifespan="on", access_log=False, log_level="warning"

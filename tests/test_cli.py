@@ -14,23 +14,31 @@ import httpx
 import yaml
 
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
-from tests.conftest import free_port, openai_deployment
+from tests.conftest import free_port, openai_deployment, split_config
 
 
 def test_serve_answers_and_exits_cleanly_on_sigterm(
     upstreams: Callable[..., FakeOpenAIUpstream], tmp_path: Path
 ) -> None:
     upstream = upstreams()
-    config = tmp_path / "gateway.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {"deployments": {"d": openai_deployment(upstream)}, "routes": {"r": ["d"]}, "default_route": "r"}
-        )
+    deployments, policy = split_config(
+        {"deployments": {"d": openai_deployment(upstream)}, "routes": {"r": ["d"]}, "default_route": "r"}
     )
+    config, policy_file = tmp_path / "deployments.yaml", tmp_path / "policy.yaml"
+    config.write_text(yaml.safe_dump(deployments))
+    policy_file.write_text(yaml.safe_dump(policy))
     port = free_port()
     env = {**os.environ, "GATEWAY_MANAGE_LOCAL_MODEL": "false", "GATEWAY_LOG_LEVEL": "warning"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            *("--config", str(config), "--policy", str(policy_file)),
+            "--port",
+            str(port),
+        ],
         env=env,
         stderr=subprocess.PIPE,
         text=True,

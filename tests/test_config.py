@@ -17,32 +17,23 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_the_shipped_configuration_is_valid() -> None:
-    config = load_config(REPO / "policies" / "gateway.yaml")
-    assert config.default_route == "frontier" and config.fallback_route == "local"
+    config = load_config(REPO / "policies" / "deployments.yaml")
+    assert set(config.deployments) == {"gpt-4o", "claude-sonnet", "smollm2"}
     assert config.deployments["smollm2"].provider == "managed-local"
 
 
 @pytest.mark.parametrize(
     ("text", "complaint"),
     [
-        ("deployments: {}\nroutes: {r: [nope]}\ndefault_route: r\n", "unknown deployment 'nope'"),
-        (
-            "deployments: {a: {provider: openai, model: m}}\nroutes: {r: [a]}\ndefault_route: x\n",
-            "default_route 'x' is not a route",
-        ),
-        (
-            "deployments: {a: {provider: openai, model: m, api_key: sk-1}}\n"
-            "routes: {r: [a]}\ndefault_route: r\n",
-            "deployments.a.api_key: Extra inputs are not permitted",
-        ),
-        (
-            "deployments: {a: {provider: magic, model: m}}\nroutes: {r: [a]}\ndefault_route: r\n",
-            "deployments.a.provider",
-        ),
-        ("deployments: {a: {provider: openai}}\nroutes: {r: [a]}\ndefault_route: r\n", "'model' is required"),
+        ("deployments: {a: {provider: openai, model: m, api_key: sk-1}}\n",
+         "deployments.a.api_key: Extra inputs are not permitted"),
+        ("deployments: {a: {provider: magic, model: m}}\n", "deployments.a.provider"),
+        ("deployments: {a: {provider: openai}}\n", "'model' is required"),
+        ("deployments: {a: {provider: openai, model: m}}\nroutes: {r: [a]}\n",
+         "routes: Extra inputs are not permitted"),
         ("deployments: [\n", "not valid YAML"),
     ],
-)
+)  # fmt: skip
 def test_invalid_configuration_is_reported_with_where(tmp_path: Path, text: str, complaint: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, text))
@@ -51,16 +42,16 @@ def test_invalid_configuration_is_reported_with_where(tmp_path: Path, text: str,
 
 
 def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check-config", str(REPO / "policies" / "gateway.yaml")]) == 0
-    bad = write(tmp_path, "deployments: {}\nroutes: {}\n")
+    assert main(["check-config", str(REPO / "policies" / "deployments.yaml")]) == 0
+    bad = write(tmp_path, "deployments: {a: {provider: openai}}\n")
     assert main(["check-config", str(bad)]) == 1
-    assert "default_route" in capsys.readouterr().err
+    assert "'model' is required" in capsys.readouterr().err
 
 
 def test_an_open_gateway_refuses_to_listen_beyond_loopback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("GATEWAY_API_KEYS", raising=False)
-    config = str(REPO / "policies" / "gateway.yaml")
+    config = str(REPO / "policies" / "deployments.yaml")
     assert main(["serve", "--config", config, "--host", "0.0.0.0", "--port", "1"]) == 1
     assert "without API keys" in capsys.readouterr().err

@@ -13,9 +13,9 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from gateway.api.http import check_api_key, header_value, request_id_of, send_error
+from gateway.api.http import caller_of, check_api_key, header_value, request_id_of, send_error
 from gateway.errors import BodyTooLarge, GatewayError, InvalidRequest
-from gateway.pipeline import Answer, ChatPipeline
+from gateway.pipeline import Answer, Caller, ChatPipeline
 from gateway.providers.base import ChatRequest
 from gateway.wire import parse_chat_request
 
@@ -63,7 +63,7 @@ class ChatCompletionsEndpoint:
         except GatewayError as error:
             await send_error(send, error, headers)
             return
-        await self._answer(request, started, headers, receive, send)
+        await self._answer(request, caller_of(scope), started, headers, receive, send)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         declared = header_value(scope, b"content-length")
@@ -89,6 +89,7 @@ class ChatCompletionsEndpoint:
     async def _answer(
         self,
         request: ChatRequest,
+        caller: Caller,
         started: float,
         headers: list[tuple[bytes, bytes]],
         receive: Receive,
@@ -97,7 +98,7 @@ class ChatCompletionsEndpoint:
         watcher = DisconnectWatcher(receive)
         try:
             try:
-                answer = await self._pipeline.answer(request)
+                answer = await self._pipeline.answer(request, caller)
             except GatewayError as error:
                 await send_error(send, error, headers)
                 return
@@ -152,6 +153,7 @@ class ChatCompletionsEndpoint:
 def _routing_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
     headers = [
         (b"x-gateway-route", answer.route.encode()),
+        (b"x-gateway-rule", _header_safe(answer.rule)),
         (b"x-gateway-deployment", answer.deployment.encode()),
     ]
     if answer.fallback:

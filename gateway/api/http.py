@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from gateway.errors import AuthenticationFailed, GatewayError
+from gateway.pipeline import Caller
 from gateway.settings import digest_key
 
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
@@ -55,3 +56,11 @@ def check_api_key(authorization: str | None, key_digests: frozenset[str]) -> Non
     scheme, _, key = authorization.partition(" ")
     if scheme.lower() != "bearer" or digest_key(key.strip()) not in key_digests:
         raise AuthenticationFailed("Incorrect API key provided.")
+
+
+def caller_of(scope: MutableMapping[str, Any]) -> Caller:
+    """Who is asking; for now only the request's tags (`x-gateway-tags: a, b`)."""
+    tags = header_value(scope, b"x-gateway-tags")
+    if not tags:
+        return Caller()
+    return Caller(tags=tuple(tag.strip() for tag in tags.split(",") if tag.strip()))

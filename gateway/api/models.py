@@ -21,8 +21,9 @@ async def list_models(
 ) -> dict[str, Any]:
     runtime: Runtime = request.app.state.runtime
     check_api_key(authorization, runtime.key_digests)
-    catalog = runtime.catalog
-    assert catalog is not None
+    catalog, policies = runtime.catalog, runtime.policies
+    assert catalog is not None and policies is not None
+    policy = policies.current.policy
     created = int(time.time())
     models: list[dict[str, Any]] = [
         {
@@ -31,10 +32,12 @@ async def list_models(
             "created": created,
             "owned_by": "gateway",
             "kind": "auto",
-            "route": catalog.config.default_route,
+            "policy": policies.current.name,
+            "default_route": policy.default_route,
         },
     ]
-    for route, members in catalog.config.routes.items():
+    for route, spec in policy.routes.items():
+        members = spec.deployments if spec.deployments is not None else dict(spec.split or {})
         models.append(
             {
                 "id": route,

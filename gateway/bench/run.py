@@ -146,7 +146,18 @@ def _gateway_spec(config: Path, key: str) -> _ProxySpec:
     return _ProxySpec(
         "gateway",
         "gateway",
-        lambda port: [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)],
+        lambda port: [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(config),
+            "--policy",
+            str(_policy_path(config)),
+            "--port",
+            str(port),
+        ],
         lambda port: Endpoint("127.0.0.1", port, "/v1/chat/completions", "frontier", key),
         GATEWAY_STARTUP_TIMEOUT,
     )
@@ -177,13 +188,16 @@ def _litellm_spec(config: Path, key: str) -> _ProxySpec:
 
 
 def _gateway_config(path: Path, upstream_url: str) -> Path:
-    config = {
-        "deployments": {"fake": {"provider": "openai", "model": MODEL, "api_base": upstream_url}},
-        "routes": {"frontier": ["fake"]},
-        "default_route": "frontier",
-    }
-    path.write_text(yaml.safe_dump(config))
+    """Write the deployments file and, beside it, the policy: one route, `frontier`, the default."""
+    deployments = {"deployments": {"fake": {"provider": "openai", "model": MODEL, "api_base": upstream_url}}}
+    path.write_text(yaml.safe_dump(deployments))
+    policy = {"routes": {"frontier": {"deployments": ["fake"]}}, "default_route": "frontier"}
+    _policy_path(path).write_text(yaml.safe_dump(policy))
     return path
+
+
+def _policy_path(config: Path) -> Path:
+    return config.with_name("policy.yaml")
 
 
 async def _bench(duration: float, with_litellm: bool) -> Outcome:
@@ -238,7 +252,7 @@ async def _bench(duration: float, with_litellm: bool) -> Outcome:
 
         env[floor_app.UPSTREAM_ENV] = upstream_url
         floor = await _start_proxy(_floor_spec(), env, tmp, proxy_cpus, stack)
-        gateway_config = _gateway_config(tmp / "gateway.yaml", upstream_url)
+        gateway_config = _gateway_config(tmp / "deployments.yaml", upstream_url)
         gateway = await _start_proxy(_gateway_spec(gateway_config, gateway_key), env, tmp, proxy_cpus, stack)
         columns = [direct, floor, gateway]
         if litellm_status == "measured":

@@ -15,7 +15,7 @@ from gateway.policy.schema import GoldenRequest, Policy
 from gateway.policy.signals import RequestFacts
 from gateway.tokens import TokenCounter
 
-DEFAULT_CONFIG = Path("policies/gateway.yaml")
+DEFAULT_CONFIG = Path("policies/deployments.yaml")
 
 
 def add_policy_commands(commands: Any) -> None:

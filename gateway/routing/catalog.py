@@ -1,13 +1,16 @@
-"""What a `model` name means: `auto`, a route alias or a deployment, resolved to ordered candidates."""
+"""What a `model` name means: a route alias or a deployment, or (for `auto`) the policy's decision,
+resolved to the candidates tried in order."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gateway.config import GatewayConfig
 from gateway.errors import ModelNotFound
+from gateway.policy.decide import Decision, route_order
+from gateway.policy.schema import Policy
 from gateway.providers.base import Provider
+from gateway.routing.health import DeploymentHealth
 
 AUTO = "auto"
 
@@ -29,27 +32,31 @@ class Target:
 
 
 class Catalog:
-    def __init__(self, config: GatewayConfig, providers: Mapping[str, Provider]) -> None:
-        self.config = config
+    def __init__(self, providers: Mapping[str, Provider], health: DeploymentHealth) -> None:
         self.providers = dict(providers)
-        self._routes = {
-            route: tuple(Candidate(route, self.providers[name]) for name in members)
-            for route, members in config.routes.items()
-        }
+        self._health = health
 
-    def resolve(self, model: str) -> Target:
-        if model == AUTO:
-            route = self.config.default_route
-            candidates = self._routes[route]
-            fallback = self.config.fallback_route
-            if fallback and fallback != route:
-                seen = {c.provider.deployment.name for c in candidates}
-                candidates += tuple(
-                    c for c in self._routes[fallback] if c.provider.deployment.name not in seen
-                )
-            return Target(route, candidates, explicit=False)
-        if model in self._routes:
-            return Target(model, self._routes[model], explicit=True)
+    def for_decision(self, decision: Decision, policy: Policy, request_id: str) -> Target:
+        """The decided route's deployments, then the policy's fallback route's."""
+        candidates = tuple(Candidate(decision.route, self.providers[name]) for name in decision.deployments)
+        fallback = policy.fallback_route
+        if fallback and fallback != decision.route:
+            seen = set(decision.deployments)
+            candidates += tuple(
+                Candidate(fallback, self.providers[name])
+                for name in route_order(policy.routes[fallback], request_id)
+                if name not in seen
+            )
+        return Target(decision.route, candidates, explicit=False)
+
+    def resolve(self, model: str, policy: Policy, request_id: str) -> Target:
+        """A route alias or a deployment the client named."""
+        route = policy.routes.get(model)
+        if route is not None:
+            order = route_order(route, request_id)
+            return Target(
+                model, tuple(Candidate(model, self.providers[name]) for name in order), explicit=True
+            )
         provider = self.providers.get(model)
         if provider is None:
             raise ModelNotFound(
@@ -57,5 +64,12 @@ class Catalog:
             )
         return Target(model, (Candidate(model, provider),), explicit=True)
 
-    def model_names(self) -> list[str]:
-        return [AUTO, *self._routes, *self.providers]
+    def deployment_usable(self, name: str) -> bool:
+        return self.providers[name].available and self._health.breaker(name).would_allow()
+
+    def route_healthy(self, policy: Policy, route: str) -> bool | None:
+        spec = policy.routes.get(route)
+        if spec is None:
+            return None
+        members = spec.deployments if spec.deployments is not None else list(spec.split or {})
+        return any(self.deployment_usable(name) for name in members)

@@ -9,7 +9,6 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import yaml
 
 from tests.conftest import RunningGateway
 
@@ -20,8 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 def test_the_shipped_configuration_answers_from_the_real_local_model(
     gateway: Callable[..., RunningGateway],
 ) -> None:
-    config = yaml.safe_load((REPO / "policies" / "gateway.yaml").read_text())
-    gw = gateway(config, environ={})  # no provider keys: frontier is unavailable
+    policies = REPO / "policies"
+    # No provider keys: the frontier route is unavailable.
+    gw = gateway(config=policies / "deployments.yaml", policy=policies / "default.yaml", environ={})
     deadline = time.monotonic() + 90
     while httpx.get(f"{gw.url}/readyz").status_code != 200:
         assert time.monotonic() < deadline, "the local model did not become ready"
@@ -33,9 +33,10 @@ def test_the_shipped_configuration_answers_from_the_real_local_model(
         model="auto", messages=question, max_tokens=24, temperature=0
     )
     answer = raw.parse()
+    assert raw.headers["x-gateway-rule"] == "short-questions-local"
     assert raw.headers["x-gateway-route"] == "local"
     assert raw.headers["x-gateway-deployment"] == "smollm2"
-    assert "OPENAI_API_KEY is not set" in raw.headers["x-gateway-fallback"]
+    assert "x-gateway-fallback" not in raw.headers
     assert "4" in (answer.choices[0].message.content or "")
     assert answer.usage is not None and answer.usage.completion_tokens > 0
 
@@ -52,6 +53,12 @@ def test_the_shipped_configuration_answers_from_the_real_local_model(
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert "4" in text
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+    code = [{"role": "user", "content": "Fix this: def f(x) return x"}]
+    raw = client.chat.completions.with_raw_response.create(model="auto", messages=code, max_tokens=8)
+    assert raw.headers["x-gateway-rule"] == "code-and-tools-to-frontier"
+    assert raw.headers["x-gateway-route"] == "local"  # the policy's fallback route
+    assert "OPENAI_API_KEY is not set" in raw.headers["x-gateway-fallback"]
 
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model="frontier", messages=question)

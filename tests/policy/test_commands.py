@@ -11,7 +11,7 @@ from gateway.cli import main
 from gateway.policy.commands import policy_json_schema
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = str(REPO / "policies" / "gateway.yaml")
+CONFIG = str(REPO / "policies" / "deployments.yaml")
 
 
 def test_the_committed_json_schema_is_current() -> None:
@@ -78,7 +78,7 @@ def test_explain_shows_signals_and_every_rule(tmp_path: Path, capsys: pytest.Cap
     assert explained["overrides"] == {"max_tokens": 512}
 
 
-SHIPPED = sorted(p for p in (REPO / "policies").glob("*.yaml") if p.name != "gateway.yaml")
+SHIPPED = sorted(p for p in (REPO / "policies").glob("*.yaml") if p.name != "deployments.yaml")
 
 
 @pytest.mark.parametrize("policy", SHIPPED, ids=[p.name for p in SHIPPED])
