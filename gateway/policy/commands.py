@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import ConfigError, load_config
+from gateway.policy.bench import run_policy_bench
 from gateway.policy.compile import CompiledPolicy, PolicyError, golden_failure, load_policy
 from gateway.policy.decide import Decision, decide
 from gateway.policy.schema import GoldenRequest, Policy
@@ -32,6 +33,13 @@ def add_policy_commands(commands: Any) -> None:
         "request", type=Path, help="an OpenAI request body, or {body, team, key, role, tags}"
     )
     _config_option(explain)
+    bench = verbs.add_parser("bench", help="time signals + decision on real prompts, and a 200-rule compile")
+    bench.add_argument("policy", type=Path)
+    bench.add_argument("data", type=Path, help="ShareGPT-style JSON or JSONL of OpenAI request bodies")
+    bench.add_argument("--limit", type=int, default=1000, help="prompts to read")
+    bench.add_argument("--rounds", type=int, default=3)
+    bench.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    _config_option(bench)
     schema = verbs.add_parser("schema", help="write the policy JSON Schema (for editors)")
     schema.add_argument("--output", type=Path, default=Path("policies/schema.json"))
 
@@ -52,6 +60,8 @@ def run_policy_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    if args.policy_command == "bench":
+        return run_policy_bench(args.policy, deployments, args.data, args.limit, args.rounds, args.json)
     tokens = TokenCounter()
     if args.policy_command == "explain":
         return _explain(args.policy, args.request, deployments, tokens)

@@ -85,3 +85,24 @@ SHIPPED = sorted(p for p in (REPO / "policies").glob("*.yaml") if p.name != "dep
 def test_every_shipped_policy_loads_and_passes_its_golden_cases(policy: Path) -> None:
     assert len(SHIPPED) >= 4
     assert main(["policy", "validate", str(policy), "--config", CONFIG]) == 0
+
+
+def test_policy_bench_reports_its_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "prompts.jsonl"
+    data.write_text(
+        "\n".join(
+            json.dumps({"messages": [{"role": "user", "content": f"question {i} " * i}]})
+            for i in range(1, 30)
+        )
+    )
+    out = tmp_path / "bench.json"
+    policy = str(REPO / "policies" / "default.yaml")
+    assert (
+        main(["policy", "bench", policy, str(data), "--rounds", "1", "--json", str(out), "--config", CONFIG])
+        == 0
+    )
+    figures = json.loads(out.read_text())
+    assert figures["decisions"] == 29
+    assert 0 < figures["decide_p50_ms"] <= figures["decide_p99_ms"] <= figures["decide_max_ms"]
+    assert figures["large_policy_compile_s"] > 0
+    assert "signals + decision p99" in capsys.readouterr().out
