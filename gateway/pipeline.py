@@ -77,6 +77,27 @@ class ChatPipeline:
             decision,
         )
 
+    def explain(self, request: ChatRequest, caller: Caller) -> dict[str, Any]:
+        """What `answer` would do with this request, and why, without calling any model."""
+        compiled = self.policies.current
+        if request.body["model"] == AUTO:
+            decision = decide(compiled, self.facts(request, caller), explain=True)
+            target = self.catalog.for_decision(decision, compiled.policy, request.request_id)
+            explained = decision.as_json()
+        else:
+            target = self.catalog.resolve(request.body["model"], compiled.policy, request.request_id)
+            explained = {"rule": EXPLICIT_RULE, "route": target.route}
+        explained["policy"] = compiled.name
+        explained["candidates"] = [
+            {
+                "route": candidate.route,
+                "deployment": candidate.provider.deployment.name,
+                "usable": self.catalog.deployment_usable(candidate.provider.deployment.name),
+            }
+            for candidate in target.candidates
+        ]
+        return explained
+
     async def answer(self, request: ChatRequest, caller: Caller = Caller()) -> Answer:
         target, rule, decision = self.route(request, caller)
         timeout = self._request_timeout

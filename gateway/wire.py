@@ -46,7 +46,9 @@ class ChatCompletionRequest(_PassThrough):
     user: str | None = None
 
 
-def parse_chat_request(raw: bytes) -> tuple[dict[str, Any], ChatCompletionRequest]:
+def parse_chat_request(
+    raw: bytes, *, default_model: str | None = None
+) -> tuple[dict[str, Any], ChatCompletionRequest]:
     """Parse and validate a request body; raise `InvalidRequest` naming the offending field."""
     try:
         body = orjson.loads(raw)
@@ -54,6 +56,8 @@ def parse_chat_request(raw: bytes) -> tuple[dict[str, Any], ChatCompletionReques
         raise InvalidRequest(f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    if default_model is not None:
+        body.setdefault("model", default_model)
     try:
         validated = ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:

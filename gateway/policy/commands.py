@@ -11,7 +11,7 @@ from typing import Any
 from gateway.config import ConfigError, load_config
 from gateway.policy.bench import run_policy_bench
 from gateway.policy.compile import CompiledPolicy, PolicyError, golden_failure, load_policy
-from gateway.policy.decide import Decision, decide
+from gateway.policy.decide import decide
 from gateway.policy.schema import GoldenRequest, Policy
 from gateway.policy.signals import RequestFacts
 from gateway.tokens import TokenCounter
@@ -106,21 +106,8 @@ def _explain(policy_path: Path, request_path: Path, deployments: set[str], token
         tags=tuple(request.tags), request_id="explain", given=request.signals,
     )  # fmt: skip
     decision = decide(compiled, facts, explain=True)
-    print(json.dumps(explanation(decision), indent=2))
+    print(json.dumps(decision.as_json(), indent=2))
     return 0
-
-
-def explanation(decision: Decision) -> dict[str, Any]:
-    return {
-        "rule": decision.rule,
-        "route": decision.route,
-        "deployments": list(decision.deployments),
-        "cache": decision.cache.model_dump() if decision.cache else None,
-        "overrides": decision.overrides.model_dump(exclude_none=True) if decision.overrides else None,
-        "shadow": decision.shadow,
-        "signals": dict(decision.signals),
-        "rules": [{"rule": o.rule, "matched": o.matched, "why": o.why} for o in decision.outcomes],
-    }
 
 
 def policy_json_schema() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.policy.schema import DEFAULT_RULE, CacheDirective, Overrides, Route
 from gateway.policy.signals import RequestFacts, SignalBook, SignalValue
@@ -34,6 +34,18 @@ class Decision:
     signals: Mapping[str, SignalValue]
     # Every rule with whether it matched and why not (explain), else empty.
     outcomes: tuple[RuleOutcome, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "route": self.route,
+            "deployments": list(self.deployments),
+            "cache": self.cache.model_dump() if self.cache else None,
+            "overrides": self.overrides.model_dump(exclude_none=True) if self.overrides else None,
+            "shadow": self.shadow,
+            "signals": dict(self.signals),
+            "rules": [{"rule": o.rule, "matched": o.matched, "why": o.why} for o in self.outcomes],
+        }
 
 
 def decide(policy: CompiledPolicy, facts: RequestFacts, *, explain: bool = False) -> Decision:
