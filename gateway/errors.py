@@ -4,6 +4,8 @@
     ├── InvalidRequest                400 invalid_request_error
     │   └── BodyTooLarge              413 invalid_request_error
     ├── AuthenticationFailed          401 authentication_error
+    ├── PermissionDenied              403 permission_error
+    ├── NotFound                      404 invalid_request_error (code not_found)
     ├── ModelNotFound                 404 invalid_request_error (code model_not_found)
     ├── RateLimited                   429 rate_limit_error
     └── UpstreamError                 502 upstream_error
@@ -63,6 +65,18 @@ class AuthenticationFailed(GatewayError):
     status = 401
     error_type = "authentication_error"
     code: str | None = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    error_type = "permission_error"
+    code: str | None = "permission_denied"
+
+
+class NotFound(GatewayError):
+    status = 404
+    error_type = "invalid_request_error"
+    code: str | None = "not_found"
 
 
 class ModelNotFound(GatewayError):

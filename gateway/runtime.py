@@ -14,6 +14,7 @@ from gateway.api.chat import ChatCompletionsEndpoint
 from gateway.config import GatewayConfig, load_config
 from gateway.pipeline import ChatPipeline
 from gateway.policy.compile import PolicyError
+from gateway.policy.history import PolicyHistory
 from gateway.policy.store import PolicyStore
 from gateway.providers.base import Provider
 from gateway.providers.factory import build_provider
@@ -38,11 +39,13 @@ class Runtime:
         self.config: GatewayConfig | None = None
         self.catalog: Catalog | None = None
         self.policies: PolicyStore | None = None
+        self.history: PolicyHistory | None = None
         self.pipeline: ChatPipeline | None = None
         self.health: DeploymentHealth | None = None
         self.chat: ChatCompletionsEndpoint | None = None
         self.local_model: ManagedLocalModel | None = None
         self.key_digests = settings.api_key_digests()
+        self.admin_key_digests = settings.admin_key_digests()
         self._session: aiohttp.ClientSession | None = None
         self._local_start: asyncio.Task[None] | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -53,8 +56,9 @@ class Runtime:
         config = load_config(settings.config)
         self.config = config
         tokens = TokenCounter()
+        self.history = PolicyHistory(settings.state_dir / "policies.sqlite")
         try:
-            self.policies = PolicyStore(settings.policy, config.deployments, tokens)
+            self.policies = PolicyStore(settings.policy, config.deployments, tokens, self.history)
         except PolicyError as exc:
             raise StartupError("\n".join(exc.problems)) from exc
         self._session = aiohttp.ClientSession(
@@ -133,6 +137,8 @@ class Runtime:
                 await provider.aclose()
         if self._session is not None:
             await self._session.close()
+        if self.history is not None:
+            self.history.close()
 
 
 def check_exposure(settings: Settings) -> None:

@@ -20,6 +20,11 @@ class Settings(BaseSettings):
     policy: Path = Path("policies/default.yaml")
     # How often the policy file is checked for changes (seconds; 0 turns reloading off).
     policy_reload_interval: float = 1.0
+    # Where the gateway keeps its own state on disk (policy history).
+    state_dir: Path = Path(".gateway")
+    # Keys allowed to change policies through the admin API (comma-separated). Without any keys at
+    # all the gateway is open on loopback, admin API included.
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     # Client keys, comma-separated. Empty: the gateway runs open, which it allows only on loopback.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = 4 * 1024 * 1024
@@ -32,7 +37,7 @@ class Settings(BaseSettings):
     local_model_log: Path | None = None
     log_level: str = "info"
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -41,6 +46,9 @@ class Settings(BaseSettings):
 
     def api_key_digests(self) -> frozenset[str]:
         return frozenset(digest_key(key.get_secret_value()) for key in self.api_keys)
+
+    def admin_key_digests(self) -> frozenset[str]:
+        return frozenset(digest_key(key.get_secret_value()) for key in self.admin_keys)
 
 
 def digest_key(key: str) -> str:

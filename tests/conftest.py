@@ -108,6 +108,7 @@ def gateway(bg: BackgroundLoop, tmp_path: Path) -> Iterator[Callable[..., Runnin
             settings["policy"].write_text(yaml.safe_dump(policy))
         port = free_port()
         settings.setdefault("policy_reload_interval", 0)
+        settings.setdefault("state_dir", tmp_path / f"state-{len(running)}")
         app = create_app(Settings(port=port, **settings), environ=environ or {})
         server = uvicorn.Server(
             uvicorn.Config(

@@ -28,7 +28,12 @@ def test_serve_answers_and_exits_cleanly_on_sigterm(
     config.write_text(yaml.safe_dump(deployments))
     policy_file.write_text(yaml.safe_dump(policy))
     port = free_port()
-    env = {**os.environ, "GATEWAY_MANAGE_LOCAL_MODEL": "false", "GATEWAY_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "GATEWAY_MANAGE_LOCAL_MODEL": "false",
+        "GATEWAY_LOG_LEVEL": "warning",
+        "GATEWAY_STATE_DIR": str(tmp_path / "state"),
+    }
     process = subprocess.Popen(
         [
             sys.executable,

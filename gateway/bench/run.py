@@ -230,6 +230,7 @@ async def _bench(duration: float, with_litellm: bool) -> Outcome:
     )
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp_name, contextlib.ExitStack() as stack:
         tmp = Path(tmp_name)
+        env["GATEWAY_STATE_DIR"] = str(tmp / "state")
         _progress("starting the fake upstream")
         fake_argv = [
             sys.executable,

@@ -1,67 +1,107 @@
-"""The live policy: compiled off the request path, swapped in one step, never replaced by a broken one."""
+"""The live policy: compiled off the request path, swapped in one step, never replaced by a broken one.
+
+Edits arrive two ways, both through `apply`: the file changed (polled), or an admin sent a new text
+(the file is then rewritten atomically). Every version that goes live is recorded in the history.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import os
+import tempfile
 from collections.abc import Collection
 from pathlib import Path
 
-from gateway.policy.compile import CompiledPolicy, PolicyError, load_policy
+from gateway.policy.compile import CompiledPolicy, PolicyError, compile_policy_text
+from gateway.policy.history import PolicyHistory
 from gateway.tokens import TokenCounter
 
 logger = logging.getLogger("gateway.policy")
 
 
 class PolicyStore:
-    """Holds the compiled policy every request reads (`current`) and reloads it when its file changes.
+    """Holds the compiled policy every request reads (`current`).
 
-    A reload compiles on a worker thread; only a policy that compiled and passed its golden cases
-    replaces `current`, by a single assignment, so a request sees the old policy or the new one whole.
-    A broken edit leaves the running policy in place and is reported in `last_error`.
+    A new version compiles on a worker thread; only a policy that compiled and passed its golden
+    cases replaces `current`, by a single assignment, so a request sees the old policy or the new
+    one whole. A broken edit leaves the running policy in place and is reported in `last_error`.
     """
 
-    def __init__(self, path: Path, deployments: Collection[str], tokens: TokenCounter) -> None:
+    def __init__(
+        self,
+        path: Path,
+        deployments: Collection[str],
+        tokens: TokenCounter,
+        history: PolicyHistory | None = None,
+    ) -> None:
         self.path = path
+        self.name = path.stem
         self._deployments = frozenset(deployments)
         self._tokens = tokens
-        self._digest = ""
-        self.current: CompiledPolicy = self._compile()
+        self._history = history
+        self._lock = asyncio.Lock()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PolicyError([f"{path}: cannot read the policy: {exc}"]) from exc
+        self.current: CompiledPolicy = self._compile(text)
+        self._digest = _digest(text)
+        self.version = history.record(self.name, text, "file") if history else 0
         self.last_error: list[str] | None = None
         self.reloads = 0
 
-    def _compile(self) -> CompiledPolicy:
-        compiled = load_policy(self.path, self._deployments, self._tokens)
-        self._digest = _digest(self.path)
-        return compiled
+    def _compile(self, text: str) -> CompiledPolicy:
+        return compile_policy_text(text, str(self.path), self._deployments, self._tokens, name=self.name)
 
-    async def reload(self) -> bool:
-        """Compile the file again; True when the new policy went live."""
-        try:
-            compiled = await asyncio.to_thread(load_policy, self.path, self._deployments, self._tokens)
-        except PolicyError as exc:
-            self.last_error = exc.problems
-            logger.error("policy %s rejected, the running one stays:\n%s", self.path, "\n".join(exc.problems))
-            return False
-        self.current = compiled
-        self.last_error = None
-        self.reloads += 1
-        logger.info("policy %s applied (%d rules)", self.path, len(compiled.rules))
-        return True
+    async def apply(self, text: str, author: str, *, write_file: bool) -> int:
+        """Compile `text` and make it live; its version number. Raises `PolicyError`, changing nothing."""
+        async with self._lock:
+            try:
+                compiled = await asyncio.to_thread(self._compile, text)
+            except PolicyError as exc:
+                self.last_error = exc.problems
+                problems = "\n".join(exc.problems)
+                logger.error("policy %s rejected, the running one stays:\n%s", self.name, problems)
+                raise
+            if write_file:
+                await asyncio.to_thread(_write_atomically, self.path, text)
+            version = 0
+            if self._history is not None:
+                version = await asyncio.to_thread(self._history.record, self.name, text, author)
+            self.current, self.version, self._digest = compiled, version, _digest(text)
+            self.last_error = None
+            self.reloads += 1
+            rules = len(compiled.rules)
+            logger.info("policy %s v%d applied by %s (%d rules)", self.name, version, author, rules)
+            return version
 
     async def watch(self, interval: float = 1.0) -> None:
-        """Reload whenever the file's content changes (polled: no platform file-watching needed)."""
+        """Apply the file whenever its content changes (polled: no platform file-watching needed)."""
         while True:
             await asyncio.sleep(interval)
             try:
-                digest = _digest(self.path)
-            except OSError:
+                text = self.path.read_text()
+            except (OSError, UnicodeDecodeError):
                 continue  # being replaced, or gone: keep the running policy
-            if digest != self._digest:
-                self._digest = digest
-                await self.reload()
+            digest = _digest(text)
+            if digest == self._digest:
+                continue
+            self._digest = digest  # a broken text is reported once, not on every poll
+            with contextlib.suppress(PolicyError):  # reported in last_error and the log
+                await self.apply(text, "file", write_file=False)
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Readers (the watcher, an editor) see the old file or the new one, never half of it."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)

@@ -1,0 +1,114 @@
+"""The admin API for policies: apply a new version, list versions with their diffs, roll back.
+
+Changing routing is an admin's act: with admin keys set (GATEWAY_ADMIN_KEYS) one is required; with
+client keys but no admin keys the admin API is off; with no keys at all the gateway is open on
+loopback only, and so is this API.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+
+from gateway.api.http import check_api_key
+from gateway.errors import InvalidRequest, NotFound, PermissionDenied
+from gateway.policy.compile import PolicyError
+from gateway.policy.store import PolicyStore
+from gateway.runtime import Runtime
+from gateway.settings import digest_key
+
+router = APIRouter(prefix="/admin/policies")
+Authorization = Annotated[str | None, Header()]
+
+
+def _admin(request: Request, authorization: str | None) -> tuple[Runtime, str]:
+    """The runtime and who is acting, once they are allowed to change policies."""
+    runtime: Runtime = request.app.state.runtime
+    if runtime.admin_key_digests:
+        check_api_key(authorization, runtime.admin_key_digests)
+        key = (authorization or "").partition(" ")[2].strip()
+        return runtime, f"admin key {digest_key(key)[:8]}"
+    if runtime.key_digests:
+        raise PermissionDenied("The admin API is off: set GATEWAY_ADMIN_KEYS to use it.")
+    return runtime, "loopback (open gateway)"
+
+
+def _store(runtime: Runtime, name: str) -> PolicyStore:
+    store = runtime.policies
+    assert store is not None
+    if name != store.name:
+        raise NotFound(f"No live policy named '{name}' (the live policy is '{store.name}').")
+    return store
+
+
+@router.get("")
+async def list_policies(request: Request, authorization: Authorization = None) -> dict[str, Any]:
+    runtime, _ = _admin(request, authorization)
+    store = runtime.policies
+    assert store is not None
+    return {
+        "live": {
+            "name": store.name,
+            "version": store.version,
+            "rules": len(store.current.rules),
+            "last_error": store.last_error,
+        }
+    }
+
+
+@router.put("/{name}")
+async def apply_policy(name: str, request: Request, authorization: Authorization = None) -> dict[str, Any]:
+    runtime, author = _admin(request, authorization)
+    store = _store(runtime, name)
+    try:
+        text = (await request.body()).decode()
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("The policy must be UTF-8 text (YAML).") from exc
+    return {"name": name, "version": await _apply(store, text, author)}
+
+
+@router.get("/{name}/versions")
+async def list_versions(name: str, request: Request, authorization: Authorization = None) -> dict[str, Any]:
+    runtime, _ = _admin(request, authorization)
+    store = _store(runtime, name)
+    assert runtime.history is not None
+    return {
+        "name": name,
+        "live_version": store.version,
+        "versions": [
+            {
+                "version": v.version,
+                "applied_at": v.applied_at,
+                "author": v.author,
+                "digest": v.digest,
+                "diff": v.diff,
+            }
+            for v in runtime.history.versions(name)
+        ],
+    }
+
+
+@router.post("/{name}/rollback/{version}")
+async def roll_back(
+    name: str, version: int, request: Request, authorization: Authorization = None
+) -> dict[str, Any]:
+    runtime, author = _admin(request, authorization)
+    store = _store(runtime, name)
+    assert runtime.history is not None
+    text = runtime.history.source_of(name, version)
+    if text is None:
+        raise NotFound(f"Policy '{name}' has no version {version}.")
+    applied = await _apply(store, text, f"{author} (rollback to v{version})")
+    return {"name": name, "version": applied, "rolled_back_to": version}
+
+
+async def _apply(store: PolicyStore, text: str, author: str) -> int:
+    try:
+        return await store.apply(text, author, write_file=True)
+    except PolicyError as exc:
+        error = InvalidRequest(
+            "The policy was not applied; the running one stays.\n" + "\n".join(exc.problems)
+        )
+        error.code = "invalid_policy"
+        raise error from exc

@@ -1,0 +1,94 @@
+"""Policies changed through the admin API: applied whole or not at all, versioned, rolled back, kept."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from gateway.fakes.openai_upstream import FakeOpenAIUpstream
+from tests.conftest import RunningGateway, openai_deployment, split_config
+
+Gateway = Callable[..., RunningGateway]
+FRONTIER_FIRST = (
+    "routes:\n  frontier: {deployments: [big]}\n  local: {deployments: [small]}\ndefault_route: frontier\n"
+)
+LOCAL_FIRST = FRONTIER_FIRST.replace("default_route: frontier", "default_route: local")
+
+
+def files(tmp_path: Path, upstreams: Callable[..., FakeOpenAIUpstream]) -> dict[str, Any]:
+    spec = {"deployments": {"big": openai_deployment(upstreams()), "small": openai_deployment(upstreams())}}
+    config, policy = tmp_path / "deployments.yaml", tmp_path / "policy.yaml"
+    config.write_text(yaml.safe_dump(split_config(spec)[0]))
+    policy.write_text(FRONTIER_FIRST)
+    return {"config": config, "policy": policy, "state_dir": tmp_path / "state"}
+
+
+def route_of(gw: RunningGateway) -> str:
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    return httpx.post(f"{gw.base_url}/chat/completions", json=body).headers["x-gateway-route"]
+
+
+def test_apply_version_roll_back_and_keep_across_a_restart(
+    tmp_path: Path, upstreams: Callable[..., FakeOpenAIUpstream], gateway: Gateway
+) -> None:
+    setup = files(tmp_path, upstreams)
+    gw = gateway(**setup)
+    admin = f"{gw.url}/admin/policies/policy"
+    assert route_of(gw) == "frontier"
+
+    applied = httpx.put(admin, content=LOCAL_FIRST)
+    assert applied.json() == {"name": "policy", "version": 2}
+    assert route_of(gw) == "local"
+    assert setup["policy"].read_text() == LOCAL_FIRST  # the file says what runs
+
+    broken = httpx.put(admin, content="routes: {local: {deployments: [small]}}\ndefault_route: nowhere\n")
+    assert broken.status_code == 400
+    error = broken.json()["error"]
+    assert (
+        error["code"] == "invalid_policy"
+        and "policy.yaml:2: default_route: unknown route 'nowhere'" in error["message"]
+    )
+    bomb = httpx.put(admin, content="a: &a [x, x]\nb: [*a, *a]\n")
+    assert bomb.status_code == 400 and "anchors and aliases" in bomb.json()["error"]["message"]
+    assert route_of(gw) == "local" and setup["policy"].read_text() == LOCAL_FIRST
+
+    versions = httpx.get(f"{admin}/versions").json()
+    assert [v["version"] for v in versions["versions"]] == [1, 2]
+    assert "-default_route: frontier\n+default_route: local" in versions["versions"][1]["diff"]
+    assert versions["versions"][0]["author"] == "file"
+
+    rolled = httpx.post(f"{admin}/rollback/1").json()
+    assert rolled == {"name": "policy", "version": 3, "rolled_back_to": 1}
+    assert route_of(gw) == "frontier"
+    assert httpx.post(f"{admin}/rollback/9").status_code == 404
+    assert httpx.put(f"{gw.url}/admin/policies/other", content=LOCAL_FIRST).status_code == 404
+
+    again = gateway(**setup)  # a restart on the same files and state
+    kept = httpx.get(f"{again.url}/admin/policies/policy/versions").json()
+    assert [v["version"] for v in kept["versions"]] == [1, 2, 3] and kept["live_version"] == 3
+    assert route_of(again) == "frontier"
+
+
+def test_admin_keys_guard_the_admin_api(
+    tmp_path: Path, upstreams: Callable[..., FakeOpenAIUpstream], gateway: Gateway
+) -> None:
+    setup = files(tmp_path, upstreams)
+    guarded = gateway(**setup, api_keys="sk-client", admin_keys="sk-admin")
+    admin = f"{guarded.url}/admin/policies/policy"
+    assert httpx.put(admin, content=LOCAL_FIRST).status_code == 401
+    client_key = {"authorization": "Bearer sk-client"}
+    assert httpx.put(admin, content=LOCAL_FIRST, headers=client_key).status_code == 401
+    applied = httpx.put(admin, content=LOCAL_FIRST, headers={"authorization": "Bearer sk-admin"})
+    assert applied.status_code == 200
+    author = httpx.get(f"{admin}/versions", headers={"authorization": "Bearer sk-admin"}).json()["versions"][
+        -1
+    ]
+    assert author["author"].startswith("admin key ")
+
+    clients_only = gateway(**{**setup, "state_dir": tmp_path / "other"}, api_keys="sk-client")
+    refused = httpx.get(f"{clients_only.url}/admin/policies", headers=client_key)
+    assert refused.status_code == 403 and refused.json()["error"]["type"] == "permission_error"
