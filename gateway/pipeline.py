@@ -7,10 +7,13 @@ The cache and accounting slot in here as later steps; the HTTP layer only parses
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from gateway.errors import GatewayError
 from gateway.policy.decide import Decision, decide
+from gateway.policy.records import DecisionLog, DecisionRecord
 from gateway.policy.schema import Overrides
 from gateway.policy.signals import RequestFacts
 from gateway.policy.store import PolicyStore
@@ -32,6 +35,14 @@ class Caller:
     tags: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Routing:
+    target: Target
+    rule: str
+    decision: Decision | None
+    policy: str
+
+
 @dataclass(slots=True)
 class Answer:
     route: str
@@ -45,10 +56,16 @@ class Answer:
 
 class ChatPipeline:
     def __init__(
-        self, catalog: Catalog, policies: PolicyStore, executor: RouteExecutor, request_timeout: float
+        self,
+        catalog: Catalog,
+        policies: PolicyStore,
+        executor: RouteExecutor,
+        request_timeout: float,
+        records: DecisionLog | None = None,
     ) -> None:
         self.catalog = catalog
         self.policies = policies
+        self._records = records
         self._executor = executor
         self._request_timeout = request_timeout
 
@@ -64,18 +81,15 @@ class ChatPipeline:
             route_healthy=lambda route: self.catalog.route_healthy(policy, route),
         )
 
-    def route(self, request: ChatRequest, caller: Caller) -> tuple[Target, str, Decision | None]:
+    def route(self, request: ChatRequest, caller: Caller) -> Routing:
         """Where the request goes, and which rule said so; calls no model."""
         compiled = self.policies.current
         if request.body["model"] != AUTO:
             target = self.catalog.resolve(request.body["model"], compiled.policy, request.request_id)
-            return target, EXPLICIT_RULE, None
+            return Routing(target, EXPLICIT_RULE, None, compiled.name)
         decision = decide(compiled, self.facts(request, caller))
-        return (
-            self.catalog.for_decision(decision, compiled.policy, request.request_id),
-            decision.rule,
-            decision,
-        )
+        target = self.catalog.for_decision(decision, compiled.policy, request.request_id)
+        return Routing(target, decision.rule, decision, compiled.name)
 
     def explain(self, request: ChatRequest, caller: Caller) -> dict[str, Any]:
         """What `answer` would do with this request, and why, without calling any model."""
@@ -99,7 +113,29 @@ class ChatPipeline:
         return explained
 
     async def answer(self, request: ChatRequest, caller: Caller = Caller()) -> Answer:
-        target, rule, decision = self.route(request, caller)
+        routing = self.route(request, caller)
+        if routing.decision is None or self._records is None:
+            return await self._call(request, routing)
+        started, status, deployment = time.perf_counter(), 200, None
+        try:
+            answer = await self._call(request, routing)
+            deployment = answer.deployment
+            return answer
+        except GatewayError as error:
+            status = error.status
+            raise
+        finally:
+            decision = routing.decision
+            latency_ms = (time.perf_counter() - started) * 1000
+            self._records.add(
+                DecisionRecord(
+                    request.request_id, time.time(), routing.policy, caller.team, decision.rule,
+                    decision.route, deployment, status, latency_ms, decision.signals,
+                )
+            )  # fmt: skip
+
+    async def _call(self, request: ChatRequest, routing: Routing) -> Answer:
+        target, rule, decision = routing.target, routing.rule, routing.decision
         timeout = self._request_timeout
         if decision is not None and decision.overrides is not None:
             request = _with_overrides(request, decision.overrides)

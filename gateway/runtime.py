@@ -15,6 +15,7 @@ from gateway.config import GatewayConfig, load_config
 from gateway.pipeline import ChatPipeline
 from gateway.policy.compile import PolicyError
 from gateway.policy.history import PolicyHistory
+from gateway.policy.records import DecisionLog
 from gateway.policy.store import PolicyStore
 from gateway.providers.base import Provider
 from gateway.providers.factory import build_provider
@@ -40,6 +41,7 @@ class Runtime:
         self.catalog: Catalog | None = None
         self.policies: PolicyStore | None = None
         self.history: PolicyHistory | None = None
+        self.records: DecisionLog | None = None
         self.pipeline: ChatPipeline | None = None
         self.health: DeploymentHealth | None = None
         self.chat: ChatCompletionsEndpoint | None = None
@@ -78,8 +80,10 @@ class Runtime:
         self._warm_up(providers)
         self.health = DeploymentHealth(providers, config.circuit_breaker)
         self.catalog = Catalog(providers, self.health)
+        self.records = DecisionLog(settings.state_dir / "decisions.sqlite")
+        self._background.append(asyncio.create_task(self.records.run()))
         self.pipeline = ChatPipeline(
-            self.catalog, self.policies, RouteExecutor(self.health), settings.request_timeout
+            self.catalog, self.policies, RouteExecutor(self.health), settings.request_timeout, self.records
         )
         self.chat = ChatCompletionsEndpoint(self.pipeline, self.key_digests, settings.max_body_bytes)
         if settings.policy_reload_interval > 0:
@@ -139,6 +143,9 @@ class Runtime:
             await self._session.close()
         if self.history is not None:
             self.history.close()
+        if self.records is not None:
+            await self.records.flush()
+            self.records.close()
 
 
 def check_exposure(settings: Settings) -> None:

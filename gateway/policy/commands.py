@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from gateway.config import ConfigError, load_config
 from gateway.policy.bench import run_policy_bench
 from gateway.policy.compile import CompiledPolicy, PolicyError, golden_failure, load_policy
 from gateway.policy.decide import decide
+from gateway.policy.records import open_records, read_records
+from gateway.policy.replay import format_report, replay
 from gateway.policy.schema import GoldenRequest, Policy
 from gateway.policy.signals import RequestFacts
 from gateway.tokens import TokenCounter
@@ -40,6 +43,17 @@ def add_policy_commands(commands: Any) -> None:
     bench.add_argument("--rounds", type=int, default=3)
     bench.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     _config_option(bench)
+    replay_cmd = verbs.add_parser("replay", help="re-decide recorded requests under a candidate policy")
+    replay_cmd.add_argument("candidate", type=Path)
+    replay_cmd.add_argument("--since", default="24h", help="how far back: e.g. 30m, 24h, 7d, or 'all'")
+    replay_cmd.add_argument(
+        "--records",
+        type=Path,
+        default=Path(".gateway/decisions.sqlite"),
+        help="the gateway's recorded decisions",
+    )
+    replay_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
+    _config_option(replay_cmd)
     schema = verbs.add_parser("schema", help="write the policy JSON Schema (for editors)")
     schema.add_argument("--output", type=Path, default=Path("policies/schema.json"))
 
@@ -60,6 +74,8 @@ def run_policy_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    if args.policy_command == "replay":
+        return _replay(args, deployments)
     if args.policy_command == "bench":
         return run_policy_bench(args.policy, deployments, args.data, args.limit, args.rounds, args.json)
     tokens = TokenCounter()
@@ -79,6 +95,32 @@ def run_policy_command(args: argparse.Namespace) -> int:
         else:
             failed |= not _report_golden(path, compiled)
     return 1 if failed else 0
+
+
+def _replay(args: argparse.Namespace, deployments: set[str]) -> int:
+    try:
+        candidate = load_policy(args.candidate, deployments, TokenCounter())
+        since = 0.0 if args.since == "all" else time.time() - _seconds(args.since)
+        db = open_records(args.records)
+    except PolicyError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        report = replay(read_records(db, since), candidate, progress=not args.json)
+    finally:
+        db.close()
+    print(json.dumps(report.as_json(), indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _seconds(span: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if len(span) < 2 or span[-1] not in units or not span[:-1].replace(".", "", 1).isdigit():
+        raise ValueError(f"--since {span!r}: use a number and a unit (s, m, h, d), e.g. 24h, or 'all'")
+    return float(span[:-1]) * units[span[-1]]
 
 
 def _report_golden(path: Path, compiled: CompiledPolicy) -> bool:

@@ -39,7 +39,9 @@ class RequestFacts:
     # Whether a route can take requests now (None: not known, e.g. outside a running gateway).
     route_healthy: Callable[[str], bool | None] | None = None
     # Values supplied from outside the request (learned score, budget, health, or a golden case).
-    given: Mapping[str, Scalar] = field(default_factory=dict)
+    given: Mapping[str, SignalValue] = field(default_factory=dict)
+    # Replaying a record: only `given` is known, the request itself is not (it was never stored).
+    only_given: bool = False
 
     def text(self, scope: TextScope) -> str:
         messages = self.body.get("messages") or ()
@@ -57,6 +59,14 @@ class RequestFacts:
 Evaluator = Callable[[RequestFacts], SignalValue]
 
 
+class MissingSignal(LookupError):
+    """A replayed decision needs a signal whose value was not recorded."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
 class SignalBook:
     """The values of one request's signals, each computed on first use."""
 
@@ -70,6 +80,8 @@ class SignalBook:
             return self.values[name]
         if name in self._facts.given:
             value: SignalValue = self._facts.given[name]
+        elif self._facts.only_given:
+            raise MissingSignal(name)
         else:
             value = self._evaluators[name](self._facts)
         self.values[name] = value

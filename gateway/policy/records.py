@@ -1,0 +1,109 @@
+"""What the policy decided for each routed request, with the signal values it looked at — never the
+prompt — so a candidate policy can be replayed against real traffic. Written to SQLite in batches,
+off the request path."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.policy.signals import SignalValue
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    request_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    policy TEXT NOT NULL,
+    team TEXT,
+    rule TEXT NOT NULL,
+    route TEXT NOT NULL,
+    deployment TEXT,
+    status INTEGER NOT NULL,
+    latency_ms REAL NOT NULL,
+    signals TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    request_id: str
+    at: float
+    policy: str
+    team: str | None
+    rule: str
+    route: str
+    deployment: str | None
+    status: int
+    latency_ms: float
+    signals: Mapping[str, SignalValue]
+
+
+class DecisionLog:
+    """Buffers records in memory and writes them in one transaction per batch on a worker thread."""
+
+    def __init__(self, path: Path, flush_interval: float = 0.5) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self._pending: list[DecisionRecord] = []
+        self._interval = flush_interval
+
+    def add(self, record: DecisionRecord) -> None:
+        self._pending.append(record)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch:
+            await asyncio.to_thread(self._write, batch)
+
+    def _write(self, batch: list[DecisionRecord]) -> None:
+        rows = [
+            (r.request_id, r.at, r.policy, r.team, r.rule, r.route, r.deployment, r.status, r.latency_ms,
+             json.dumps(dict(r.signals)))
+            for r in batch
+        ]  # fmt: skip
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def read(self, since: float = 0.0) -> Iterator[DecisionRecord]:
+        return read_records(self._db, since, self._lock)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def read_records(
+    db: sqlite3.Connection, since: float = 0.0, lock: threading.Lock | None = None
+) -> Iterator[DecisionRecord]:
+    with lock or threading.Lock():
+        rows = db.execute(
+            "SELECT request_id, at, policy, team, rule, route, deployment, status, latency_ms, signals"
+            " FROM decisions WHERE at >= ? ORDER BY at",
+            (since,),
+        ).fetchall()
+    for request_id, at, policy, team, rule, route, deployment, status, latency_ms, signals in rows:
+        yield DecisionRecord(
+            request_id, at, policy, team, rule, route, deployment, status, latency_ms, json.loads(signals)
+        )
+
+
+def open_records(path: Path) -> sqlite3.Connection:
+    """The recorded decisions of a gateway's state directory, read-only."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no recorded decisions (has the gateway served any `auto` request?)")
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
