@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.policy.compile import CompiledPolicy
 from gateway.policy.decide import Decision, decide
 from gateway.policy.records import DecisionLog, DecisionRecord
 from gateway.policy.schema import Overrides
@@ -20,6 +21,7 @@ from gateway.policy.store import PolicyStore
 from gateway.providers.base import ChatRequest, ChatStream, Completion, Deadline
 from gateway.routing.catalog import AUTO, Catalog, Target
 from gateway.routing.executor import Outcome, RouteExecutor
+from gateway.routing.shadow import ShadowCopies
 
 # The rule reported for requests that named a route or deployment themselves.
 EXPLICIT_RULE = "explicit"
@@ -40,7 +42,7 @@ class Routing:
     target: Target
     rule: str
     decision: Decision | None
-    policy: str
+    policy: CompiledPolicy
 
 
 @dataclass(slots=True)
@@ -62,10 +64,12 @@ class ChatPipeline:
         executor: RouteExecutor,
         request_timeout: float,
         records: DecisionLog | None = None,
+        shadows: ShadowCopies | None = None,
     ) -> None:
         self.catalog = catalog
         self.policies = policies
         self._records = records
+        self._shadows = shadows
         self._executor = executor
         self._request_timeout = request_timeout
 
@@ -86,10 +90,10 @@ class ChatPipeline:
         compiled = self.policies.current
         if request.body["model"] != AUTO:
             target = self.catalog.resolve(request.body["model"], compiled.policy, request.request_id)
-            return Routing(target, EXPLICIT_RULE, None, compiled.name)
+            return Routing(target, EXPLICIT_RULE, None, compiled)
         decision = decide(compiled, self.facts(request, caller))
         target = self.catalog.for_decision(decision, compiled.policy, request.request_id)
-        return Routing(target, decision.rule, decision, compiled.name)
+        return Routing(target, decision.rule, decision, compiled)
 
     def explain(self, request: ChatRequest, caller: Caller) -> dict[str, Any]:
         """What `answer` would do with this request, and why, without calling any model."""
@@ -114,6 +118,9 @@ class ChatPipeline:
 
     async def answer(self, request: ChatRequest, caller: Caller = Caller()) -> Answer:
         routing = self.route(request, caller)
+        decision = routing.decision
+        if decision is not None and decision.shadow is not None and self._shadows is not None:
+            self._shadows.send(request, decision.rule, decision.shadow, routing.policy.policy)
         if routing.decision is None or self._records is None:
             return await self._call(request, routing)
         started, status, deployment = time.perf_counter(), 200, None
@@ -129,7 +136,7 @@ class ChatPipeline:
             latency_ms = (time.perf_counter() - started) * 1000
             self._records.add(
                 DecisionRecord(
-                    request.request_id, time.time(), routing.policy, caller.team, decision.rule,
+                    request.request_id, time.time(), routing.policy.name, caller.team, decision.rule,
                     decision.route, deployment, status, latency_ms, decision.signals,
                 )
             )  # fmt: skip

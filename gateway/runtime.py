@@ -23,6 +23,7 @@ from gateway.providers.managed_local import ManagedLocalModel, find_smollm2_mode
 from gateway.routing.catalog import Catalog
 from gateway.routing.executor import RouteExecutor
 from gateway.routing.health import DeploymentHealth
+from gateway.routing.shadow import ShadowCopies
 from gateway.settings import Settings
 from gateway.tokens import TokenCounter
 
@@ -42,6 +43,7 @@ class Runtime:
         self.policies: PolicyStore | None = None
         self.history: PolicyHistory | None = None
         self.records: DecisionLog | None = None
+        self.shadows: ShadowCopies | None = None
         self.pipeline: ChatPipeline | None = None
         self.health: DeploymentHealth | None = None
         self.chat: ChatCompletionsEndpoint | None = None
@@ -82,8 +84,10 @@ class Runtime:
         self.catalog = Catalog(providers, self.health)
         self.records = DecisionLog(settings.state_dir / "decisions.sqlite")
         self._background.append(asyncio.create_task(self.records.run()))
+        executor = RouteExecutor(self.health)
+        self.shadows = ShadowCopies(self.catalog, executor, self.records.add_shadow)
         self.pipeline = ChatPipeline(
-            self.catalog, self.policies, RouteExecutor(self.health), settings.request_timeout, self.records
+            self.catalog, self.policies, executor, settings.request_timeout, self.records, self.shadows
         )
         self.chat = ChatCompletionsEndpoint(self.pipeline, self.key_digests, settings.max_body_bytes)
         if settings.policy_reload_interval > 0:
@@ -134,6 +138,8 @@ class Runtime:
             task.cancel()
         if self._local_start is not None:
             self._local_start.cancel()
+        if self.shadows is not None:
+            await self.shadows.aclose()
         if self.local_model is not None:
             await self.local_model.stop()
         if self.catalog is not None:

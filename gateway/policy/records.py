@@ -28,6 +28,17 @@ CREATE TABLE IF NOT EXISTS decisions (
     signals TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at);
+CREATE TABLE IF NOT EXISTS shadows (
+    request_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    rule TEXT NOT NULL,
+    route TEXT NOT NULL,
+    deployment TEXT,
+    status INTEGER NOT NULL,
+    latency_ms REAL NOT NULL,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER
+);
 """
 
 
@@ -45,6 +56,21 @@ class DecisionRecord:
     signals: Mapping[str, SignalValue]
 
 
+@dataclass(frozen=True, slots=True)
+class ShadowRecord:
+    """A copy of a request sent to a rule's shadow route: how it went, never what it said."""
+
+    request_id: str
+    at: float
+    rule: str
+    route: str
+    deployment: str | None
+    status: int
+    latency_ms: float
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
 class DecisionLog:
     """Buffers records in memory and writes them in one transaction per batch on a worker thread."""
 
@@ -55,10 +81,14 @@ class DecisionLog:
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
         self._pending: list[DecisionRecord] = []
+        self._shadows: list[ShadowRecord] = []
         self._interval = flush_interval
 
     def add(self, record: DecisionRecord) -> None:
         self._pending.append(record)
+
+    def add_shadow(self, record: ShadowRecord) -> None:
+        self._shadows.append(record)
 
     async def run(self) -> None:
         while True:
@@ -67,10 +97,11 @@ class DecisionLog:
 
     async def flush(self) -> None:
         batch, self._pending = self._pending, []
-        if batch:
-            await asyncio.to_thread(self._write, batch)
+        shadows, self._shadows = self._shadows, []
+        if batch or shadows:
+            await asyncio.to_thread(self._write, batch, shadows)
 
-    def _write(self, batch: list[DecisionRecord]) -> None:
+    def _write(self, batch: list[DecisionRecord], shadows: list[ShadowRecord]) -> None:
         rows = [
             (r.request_id, r.at, r.policy, r.team, r.rule, r.route, r.deployment, r.status, r.latency_ms,
              json.dumps(dict(r.signals)))
@@ -79,9 +110,22 @@ class DecisionLog:
         with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany(
+                "INSERT INTO shadows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.request_id, r.at, r.rule, r.route, r.deployment, r.status, r.latency_ms,
+                     r.prompt_tokens, r.completion_tokens)
+                    for r in shadows
+                ],
+            )  # fmt: skip
 
     def read(self, since: float = 0.0) -> Iterator[DecisionRecord]:
         return read_records(self._db, since, self._lock)
+
+    def read_shadows(self) -> list[ShadowRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM shadows ORDER BY at").fetchall()
+        return [ShadowRecord(*row) for row in rows]
 
     def close(self) -> None:
         self._db.close()

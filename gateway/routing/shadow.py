@@ -1,0 +1,96 @@
+"""Shadow copies: a rule may send a copy of its requests to a candidate route, to compare how that
+route does on real traffic. The copy runs beside the real request, is recorded, and never answers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from gateway.errors import GatewayError
+from gateway.policy.records import ShadowRecord
+from gateway.policy.schema import Policy
+from gateway.providers.base import ChatRequest, Completion, Deadline
+from gateway.routing.catalog import Catalog
+from gateway.routing.executor import RouteExecutor
+
+logger = logging.getLogger("gateway.shadow")
+
+
+class ShadowCopies:
+    """Sends copies within a bound on copies in flight: when shadows fall behind, new ones are
+    dropped (and counted) rather than queued, so they can never hold back real traffic."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        executor: RouteExecutor,
+        record: Callable[[ShadowRecord], None],
+        *,
+        max_in_flight: int = 16,
+        timeout: float = 120.0,
+    ) -> None:
+        self._catalog = catalog
+        self._executor = executor
+        self._record = record
+        self._max_in_flight = max_in_flight
+        self._timeout = timeout
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.dropped = 0
+
+    def send(self, request: ChatRequest, rule: str, route: str, policy: Policy) -> None:
+        if len(self._tasks) >= self._max_in_flight:
+            self.dropped += 1
+            return
+        body = {k: v for k, v in request.body.items() if k not in ("stream", "stream_options")}
+        copy = replace(request, body=body, stream=False, include_usage=False)
+        task = asyncio.create_task(self._run(copy, rule, route, policy))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, request: ChatRequest, rule: str, route: str, policy: Policy) -> None:
+        started = time.perf_counter()
+        deadline = Deadline.after(self._timeout)
+        status, deployment, completion = 200, None, None
+        try:
+            target = self._catalog.resolve(route, policy, request.request_id)
+            outcome = await self._executor.run(
+                target, lambda provider: provider.complete(request, deadline), deadline
+            )
+            deployment, completion = outcome.deployment, outcome.result
+        except GatewayError as error:
+            status = error.status
+        except Exception:  # a shadow must never take anything else down
+            logger.exception("shadow copy of %s to %s failed", request.request_id, route)
+            status = 500
+        self._record(_record(request.request_id, rule, route, deployment, status, started, completion))
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _record(
+    request_id: str,
+    rule: str,
+    route: str,
+    deployment: str | None,
+    status: int,
+    started: float,
+    completion: Completion | None,
+) -> ShadowRecord:
+    usage = completion.usage if completion is not None else None
+    return ShadowRecord(
+        request_id,
+        time.time(),
+        rule,
+        route,
+        deployment,
+        status,
+        (time.perf_counter() - started) * 1000,
+        usage.prompt_tokens if usage else None,
+        usage.completion_tokens if usage else None,
+    )
