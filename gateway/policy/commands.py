@@ -13,6 +13,7 @@ from gateway.config import ConfigError, load_config
 from gateway.policy.bench import run_policy_bench
 from gateway.policy.compile import CompiledPolicy, PolicyError, golden_failure, load_policy
 from gateway.policy.decide import decide
+from gateway.policy.diff import policy_diff
 from gateway.policy.records import open_records, read_records
 from gateway.policy.replay import format_report, replay
 from gateway.policy.schema import GoldenRequest, Policy
@@ -43,6 +44,12 @@ def add_policy_commands(commands: Any) -> None:
     bench.add_argument("--rounds", type=int, default=3)
     bench.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     _config_option(bench)
+    diff = verbs.add_parser(
+        "diff", help="what changes between two policies: routes, signals, rules, priority"
+    )
+    diff.add_argument("old", type=Path)
+    diff.add_argument("new", type=Path)
+    _config_option(diff)
     replay_cmd = verbs.add_parser("replay", help="re-decide recorded requests under a candidate policy")
     replay_cmd.add_argument("candidate", type=Path)
     replay_cmd.add_argument("--since", default="24h", help="how far back: e.g. 30m, 24h, 7d, or 'all'")
@@ -76,6 +83,8 @@ def run_policy_command(args: argparse.Namespace) -> int:
         return 1
     if args.policy_command == "replay":
         return _replay(args, deployments)
+    if args.policy_command == "diff":
+        return _diff(args.old, args.new, deployments)
     if args.policy_command == "bench":
         return run_policy_bench(args.policy, deployments, args.data, args.limit, args.rounds, args.json)
     tokens = TokenCounter()
@@ -95,6 +104,19 @@ def run_policy_command(args: argparse.Namespace) -> int:
         else:
             failed |= not _report_golden(path, compiled)
     return 1 if failed else 0
+
+
+def _diff(old_path: Path, new_path: Path, deployments: set[str]) -> int:
+    """Both sides must be valid policies; exit 0 when they mean the same, 1 when they differ."""
+    tokens = TokenCounter()
+    try:
+        old, new = (load_policy(path, deployments, tokens, run_golden=False) for path in (old_path, new_path))
+    except PolicyError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 2
+    changes = policy_diff(old.policy, new.policy)
+    print("\n".join(changes) if changes else "no change in meaning")
+    return 1 if changes else 0
 
 
 def _replay(args: argparse.Namespace, deployments: set[str]) -> int:
