@@ -26,6 +26,9 @@ class GatewayError(Exception):
     status: int = 500
     error_type: str = "server_error"
     code: str | None = None
+    # Where the request was routed before it failed, when it got that far (for response headers).
+    rule: str | None = None
+    route: str | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)

@@ -121,25 +121,25 @@ class ChatPipeline:
         decision = routing.decision
         if decision is not None and decision.shadow is not None and self._shadows is not None:
             self._shadows.send(request, decision.rule, decision.shadow, routing.policy.policy)
-        if routing.decision is None or self._records is None:
-            return await self._call(request, routing)
         started, status, deployment = time.perf_counter(), 200, None
         try:
             answer = await self._call(request, routing)
             deployment = answer.deployment
             return answer
         except GatewayError as error:
+            # The client is told which rule and route failed it, as on success.
+            error.rule, error.route = routing.rule, routing.target.route
             status = error.status
             raise
         finally:
-            decision = routing.decision
-            latency_ms = (time.perf_counter() - started) * 1000
-            self._records.add(
-                DecisionRecord(
-                    request.request_id, time.time(), routing.policy.name, caller.team, decision.rule,
-                    decision.route, deployment, status, latency_ms, decision.signals,
-                )
-            )  # fmt: skip
+            if decision is not None and self._records is not None:
+                latency_ms = (time.perf_counter() - started) * 1000
+                self._records.add(
+                    DecisionRecord(
+                        request.request_id, time.time(), routing.policy.name, caller.team, decision.rule,
+                        decision.route, deployment, status, latency_ms, decision.signals,
+                    )
+                )  # fmt: skip
 
     async def _call(self, request: ChatRequest, routing: Routing) -> Answer:
         target, rule, decision = routing.target, routing.rule, routing.decision

@@ -40,6 +40,9 @@ async def send_error(
         (b"content-length", str(len(body)).encode()),
         *headers,
     ]
+    if error.rule is not None and error.route is not None:
+        response_headers.append((b"x-gateway-rule", error.rule.encode()))
+        response_headers.append((b"x-gateway-route", error.route.encode()))
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
         response_headers.append((b"retry-after", str(int(retry_after + 0.999)).encode()))

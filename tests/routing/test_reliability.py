@@ -61,6 +61,8 @@ def test_when_everything_fails_the_client_gets_502(upstreams: Upstreams, gateway
         gw.client().chat.completions.create(model="auto", messages=MESSAGES)
     assert caught.value.status_code == 502
     assert caught.value.response.json()["error"]["type"] == "upstream_error"
+    assert caught.value.response.headers["x-gateway-rule"] == "default"
+    assert caught.value.response.headers["x-gateway-route"] == "frontier"
 
 
 def test_rate_limits_are_passed_on_with_retry_after_when_nothing_else_answers(
