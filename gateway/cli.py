@@ -56,6 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app
     from gateway.policy.compile import PolicyError, load_policy
+    from gateway.policy.signals import load_signal_tools
     from gateway.runtime import StartupError, check_exposure
     from gateway.settings import Settings
     from gateway.tokens import TokenCounter
@@ -69,7 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         deployments = load_config(settings.config).deployments
         check_exposure(settings)
-        load_policy(settings.policy, deployments, TokenCounter())
+        load_policy(settings.policy, deployments, load_signal_tools(TokenCounter(), settings.embedder_path))
     except (ConfigError, StartupError) as exc:
         print(exc, file=sys.stderr)
         return 1

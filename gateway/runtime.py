@@ -16,6 +16,7 @@ from gateway.pipeline import ChatPipeline
 from gateway.policy.compile import PolicyError
 from gateway.policy.history import PolicyHistory
 from gateway.policy.records import DecisionLog
+from gateway.policy.signals import load_signal_tools
 from gateway.policy.store import PolicyStore
 from gateway.providers.base import Provider
 from gateway.providers.factory import build_provider
@@ -62,7 +63,9 @@ class Runtime:
         tokens = TokenCounter()
         self.history = PolicyHistory(settings.state_dir / "policies.sqlite")
         try:
-            self.policies = PolicyStore(settings.policy, config.deployments, tokens, self.history)
+            self.policies = PolicyStore(
+                settings.policy, config.deployments, load_signal_tools(tokens, settings.embedder_path), self.history
+            )
         except PolicyError as exc:
             raise StartupError("\n".join(exc.problems)) from exc
         self._session = aiohttp.ClientSession(

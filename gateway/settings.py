@@ -20,8 +20,10 @@ class Settings(BaseSettings):
     policy: Path = Path("policies/default.yaml")
     # How often the policy file is checked for changes (seconds; 0 turns reloading off).
     policy_reload_interval: float = 1.0
-    # Where the gateway keeps its own state on disk (policy history).
+    # Where the gateway keeps its own state on disk (policy history, recorded decisions).
     state_dir: Path = Path(".gateway")
+    # The local sentence embedder (int8 ONNX, built by `make embedder`), for semantic signals.
+    embedder_path: Path = Path(".gateway/models/all-minilm-l6-v2-int8.onnx")
     # Keys allowed to change policies through the admin API (comma-separated). Without any keys at
     # all the gateway is open on loopback, admin API included.
     admin_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)

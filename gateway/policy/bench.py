@@ -17,8 +17,7 @@ import yaml
 
 from gateway.policy.compile import CompiledPolicy, compile_policy_text, load_policy
 from gateway.policy.decide import decide
-from gateway.policy.signals import RequestFacts
-from gateway.tokens import TokenCounter
+from gateway.policy.signals import RequestFacts, load_signal_tools
 
 LARGE_POLICY_RULES = 200
 
@@ -108,8 +107,8 @@ def run_policy_bench(
     rounds: int,
     json_path: Path | None,
 ) -> int:
-    tokens = TokenCounter()
-    policy = load_policy(policy_path, deployments, tokens)
+    tools = load_signal_tools()
+    policy = load_policy(policy_path, deployments, tools)
     bodies = read_prompts(data, limit)
     print(f"deciding {len(bodies)} prompts x {rounds} rounds with {policy_path}", file=sys.stderr)
     time_decisions(policy, bodies[:50], 1)  # warm-up: tiktoken's encoder, regex caches
@@ -118,7 +117,7 @@ def run_policy_bench(
     compile_times = []
     for _ in range(3):
         started = time.perf_counter()
-        compile_policy_text(text, "<large>", deployments, tokens, name="large")
+        compile_policy_text(text, "<large>", deployments, tools, name="large")
         compile_times.append(time.perf_counter() - started)
     figures = {
         "policy": str(policy_path),

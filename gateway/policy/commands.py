@@ -17,8 +17,7 @@ from gateway.policy.diff import policy_diff
 from gateway.policy.records import open_records, read_records
 from gateway.policy.replay import format_report, replay
 from gateway.policy.schema import GoldenRequest, Policy
-from gateway.policy.signals import RequestFacts
-from gateway.tokens import TokenCounter
+from gateway.policy.signals import RequestFacts, SignalTools, load_signal_tools
 
 DEFAULT_CONFIG = Path("policies/deployments.yaml")
 
@@ -87,14 +86,14 @@ def run_policy_command(args: argparse.Namespace) -> int:
         return _diff(args.old, args.new, deployments)
     if args.policy_command == "bench":
         return run_policy_bench(args.policy, deployments, args.data, args.limit, args.rounds, args.json)
-    tokens = TokenCounter()
+    tools = load_signal_tools()
     if args.policy_command == "explain":
-        return _explain(args.policy, args.request, deployments, tokens)
+        return _explain(args.policy, args.request, deployments, tools)
     failed = False
     for path in args.policies:
         run_golden = args.policy_command == "validate"
         try:
-            compiled = load_policy(path, deployments, tokens, run_golden=run_golden)
+            compiled = load_policy(path, deployments, tools, run_golden=run_golden)
         except PolicyError as exc:
             failed = True
             print("\n".join(exc.problems), file=sys.stderr)
@@ -108,9 +107,9 @@ def run_policy_command(args: argparse.Namespace) -> int:
 
 def _diff(old_path: Path, new_path: Path, deployments: set[str]) -> int:
     """Both sides must be valid policies; exit 0 when they mean the same, 1 when they differ."""
-    tokens = TokenCounter()
+    tools = load_signal_tools()
     try:
-        old, new = (load_policy(path, deployments, tokens, run_golden=False) for path in (old_path, new_path))
+        old, new = (load_policy(path, deployments, tools, run_golden=False) for path in (old_path, new_path))
     except PolicyError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2
@@ -121,7 +120,7 @@ def _diff(old_path: Path, new_path: Path, deployments: set[str]) -> int:
 
 def _replay(args: argparse.Namespace, deployments: set[str]) -> int:
     try:
-        candidate = load_policy(args.candidate, deployments, TokenCounter())
+        candidate = load_policy(args.candidate, deployments, load_signal_tools())
         since = 0.0 if args.since == "all" else time.time() - _seconds(args.since)
         db = open_records(args.records)
     except PolicyError as exc:
@@ -154,9 +153,9 @@ def _report_golden(path: Path, compiled: CompiledPolicy) -> bool:
     return passed
 
 
-def _explain(policy_path: Path, request_path: Path, deployments: set[str], tokens: TokenCounter) -> int:
+def _explain(policy_path: Path, request_path: Path, deployments: set[str], tools: SignalTools) -> int:
     try:
-        compiled = load_policy(policy_path, deployments, tokens)
+        compiled = load_policy(policy_path, deployments, tools)
         raw = json.loads(request_path.read_text())
     except PolicyError as exc:
         print("\n".join(exc.problems), file=sys.stderr)

@@ -21,10 +21,17 @@ from gateway.policy.schema import (
     Policy,
     RouteHealthSignal,
     Rule,
+    SemanticSignal,
     Signal,
     SizeSignal,
 )
-from gateway.policy.signals import Evaluator, RequestFacts, build_evaluator
+from gateway.policy.signals import (
+    EmbedderUnavailable,
+    Evaluator,
+    RequestFacts,
+    SignalTools,
+    build_evaluator,
+)
 from gateway.policy.source import (
     PolicySource,
     PolicySourceError,
@@ -32,7 +39,6 @@ from gateway.policy.source import (
     load_policy_file,
     load_policy_source,
 )
-from gateway.tokens import TokenCounter
 
 Loc = tuple[str | int, ...]
 ProblemAt = Callable[[Loc, str], str]
@@ -65,30 +71,30 @@ class CompiledPolicy:
 
 
 def load_policy(
-    path: Path, deployments: Collection[str], tokens: TokenCounter, *, run_golden: bool = True
+    path: Path, deployments: Collection[str], tools: SignalTools, *, run_golden: bool = True
 ) -> CompiledPolicy:
     try:
         source = load_policy_file(path)
     except PolicySourceError as exc:
         raise PolicyError([str(exc)]) from exc
-    return compile_policy(source, deployments, tokens, name=path.stem, run_golden=run_golden)
+    return compile_policy(source, deployments, tools, name=path.stem, run_golden=run_golden)
 
 
 def compile_policy_text(
-    text: str, path: str, deployments: Collection[str], tokens: TokenCounter, *, name: str
+    text: str, path: str, deployments: Collection[str], tools: SignalTools, *, name: str
 ) -> CompiledPolicy:
     """A policy from text (an upload, an edit), checked exactly like one from a file."""
     try:
         source = load_policy_source(text, path)
     except PolicySourceError as exc:
         raise PolicyError([str(exc)]) from exc
-    return compile_policy(source, deployments, tokens, name=name)
+    return compile_policy(source, deployments, tools, name=name)
 
 
 def compile_policy(
     source: PolicySource,
     deployments: Collection[str],
-    tokens: TokenCounter,
+    tools: SignalTools,
     *,
     name: str,
     run_golden: bool = True,
@@ -109,10 +115,14 @@ def compile_policy(
     evaluators: dict[str, Evaluator] = {}
     for signal_name, signal in policy.signals.items():
         try:
-            evaluators[signal_name] = build_evaluator(signal, tokens)
+            evaluators[signal_name] = build_evaluator(signal, tools)
         except re.error as exc:
             problems.append(
                 problem(("signals", signal_name, "pattern"), f"not a valid regular expression: {exc}")
+            )
+        except EmbedderUnavailable as exc:
+            problems.append(
+                problem(("signals", signal_name), f"a semantic signal needs the local embedder: {exc}")
             )
     if problems:
         raise PolicyError(problems)
@@ -187,6 +197,8 @@ def _comparison_problem(compare: Compare, signals: Mapping[str, Signal]) -> str 
         allowed = NUMERIC_OPERATORS
     elif isinstance(signal, MetadataSignal):
         allowed = frozenset({"contains"}) if signal.of == "tags" else TEXT_OPERATORS
+    elif isinstance(signal, SemanticSignal):
+        allowed = TEXT_OPERATORS - {"contains"}
     else:
         allowed = BOOLEAN_OPERATORS
         if not isinstance(compare.operand, bool):

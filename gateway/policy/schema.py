@@ -88,6 +88,22 @@ class MetadataSignal(Strict):
     of: Literal["team", "key", "role", "user", "tags"]
 
 
+Examples = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+
+
+class SemanticSignal(Strict):
+    """The category whose example prompts are nearest the request's text by embedding (local
+    all-MiniLM-L6-v2); null when no category is at least `min_similarity` alike."""
+
+    kind: Literal["semantic"]
+    categories: Annotated[
+        dict[str, Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]],
+        Field(min_length=1),
+    ]
+    scope: TextScope = Field("last_user", alias="in")
+    min_similarity: Annotated[float, Field(ge=-1, le=1)] = 0.5
+
+
 class LearnedScoreSignal(Strict):
     """The probability that the strong model is needed, from the learned router (none yet: null)."""
 
@@ -113,6 +129,7 @@ Signal = Annotated[
     | KeywordSignal
     | RegexSignal
     | MetadataSignal
+    | SemanticSignal
     | LearnedScoreSignal
     | BudgetSignal
     | RouteHealthSignal,

@@ -4,9 +4,10 @@ each at most once."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from gateway.policy.schema import (
     BudgetSignal,
@@ -17,10 +18,12 @@ from gateway.policy.schema import (
     RegexSignal,
     RouteHealthSignal,
     Scalar,
+    SemanticSignal,
     Signal,
     SizeSignal,
     TextScope,
 )
+from gateway.settings import Settings
 from gateway.tokens import TokenCounter, content_text
 
 SignalValue = Scalar | list[str]
@@ -42,6 +45,8 @@ class RequestFacts:
     given: Mapping[str, SignalValue] = field(default_factory=dict)
     # Replaying a record: only `given` is known, the request itself is not (it was never stored).
     only_given: bool = False
+    # Per-request results computed once and shared (the text's embedding), never compared.
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False)
 
     def text(self, scope: TextScope) -> str:
         messages = self.body.get("messages") or ()
@@ -57,6 +62,47 @@ class RequestFacts:
 
 
 Evaluator = Callable[[RequestFacts], SignalValue]
+
+
+class TextEmbedder(Protocol):
+    def embed(self, texts: Sequence[str]) -> Any:
+        """L2-normalised embeddings, one row per text (a numpy array)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SignalTools:
+    """What computing signals takes: a token counter, and the local embedder when there is one."""
+
+    tokens: TokenCounter
+    embedder: TextEmbedder | None = None
+    # Why there is no embedder, for the message when a policy needs one.
+    embedder_missing: str = "no embedder configured"
+
+
+class LazyEmbedder:
+    """Loads the ONNX embedder on first use, so a gateway whose policy has no semantic signal never
+    pays for onnxruntime."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._embedder: TextEmbedder | None = None
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        if self._embedder is None:
+            from gateway.embedding.embedder import Embedder
+
+            self._embedder = Embedder(self.path)
+        return self._embedder.embed(texts)
+
+
+def load_signal_tools(tokens: TokenCounter | None = None, embedder_path: Path | None = None) -> SignalTools:
+    """The tools for this machine: an embedder when its model file exists (see `make embedder`)."""
+    path = embedder_path or Settings.model_fields["embedder_path"].default
+    tokens = tokens or TokenCounter()
+    if not path.exists():
+        return SignalTools(tokens, None, f"the embedder model {path} is missing: run `make embedder`")
+    return SignalTools(tokens, LazyEmbedder(path))
 
 
 class MissingSignal(LookupError):
@@ -88,10 +134,19 @@ class SignalBook:
         return value
 
 
-def build_evaluator(signal: Signal, tokens: TokenCounter) -> Evaluator:
-    """The function computing one signal; regexes and word patterns are compiled here, once."""
+class EmbedderUnavailable(RuntimeError):
+    """A semantic signal was asked for where no embedder is loaded."""
+
+
+def build_evaluator(signal: Signal, tools: SignalTools) -> Evaluator:
+    """The function computing one signal; regexes, word patterns and exemplar embeddings are built
+    here, once."""
     if isinstance(signal, SizeSignal):
-        return _size(signal, tokens)
+        return _size(signal, tools.tokens)
+    if isinstance(signal, SemanticSignal):
+        if tools.embedder is None:
+            raise EmbedderUnavailable(tools.embedder_missing)
+        return _semantic(signal, tools.embedder)
     if isinstance(signal, FeatureSignal):
         return _feature(signal)
     if isinstance(signal, KeywordSignal):
@@ -110,6 +165,25 @@ def build_evaluator(signal: Signal, tokens: TokenCounter) -> Evaluator:
         route = signal.route
         return lambda facts: facts.route_healthy(route) if facts.route_healthy else None
     raise AssertionError(f"no evaluator for {signal!r}")
+
+
+def _semantic(signal: SemanticSignal, embedder: TextEmbedder) -> Evaluator:
+    """Nearest category by the best cosine between the request's text and each category's examples."""
+    import numpy
+
+    labels = [name for name, examples in signal.categories.items() for _ in examples]
+    exemplars = embedder.embed([text for examples in signal.categories.values() for text in examples])
+    scope, floor = signal.scope, signal.min_similarity
+
+    def nearest(facts: RequestFacts) -> SignalValue:
+        key = ("embedding", scope)
+        if key not in facts.memo:
+            facts.memo[key] = embedder.embed([facts.text(scope)])[0]
+        similarities = exemplars @ facts.memo[key]
+        best = int(numpy.argmax(similarities))
+        return labels[best] if float(similarities[best]) >= floor else None
+
+    return nearest
 
 
 def _size(signal: SizeSignal, tokens: TokenCounter) -> Evaluator:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gateway.policy.compile import CompiledPolicy, PolicyError, compile_policy_text
 from gateway.policy.history import PolicyHistory
-from gateway.tokens import TokenCounter
+from gateway.policy.signals import SignalTools
 
 logger = logging.getLogger("gateway.policy")
 
@@ -34,13 +34,13 @@ class PolicyStore:
         self,
         path: Path,
         deployments: Collection[str],
-        tokens: TokenCounter,
+        tools: SignalTools,
         history: PolicyHistory | None = None,
     ) -> None:
         self.path = path
         self.name = path.stem
         self._deployments = frozenset(deployments)
-        self._tokens = tokens
+        self._tools = tools
         self._history = history
         self._lock = asyncio.Lock()
         try:
@@ -54,7 +54,7 @@ class PolicyStore:
         self.reloads = 0
 
     def _compile(self, text: str) -> CompiledPolicy:
-        return compile_policy_text(text, str(self.path), self._deployments, self._tokens, name=self.name)
+        return compile_policy_text(text, str(self.path), self._deployments, self._tools, name=self.name)
 
     async def apply(self, text: str, author: str, *, write_file: bool) -> int:
         """Compile `text` and make it live; its version number. Raises `PolicyError`, changing nothing."""

@@ -10,11 +10,11 @@ import pytest
 from gateway.policy.compile import CompiledPolicy, PolicyError, compile_policy_text
 from gateway.policy.decide import decide, route_order
 from gateway.policy.schema import Route
-from gateway.policy.signals import RequestFacts
+from gateway.policy.signals import RequestFacts, SignalTools
 from gateway.tokens import TokenCounter
 
 DEPLOYMENTS = {"big", "big-2", "small", "small-2"}
-TOKENS = TokenCounter()
+TOOLS = SignalTools(TokenCounter())
 
 BASE = """\
 routes:
@@ -25,7 +25,7 @@ default_route: frontier
 
 
 def compiled(text: str) -> CompiledPolicy:
-    return compile_policy_text(textwrap.dedent(text), "test.yaml", DEPLOYMENTS, TOKENS, name="test")
+    return compile_policy_text(textwrap.dedent(text), "test.yaml", DEPLOYMENTS, TOOLS, name="test")
 
 
 def problems(text: str) -> list[str]:
