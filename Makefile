@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
+# The local sentence embedder (built once by `make embedder`, see below).
+EMBEDDER_MODEL := .gateway/models/all-minilm-l6-v2-int8.onnx
 
-.PHONY: run test install install-dev lint typecheck pytest bench clean
+.PHONY: run test install install-dev lint typecheck pytest bench clean embedder
 
-run: $(VENV)/.installed-run
+run: $(VENV)/.installed-run $(EMBEDDER_MODEL)
 	$(BIN)/gateway serve
 
 test: $(VENV)/.installed-dev lint typecheck pytest
@@ -17,7 +19,7 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.installed-dev
+pytest: $(VENV)/.installed-dev $(EMBEDDER_MODEL)
 	$(BIN)/pytest
 
 bench: $(VENV)/.installed-run
@@ -25,6 +27,7 @@ bench: $(VENV)/.installed-run
 	$(BIN)/gateway bench --json artifacts/bench.json
 
 install: $(VENV)/.installed-run
+embedder: $(EMBEDDER_MODEL)
 install-dev: $(VENV)/.installed-dev
 
 $(BIN)/python:
@@ -39,6 +42,13 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(PIP) install --progress-bar on -e '.[local,dev]'
 	@touch $@ $(VENV)/.installed-run
+
+# The local sentence embedder: export all-MiniLM-L6-v2 to int8 ONNX with the build-time extra (torch
+# CPU, ~1-2 min to install, ~10 s to export); the runtime needs only onnxruntime. The export skips a
+# model that is already valid, so rerunning this is cheap.
+$(EMBEDDER_MODEL): | $(VENV)/.installed-run
+	$(PIP) install --progress-bar on -e '.[local,embed-export]'
+	$(BIN)/python -m gateway.embedding.export --output $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache artifacts

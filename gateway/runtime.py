@@ -63,9 +63,8 @@ class Runtime:
         tokens = TokenCounter()
         self.history = PolicyHistory(settings.state_dir / "policies.sqlite")
         try:
-            self.policies = PolicyStore(
-                settings.policy, config.deployments, load_signal_tools(tokens, settings.embedder_path), self.history
-            )
+            tools = load_signal_tools(tokens, settings.embedder_path)
+            self.policies = PolicyStore(settings.policy, config.deployments, tools, self.history)
         except PolicyError as exc:
             raise StartupError("\n".join(exc.problems)) from exc
         self._session = aiohttp.ClientSession(
