@@ -39,7 +39,7 @@ class TokenCounter:
         return self._encoding
 
     def count_text(self, text: str) -> int:
-        return len(self._get().encode(text, disallowed_special=()))
+        return len(self._get().encode_ordinary(text))  # special tokens count as plain text
 
     def count_messages(self, messages: Iterable[Any]) -> int:
         total = 0
