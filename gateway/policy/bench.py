@@ -17,6 +17,7 @@ import yaml
 
 from gateway.policy.compile import CompiledPolicy, compile_policy_text, load_policy
 from gateway.policy.decide import decide
+from gateway.policy.schema import SemanticSignal
 from gateway.policy.signals import RequestFacts, load_signal_tools
 
 LARGE_POLICY_RULES = 200
@@ -119,8 +120,10 @@ def run_policy_bench(
         started = time.perf_counter()
         compile_policy_text(text, "<large>", deployments, tools, name="large")
         compile_times.append(time.perf_counter() - started)
+    semantic = any(isinstance(signal, SemanticSignal) for signal in policy.policy.signals.values())
     figures = {
         "policy": str(policy_path),
+        "semantic": semantic,
         "data": str(data),
         "decisions": len(samples),
         "decide_p50_ms": _ms(samples, 0.50),
@@ -132,7 +135,7 @@ def run_policy_bench(
     rows = [
         ("decisions measured", f"{figures['decisions']:,}", ""),
         ("signals + decision p50 (ms)", f"{figures['decide_p50_ms']:.3f}", ""),
-        ("signals + decision p99 (ms)", f"{figures['decide_p99_ms']:.3f}", "≤ 0.3"),
+        ("signals + decision p99 (ms)", f"{figures['decide_p99_ms']:.3f}", "≤ 2.5" if semantic else "≤ 0.3"),
         ("signals + decision max (ms)", f"{figures['decide_max_ms']:.3f}", ""),
         (
             f"compile a {LARGE_POLICY_RULES}-rule policy (s)",

@@ -85,7 +85,14 @@ def run_policy_command(args: argparse.Namespace) -> int:
     if args.policy_command == "diff":
         return _diff(args.old, args.new, deployments)
     if args.policy_command == "bench":
-        return run_policy_bench(args.policy, deployments, args.data, args.limit, args.rounds, args.json)
+        try:
+            return run_policy_bench(args.policy, deployments, args.data, args.limit, args.rounds, args.json)
+        except PolicyError as exc:
+            print("\n".join(exc.problems), file=sys.stderr)
+            return 1
+        except (OSError, ValueError) as exc:
+            print(exc, file=sys.stderr)
+            return 1
     tools = load_signal_tools()
     if args.policy_command == "explain":
         return _explain(args.policy, args.request, deployments, tools)

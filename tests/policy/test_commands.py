@@ -106,3 +106,15 @@ def test_policy_bench_reports_its_figures(tmp_path: Path, capsys: pytest.Capture
     assert 0 < figures["decide_p50_ms"] <= figures["decide_p99_ms"] <= figures["decide_max_ms"]
     assert figures["large_policy_compile_s"] > 0
     assert "signals + decision p99" in capsys.readouterr().out
+
+
+def test_policy_bench_reports_a_broken_policy_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("routes: [a, b?\n")
+    data = tmp_path / "prompts.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}))
+    assert main(["policy", "bench", str(broken), str(data), "--config", CONFIG]) == 1
+    err = capsys.readouterr().err
+    assert f"{broken}:1:" in err and "Traceback" not in err
