@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pydantic
+
 from gateway.config import ConfigError, load_config
 from gateway.policy.bench import run_policy_bench
 from gateway.policy.compile import CompiledPolicy, PolicyError, golden_failure, load_policy
@@ -17,7 +19,7 @@ from gateway.policy.diff import policy_diff
 from gateway.policy.records import open_records, read_records
 from gateway.policy.replay import format_report, replay
 from gateway.policy.schema import GoldenRequest, Policy
-from gateway.policy.signals import RequestFacts, SignalTools, load_signal_tools
+from gateway.policy.signals import RequestFacts, load_signal_tools
 
 DEFAULT_CONFIG = Path("policies/deployments.yaml")
 
@@ -71,34 +73,39 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def run_policy_command(args: argparse.Namespace) -> int:
+    """Run one verb; a bad policy, file or argument is reported in a line or two, never a traceback."""
+    try:
+        return _run(args)
+    except PolicyError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 1
+    except (ConfigError, OSError, ValueError, pydantic.ValidationError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.policy_command == "schema":
         args.output.write_text(policy_json_schema())
         print(f"wrote {args.output}")
         return 0
-    try:
-        deployments = set(load_config(args.config).deployments)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    deployments = set(load_config(args.config).deployments)
     if args.policy_command == "replay":
         return _replay(args, deployments)
     if args.policy_command == "diff":
         return _diff(args.old, args.new, deployments)
     if args.policy_command == "bench":
-        try:
-            return run_policy_bench(args.policy, deployments, args.data, args.limit, args.rounds, args.json)
-        except PolicyError as exc:
-            print("\n".join(exc.problems), file=sys.stderr)
-            return 1
-        except (OSError, ValueError) as exc:
-            print(exc, file=sys.stderr)
-            return 1
-    tools = load_signal_tools()
+        return run_policy_bench(args.policy, deployments, args.data, args.limit, args.rounds, args.json)
     if args.policy_command == "explain":
-        return _explain(args.policy, args.request, deployments, tools)
+        return _explain(args.policy, args.request, deployments)
+    return _validate(args.policies, deployments, run_golden=args.policy_command == "validate")
+
+
+def _validate(paths: list[Path], deployments: set[str], *, run_golden: bool) -> int:
+    """Every file is checked, so one run lists every problem; golden cases one by one with `test`."""
+    tools = load_signal_tools()
     failed = False
-    for path in args.policies:
-        run_golden = args.policy_command == "validate"
+    for path in paths:
         try:
             compiled = load_policy(path, deployments, tools, run_golden=run_golden)
         except PolicyError as exc:
@@ -112,6 +119,18 @@ def run_policy_command(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _replay(args: argparse.Namespace, deployments: set[str]) -> int:
+    candidate = load_policy(args.candidate, deployments, load_signal_tools())
+    since = 0.0 if args.since == "all" else time.time() - _seconds(args.since)
+    db = open_records(args.records)
+    try:
+        report = replay(read_records(db, since), candidate, progress=not args.json)
+    finally:
+        db.close()
+    print(json.dumps(report.as_json(), indent=2) if args.json else format_report(report))
+    return 0
+
+
 def _diff(old_path: Path, new_path: Path, deployments: set[str]) -> int:
     """Both sides must be valid policies; exit 0 when they mean the same, 1 when they differ."""
     tools = load_signal_tools()
@@ -123,25 +142,6 @@ def _diff(old_path: Path, new_path: Path, deployments: set[str]) -> int:
     changes = policy_diff(old.policy, new.policy)
     print("\n".join(changes) if changes else "no change in meaning")
     return 1 if changes else 0
-
-
-def _replay(args: argparse.Namespace, deployments: set[str]) -> int:
-    try:
-        candidate = load_policy(args.candidate, deployments, load_signal_tools())
-        since = 0.0 if args.since == "all" else time.time() - _seconds(args.since)
-        db = open_records(args.records)
-    except PolicyError as exc:
-        print("\n".join(exc.problems), file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    try:
-        report = replay(read_records(db, since), candidate, progress=not args.json)
-    finally:
-        db.close()
-    print(json.dumps(report.as_json(), indent=2) if args.json else format_report(report))
-    return 0
 
 
 def _seconds(span: str) -> float:
@@ -160,16 +160,9 @@ def _report_golden(path: Path, compiled: CompiledPolicy) -> bool:
     return passed
 
 
-def _explain(policy_path: Path, request_path: Path, deployments: set[str], tools: SignalTools) -> int:
-    try:
-        compiled = load_policy(policy_path, deployments, tools)
-        raw = json.loads(request_path.read_text())
-    except PolicyError as exc:
-        print("\n".join(exc.problems), file=sys.stderr)
-        return 1
-    except (OSError, json.JSONDecodeError) as exc:
-        print(f"{request_path}: {exc}", file=sys.stderr)
-        return 1
+def _explain(policy_path: Path, request_path: Path, deployments: set[str]) -> int:
+    compiled = load_policy(policy_path, deployments, load_signal_tools())
+    raw = json.loads(request_path.read_text())
     request = GoldenRequest.model_validate(raw if "body" in raw else {"body": raw})
     facts = RequestFacts(
         body=request.body, team=request.team, key=request.key, role=request.role,

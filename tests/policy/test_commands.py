@@ -118,3 +118,12 @@ def test_policy_bench_reports_a_broken_policy_without_a_traceback(
     assert main(["policy", "bench", str(broken), str(data), "--config", CONFIG]) == 1
     err = capsys.readouterr().err
     assert f"{broken}:1:" in err and "Traceback" not in err
+
+
+def test_explain_with_a_missing_request_file_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = str(REPO / "policies" / "default.yaml")
+    assert main(["policy", "explain", policy, str(tmp_path / "nope.json"), "--config", CONFIG]) == 1
+    err = capsys.readouterr().err
+    assert "nope.json" in err and "Traceback" not in err
