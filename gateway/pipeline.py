@@ -15,7 +15,7 @@ from gateway.errors import GatewayError
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.decide import Decision, decide
 from gateway.policy.records import DecisionLog, DecisionRecord
-from gateway.policy.schema import Overrides
+from gateway.policy.schema import Overrides, Policy
 from gateway.policy.signals import RequestFacts
 from gateway.policy.store import PolicyStore
 from gateway.providers.base import ChatRequest, ChatStream, Completion, Deadline
@@ -73,8 +73,7 @@ class ChatPipeline:
         self._executor = executor
         self._request_timeout = request_timeout
 
-    def facts(self, request: ChatRequest, caller: Caller) -> RequestFacts:
-        policy = self.policies.current.policy
+    def facts(self, request: ChatRequest, caller: Caller, policy: Policy) -> RequestFacts:
         return RequestFacts(
             body=request.body,
             team=caller.team,
@@ -91,7 +90,7 @@ class ChatPipeline:
         if request.body["model"] != AUTO:
             target = self.catalog.resolve(request.body["model"], compiled.policy, request.request_id)
             return Routing(target, EXPLICIT_RULE, None, compiled)
-        decision = decide(compiled, self.facts(request, caller))
+        decision = decide(compiled, self.facts(request, caller, compiled.policy))
         target = self.catalog.for_decision(decision, compiled.policy, request.request_id)
         return Routing(target, decision.rule, decision, compiled)
 
@@ -99,7 +98,7 @@ class ChatPipeline:
         """What `answer` would do with this request, and why, without calling any model."""
         compiled = self.policies.current
         if request.body["model"] == AUTO:
-            decision = decide(compiled, self.facts(request, caller), explain=True)
+            decision = decide(compiled, self.facts(request, caller, compiled.policy), explain=True)
             target = self.catalog.for_decision(decision, compiled.policy, request.request_id)
             explained = decision.as_json()
         else:
