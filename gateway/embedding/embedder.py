@@ -15,6 +15,8 @@ import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from gateway.settings import Settings
+
 DIMENSION = 384
 # BERT's position table has 512 entries; sentence-transformers trained and uses 256.
 MAX_POSITIONS = 512
@@ -22,8 +24,10 @@ MAKE_HINT = "run `make embedder` (or `python -m gateway.embedding.export --outpu
 
 
 def default_model_path() -> Path:
-    """Where `make embedder` writes the model, relative to the project root the gateway runs from."""
-    return Path(".gateway/models/all-minilm-l6-v2-int8.onnx")
+    """Where `make embedder` writes the model (GATEWAY_EMBEDDER_PATH's default), relative to the
+    project root the gateway runs from."""
+    path: Path = Settings.model_fields["embedder_path"].default
+    return path
 
 
 def tokenizer_path_for(model_path: Path) -> Path:

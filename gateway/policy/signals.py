@@ -99,7 +99,7 @@ class LazyEmbedder:
 
 def load_signal_tools(tokens: TokenCounter | None = None, embedder_path: Path | None = None) -> SignalTools:
     """The tools for this machine: an embedder when its model file exists (see `make embedder`)."""
-    path = embedder_path or Settings.model_fields["embedder_path"].default
+    path: Path = embedder_path or Settings.model_fields["embedder_path"].default
     tokens = tokens or TokenCounter()
     if not path.exists():
         return SignalTools(tokens, None, f"the embedder model {path} is missing: run `make embedder`")
