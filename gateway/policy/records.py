@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
@@ -40,6 +41,10 @@ CREATE TABLE IF NOT EXISTS shadows (
     completion_tokens INTEGER
 );
 """
+
+
+MAX_PENDING = 100_000
+logger = logging.getLogger("gateway.policy.records")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +98,23 @@ class DecisionLog:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            await self.flush()
+            try:
+                await self.flush()
+            except sqlite3.Error:  # e.g. a full disk: keep serving, keep the records, try again
+                logger.exception("could not write %d decision records; will retry", len(self._pending))
 
     async def flush(self) -> None:
         batch, self._pending = self._pending, []
         shadows, self._shadows = self._shadows, []
-        if batch or shadows:
+        if not (batch or shadows):
+            return
+        try:
             await asyncio.to_thread(self._write, batch, shadows)
+        except BaseException:
+            # Put them back in front, bounded: records are for what-ifs, memory is for serving.
+            self._pending = (batch + self._pending)[-MAX_PENDING:]
+            self._shadows = (shadows + self._shadows)[-MAX_PENDING:]
+            raise
 
     def _write(self, batch: list[DecisionRecord], shadows: list[ShadowRecord]) -> None:
         rows = [

@@ -15,6 +15,7 @@ import yaml
 from gateway.cli import main
 from gateway.fakes.background import BackgroundLoop
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
+from gateway.policy.records import DecisionLog, DecisionRecord
 from tests.conftest import RunningGateway, openai_deployment, split_config
 
 POLICY: dict[str, Any] = {
@@ -116,3 +117,17 @@ def test_replay_prints_a_table_for_people(
     captured = capsys.readouterr()
     assert "| short-local → local | default → frontier |" in captured.out
     assert "replayed 150/150 (100%)" in captured.err
+
+
+def test_records_survive_a_failed_write_and_go_out_on_the_next(tmp_path: Path, bg: BackgroundLoop) -> None:
+    log = DecisionLog(tmp_path / "decisions.sqlite")
+    record = DecisionRecord("r1", 1.0, "p", None, "default", "frontier", "big", 200, 1.5, {"n": 1})
+    log.add(record)
+    log._db.execute("DROP TABLE decisions")  # the next write fails
+    with pytest.raises(Exception, match="no such table"):
+        bg.run(log.flush())
+    log._db.executescript("CREATE TABLE decisions (request_id, at, policy, team, rule, route, deployment,"
+                          " status, latency_ms, signals)")  # fmt: skip
+    bg.run(log.flush())
+    assert list(log.read()) == [record]
+    log.close()
