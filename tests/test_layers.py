@@ -23,6 +23,16 @@ FORBIDDEN = {
     "gateway.api": ("gateway.providers.openai_compat", "gateway.providers.litellm_adapter"),
     "gateway.wire": ("gateway.api", "gateway.pipeline", "gateway.routing", "gateway.providers"),
     "gateway.errors": ("gateway.",),
+    # A side module: it may use the configuration, never the request path's packages.
+    "gateway.accounting": (
+        "gateway.api",
+        "gateway.pipeline",
+        "gateway.routing",
+        "gateway.providers",
+        "gateway.policy",
+        "gateway.runtime",
+        "gateway.app",
+    ),
 }
 NEVER_ON_THE_SERVING_PATH = ("gateway.fakes", "gateway.bench")
 

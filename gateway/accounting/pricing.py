@@ -1,0 +1,97 @@
+"""What a deployment charges per token: litellm's price map, read offline from the file litellm ships
+(without importing litellm), overridden per deployment; a managed local model costs nothing unless
+priced. An unknown price is `None`, never a silent $0 — a mispriced model must be visible."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Deployment
+
+PRICE_MAP_FILE = "model_prices_and_context_window_backup.json"
+PER_MILLION = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPrice:
+    """USD per token."""
+
+    input: float
+    output: float
+    # Input tokens served from the provider's prompt cache; `input` when the provider has no discount.
+    cached_input: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        """Prompt tokens include the cached ones (as OpenAI reports them); reasoning tokens are part
+        of the completion tokens."""
+        cached = min(max(cached_tokens, 0), prompt_tokens)
+        return (
+            (prompt_tokens - cached) * self.input
+            + cached * self.cached_input
+            + completion_tokens * self.output
+        )
+
+
+FREE = TokenPrice(0.0, 0.0, 0.0)
+
+
+def litellm_price_map_path() -> Path | None:
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / PRICE_MAP_FILE
+    return path if path.is_file() else None
+
+
+def load_price_map(path: Path | None = None) -> dict[str, Mapping[str, Any]]:
+    """The price map as litellm ships it (empty when litellm is not installed)."""
+    path = path or litellm_price_map_path()
+    if path is None:
+        return {}
+    data = json.loads(path.read_text())
+    return {name: entry for name, entry in data.items() if isinstance(entry, dict)}
+
+
+class PriceBook:
+    def __init__(
+        self, deployments: Mapping[str, Deployment], price_map: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        self._prices = {name: _price(deployment, price_map) for name, deployment in deployments.items()}
+
+    def price_of(self, deployment: str) -> TokenPrice | None:
+        return self._prices.get(deployment)
+
+    def unpriced(self) -> list[str]:
+        """Deployments whose cost cannot be known: worth a warning at start-up."""
+        return sorted(name for name, price in self._prices.items() if price is None)
+
+
+def _price(deployment: Deployment, price_map: Mapping[str, Mapping[str, Any]]) -> TokenPrice | None:
+    if deployment.price is not None:
+        per_in = deployment.price.input_per_mtok / PER_MILLION
+        return TokenPrice(per_in, deployment.price.output_per_mtok / PER_MILLION, per_in)
+    if deployment.provider == "managed-local":
+        return FREE
+    for name in _candidate_names(deployment):
+        entry = price_map.get(name)
+        if entry is None:
+            continue
+        listed_in, listed_out = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
+        if isinstance(listed_in, int | float) and isinstance(listed_out, int | float):
+            cached = entry.get("cache_read_input_token_cost")
+            listed_cached = float(cached) if isinstance(cached, int | float) else float(listed_in)
+            return TokenPrice(float(listed_in), float(listed_out), listed_cached)
+    return None
+
+
+def _candidate_names(deployment: Deployment) -> list[str]:
+    """litellm keys most models by their bare name, some by `provider/name`."""
+    model = deployment.model
+    bare = model.split("/", 1)[1] if "/" in model else model
+    provider = "anthropic" if deployment.provider == "anthropic" else "openai"
+    return [model, bare, f"{provider}/{bare}"]
