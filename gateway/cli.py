@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from gateway.accounting.commands import add_key_commands, run_key_command
 from gateway.config import ConfigError, load_config
 from gateway.policy.commands import add_policy_commands, run_policy_command
 
@@ -32,10 +33,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--no-litellm", action="store_true", help="skip LiteLLM proxy even if installed")
 
     add_policy_commands(commands)
+    add_key_commands(commands)
 
     args = parser.parse_args(argv)
     if args.command == "policy":
         return run_policy_command(args)
+    if args.command == "keys":
+        return run_key_command(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "check-config":
@@ -57,7 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
     from gateway.policy.compile import PolicyError, load_policy
     from gateway.policy.signals import load_signal_tools
-    from gateway.runtime import StartupError, check_exposure
+    from gateway.runtime import StartupError, check_exposure, has_any_key
     from gateway.settings import Settings
     from gateway.tokens import TokenCounter
 
@@ -69,7 +73,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         deployments = load_config(settings.config).deployments
-        check_exposure(settings)
+        check_exposure(settings.host, has_keys=has_any_key(settings))
         load_policy(settings.policy, deployments, load_signal_tools(TokenCounter(), settings.embedder_path))
     except (ConfigError, StartupError) as exc:
         print(exc, file=sys.stderr)

@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 
 import aiohttp
 
+from gateway.accounting.auth import Authenticator
+from gateway.accounting.keys import KeyStore
 from gateway.api.chat import ChatCompletionsEndpoint
 from gateway.config import GatewayConfig, load_config
 from gateway.pipeline import ChatPipeline
@@ -49,15 +51,21 @@ class Runtime:
         self.health: DeploymentHealth | None = None
         self.chat: ChatCompletionsEndpoint | None = None
         self.local_model: ManagedLocalModel | None = None
-        self.key_digests = settings.api_key_digests()
-        self.admin_key_digests = settings.admin_key_digests()
+        self.keys: KeyStore | None = None
+        self.auth: Authenticator | None = None
         self._session: aiohttp.ClientSession | None = None
         self._local_start: asyncio.Task[None] | None = None
         self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         settings = self.settings
-        check_exposure(settings)
+        self.keys = KeyStore(settings.state_dir / "keys.sqlite")
+        self.auth = Authenticator(
+            self.keys,
+            [key.get_secret_value() for key in settings.api_keys],
+            [key.get_secret_value() for key in settings.admin_keys],
+        )
+        check_exposure(settings.host, has_keys=not self.auth.open)
         config = load_config(settings.config)
         self.config = config
         tokens = TokenCounter()
@@ -76,7 +84,7 @@ class Runtime:
             name: build_provider(deployment, self._session, self._environ, tokens, local)
             for name, deployment in config.deployments.items()
         }
-        if not self.key_digests:
+        if self.auth.open:
             logger.warning("no API keys configured: serving open on loopback only (%s)", settings.host)
         for name, provider in providers.items():
             if not provider.available and provider.deployment.provider != "managed-local":
@@ -91,7 +99,7 @@ class Runtime:
         self.pipeline = ChatPipeline(
             self.catalog, self.policies, executor, settings.request_timeout, self.records, self.shadows
         )
-        self.chat = ChatCompletionsEndpoint(self.pipeline, self.key_digests, settings.max_body_bytes)
+        self.chat = ChatCompletionsEndpoint(self.pipeline, self.auth, settings.max_body_bytes)
         if settings.policy_reload_interval > 0:
             self._background.append(asyncio.create_task(self.policies.watch(settings.policy_reload_interval)))
 
@@ -151,17 +159,33 @@ class Runtime:
             await self._session.close()
         if self.history is not None:
             self.history.close()
+        if self.keys is not None:
+            self.keys.close()
         if self.records is not None:
             await self.records.flush()
             self.records.close()
 
 
-def check_exposure(settings: Settings) -> None:
-    """An open gateway (no client keys) may listen on loopback only."""
-    if not settings.api_keys and not _is_loopback(settings.host):
+def has_any_key(settings: Settings) -> bool:
+    """Whether the gateway will ask for keys: bootstrap keys, or keys in its key store."""
+    if settings.api_keys or settings.admin_keys:
+        return True
+    path = settings.state_dir / "keys.sqlite"
+    if not path.exists():
+        return False
+    store = KeyStore(path)
+    try:
+        return bool(store.active_by_digest())
+    finally:
+        store.close()
+
+
+def check_exposure(host: str, *, has_keys: bool) -> None:
+    """An open gateway (no keys at all) may listen on loopback only."""
+    if not has_keys and not _is_loopback(host):
         raise StartupError(
-            f"Refusing to serve on {settings.host} without API keys: set GATEWAY_API_KEYS, "
-            "or bind to a loopback address."
+            f"Refusing to serve on {host} without API keys: create one (`gateway keys create`) or set "
+            "GATEWAY_API_KEYS, or bind to a loopback address."
         )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Annotated
 
@@ -24,10 +23,10 @@ class Settings(BaseSettings):
     state_dir: Path = Path(".gateway")
     # The local sentence embedder (int8 ONNX, built by `make embedder`), for semantic signals.
     embedder_path: Path = Path(".gateway/models/all-minilm-l6-v2-int8.onnx")
-    # Keys allowed to change policies through the admin API (comma-separated). Without any keys at
-    # all the gateway is open on loopback, admin API included.
+    # Bootstrap keys with role admin (comma-separated); more keys come from `gateway keys create`.
+    # Without any keys at all the gateway is open on loopback only.
     admin_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    # Client keys, comma-separated. Empty: the gateway runs open, which it allows only on loopback.
+    # Bootstrap client keys of team `default` (comma-separated); more from `gateway keys create`.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = 4 * 1024 * 1024
     # The overall deadline of one request, retries and fallbacks included.
@@ -45,13 +44,3 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
-
-    def api_key_digests(self) -> frozenset[str]:
-        return frozenset(digest_key(key.get_secret_value()) for key in self.api_keys)
-
-    def admin_key_digests(self) -> frozenset[str]:
-        return frozenset(digest_key(key.get_secret_value()) for key in self.admin_keys)
-
-
-def digest_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()

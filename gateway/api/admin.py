@@ -1,8 +1,7 @@
 """The admin API for policies: apply a new version, list versions with their diffs, roll back.
 
-Changing routing is an admin's act: with admin keys set (GATEWAY_ADMIN_KEYS) one is required; with
-client keys but no admin keys the admin API is off; with no keys at all the gateway is open on
-loopback only, and so is this API.
+Changing routing takes a key with role admin; a gateway with no keys at all is open on loopback only,
+and so is this API.
 """
 
 from __future__ import annotations
@@ -11,27 +10,23 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 
-from gateway.api.http import check_api_key
-from gateway.errors import InvalidRequest, NotFound, PermissionDenied
+from gateway.accounting.auth import require_role
+from gateway.errors import InvalidRequest, NotFound
 from gateway.policy.compile import PolicyError
 from gateway.policy.store import PolicyStore
 from gateway.runtime import Runtime
-from gateway.settings import digest_key
 
 router = APIRouter(prefix="/admin/policies")
 Authorization = Annotated[str | None, Header()]
 
 
 def _admin(request: Request, authorization: str | None) -> tuple[Runtime, str]:
-    """The runtime and who is acting, once they are allowed to change policies."""
+    """The runtime and who is acting, once they are allowed to change policies (role admin)."""
     runtime: Runtime = request.app.state.runtime
-    if runtime.admin_key_digests:
-        check_api_key(authorization, runtime.admin_key_digests)
-        key = (authorization or "").partition(" ")[2].strip()
-        return runtime, f"admin key {digest_key(key)[:8]}"
-    if runtime.key_digests:
-        raise PermissionDenied("The admin API is off: set GATEWAY_ADMIN_KEYS to use it.")
-    return runtime, "loopback (open gateway)"
+    assert runtime.auth is not None
+    principal = runtime.auth.principal(authorization)
+    require_role(principal, "admin")
+    return runtime, f"key {principal.key_id}" if principal.key_id else "loopback (open gateway)"
 
 
 def _store(runtime: Runtime, name: str) -> PolicyStore:

@@ -13,7 +13,8 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from gateway.api.http import caller_of, check_api_key, header_value, request_id_of, send_error
+from gateway.accounting.auth import Authenticator
+from gateway.api.http import caller_of, header_value, request_id_of, send_error
 from gateway.errors import BodyTooLarge, GatewayError, InvalidRequest
 from gateway.pipeline import Answer, Caller, ChatPipeline
 from gateway.providers.base import ChatRequest
@@ -36,9 +37,9 @@ _DONE = b"data: [DONE]\n\n"
 
 
 class ChatCompletionsEndpoint:
-    def __init__(self, pipeline: ChatPipeline, key_digests: frozenset[str], max_body_bytes: int) -> None:
+    def __init__(self, pipeline: ChatPipeline, auth: Authenticator, max_body_bytes: int) -> None:
         self._pipeline = pipeline
-        self._key_digests = key_digests
+        self._auth = auth
         self._max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -51,7 +52,7 @@ class ChatCompletionsEndpoint:
             await send_error(send, error, headers)
             return
         try:
-            check_api_key(header_value(scope, b"authorization"), self._key_digests)
+            principal = self._auth.principal(header_value(scope, b"authorization"))
             raw = await self._read_body(scope, receive)
             body, validated = parse_chat_request(raw)
             request = ChatRequest(
@@ -63,7 +64,7 @@ class ChatCompletionsEndpoint:
         except GatewayError as error:
             await send_error(send, error, headers)
             return
-        await self._answer(request, caller_of(scope), started, headers, receive, send)
+        await self._answer(request, caller_of(scope, principal), started, headers, receive, send)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         declared = header_value(scope, b"content-length")

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 
-from gateway.api.http import caller_of, check_api_key, request_id_of
+from gateway.api.http import caller_of, request_id_of
 from gateway.errors import BodyTooLarge
 from gateway.providers.base import ChatRequest
 from gateway.routing.catalog import AUTO
@@ -24,11 +24,12 @@ async def explain_route(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:
     runtime: Runtime = request.app.state.runtime
-    check_api_key(authorization, runtime.key_digests)
+    assert runtime.auth is not None
+    principal = runtime.auth.principal(authorization)
     assert runtime.pipeline is not None
     raw = await request.body()
     if len(raw) > runtime.settings.max_body_bytes:
         raise BodyTooLarge(f"The request body exceeds the limit of {runtime.settings.max_body_bytes} bytes.")
     body, _ = parse_chat_request(raw, default_model=AUTO)
     chat = ChatRequest(body=body, request_id=request_id_of(request.scope))
-    return runtime.pipeline.explain(chat, caller_of(request.scope))
+    return runtime.pipeline.explain(chat, caller_of(request.scope, principal))

@@ -6,9 +6,9 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from gateway.errors import AuthenticationFailed, GatewayError
+from gateway.accounting.auth import Principal
+from gateway.errors import GatewayError
 from gateway.pipeline import Caller
-from gateway.settings import digest_key
 
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 _MAX_REQUEST_ID = 128
@@ -50,20 +50,12 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
-def check_api_key(authorization: str | None, key_digests: frozenset[str]) -> None:
-    """Raise `AuthenticationFailed` unless keys are off or the bearer key is one of them."""
-    if not key_digests:
-        return
-    if not authorization:
-        raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'.")
-    scheme, _, key = authorization.partition(" ")
-    if scheme.lower() != "bearer" or digest_key(key.strip()) not in key_digests:
-        raise AuthenticationFailed("Incorrect API key provided.")
-
-
-def caller_of(scope: MutableMapping[str, Any]) -> Caller:
-    """Who is asking; for now only the request's tags (`x-gateway-tags: a, b`)."""
+def caller_of(scope: MutableMapping[str, Any], principal: Principal) -> Caller:
+    """Who is asking: the key's team and role, and the request's tags (`x-gateway-tags: a, b`)."""
     tags = header_value(scope, b"x-gateway-tags")
-    if not tags:
-        return Caller()
-    return Caller(tags=tuple(tag.strip() for tag in tags.split(",") if tag.strip()))
+    return Caller(
+        team=principal.team,
+        key=principal.key_id,
+        role=principal.role,
+        tags=tuple(tag.strip() for tag in tags.split(",") if tag.strip()) if tags else (),
+    )

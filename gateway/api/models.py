@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 
-from gateway.api.http import check_api_key
 from gateway.routing.catalog import AUTO
 from gateway.runtime import Runtime
 
@@ -20,7 +19,8 @@ async def list_models(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:
     runtime: Runtime = request.app.state.runtime
-    check_api_key(authorization, runtime.key_digests)
+    assert runtime.auth is not None
+    runtime.auth.principal(authorization)
     catalog, policies = runtime.catalog, runtime.policies
     assert catalog is not None and policies is not None
     policy = policies.current.policy

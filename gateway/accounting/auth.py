@@ -1,0 +1,79 @@
+"""Who is asking: a bearer key resolved to its key id, team and role.
+
+Keys come from the key store (re-read every few seconds, so a key made by the CLI or through another
+replica takes effect without a restart) and, for bootstrapping, from GATEWAY_API_KEYS (clients of team
+`default`) and GATEWAY_ADMIN_KEYS. Keys are found by the SHA-256 digest of what the client sent: the
+secret itself is never compared or kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gateway.accounting.keys import ApiKey, KeyStore, Role, digest_of
+from gateway.errors import AuthenticationFailed, PermissionDenied
+
+REFRESH_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str | None
+    team: str | None
+    role: Role
+
+
+# A gateway with no keys at all runs open, on loopback only, and everyone on it may do everything.
+OPEN = Principal(None, None, "admin")
+
+
+class Authenticator:
+    def __init__(
+        self,
+        store: KeyStore | None,
+        client_secrets: Iterable[str] = (),
+        admin_secrets: Iterable[str] = (),
+        refresh_seconds: float = REFRESH_SECONDS,
+    ) -> None:
+        self._store = store
+        bootstrap: list[tuple[Iterable[str], Role]] = [(client_secrets, "client"), (admin_secrets, "admin")]
+        self._bootstrap = {
+            digest_of(secret): ApiKey(f"env-{digest_of(secret)[:8]}", "default", role, "environment", 0.0)
+            for secrets, role in bootstrap
+            for secret in secrets
+        }
+        self._refresh_seconds = refresh_seconds
+        self._keys: dict[str, ApiKey] = {}
+        self._loaded_at = 0.0
+        self.refresh()
+
+    def refresh(self) -> None:
+        stored = self._store.active_by_digest() if self._store is not None else {}
+        self._keys = {**stored, **self._bootstrap}
+        self._loaded_at = time.monotonic()
+
+    @property
+    def open(self) -> bool:
+        return not self._keys
+
+    def principal(self, authorization: str | None) -> Principal:
+        if time.monotonic() - self._loaded_at > self._refresh_seconds:
+            self.refresh()
+        if not self._keys:
+            return OPEN
+        if not authorization:
+            raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'.")
+        scheme, _, secret = authorization.partition(" ")
+        key = self._keys.get(digest_of(secret.strip())) if scheme.lower() == "bearer" else None
+        if key is None:
+            raise AuthenticationFailed("Incorrect API key provided.")
+        return Principal(key.id, key.team, key.role)
+
+
+def require_role(principal: Principal, *roles: Role) -> None:
+    if principal.role not in roles:
+        raise PermissionDenied(
+            f"This needs a key with role {' or '.join(roles)}; this key's role is {principal.role}."
+        )

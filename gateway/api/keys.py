@@ -1,0 +1,75 @@
+"""The admin API for virtual keys: create (the secret is shown once), list, revoke, rotate."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.accounting.auth import require_role
+from gateway.accounting.keys import KeyNotFound, KeyStore, Role
+from gateway.errors import NotFound
+from gateway.runtime import Runtime
+
+router = APIRouter(prefix="/admin/keys")
+Authorization = Annotated[str | None, Header()]
+
+
+class NewKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    team: Annotated[str, Field(min_length=1)]
+    role: Role = "client"
+    name: str = ""
+
+
+def _keys(request: Request, authorization: str | None) -> tuple[Runtime, KeyStore]:
+    runtime: Runtime = request.app.state.runtime
+    assert runtime.auth is not None and runtime.keys is not None
+    require_role(runtime.auth.principal(authorization), "admin")
+    return runtime, runtime.keys
+
+
+@router.post("")
+async def create_key(new: NewKey, request: Request, authorization: Authorization = None) -> dict[str, Any]:
+    runtime, store = _keys(request, authorization)
+    key, secret = store.create(new.team, new.role, new.name)
+    _refresh(runtime)
+    return {**key.public(), "key": secret}
+
+
+@router.get("")
+async def list_keys(
+    request: Request, authorization: Authorization = None, all: bool = False
+) -> dict[str, Any]:
+    _, store = _keys(request, authorization)
+    return {"keys": [key.public() for key in store.list(include_revoked=all)]}
+
+
+@router.post("/{key_id}/revoke")
+async def revoke_key(key_id: str, request: Request, authorization: Authorization = None) -> dict[str, Any]:
+    runtime, store = _keys(request, authorization)
+    try:
+        key = store.revoke(key_id)
+    except KeyNotFound as exc:
+        raise NotFound(str(exc)) from exc
+    _refresh(runtime)
+    return key.public()
+
+
+@router.post("/{key_id}/rotate")
+async def rotate_key(key_id: str, request: Request, authorization: Authorization = None) -> dict[str, Any]:
+    runtime, store = _keys(request, authorization)
+    try:
+        key, secret = store.rotate(key_id)
+    except KeyNotFound as exc:
+        raise NotFound(str(exc)) from exc
+    _refresh(runtime)
+    return {**key.public(), "key": secret}
+
+
+def _refresh(runtime: Runtime) -> None:
+    """This replica sees the change at once; others within their refresh interval."""
+    assert runtime.auth is not None
+    runtime.auth.refresh()
