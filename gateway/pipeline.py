@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from gateway.accounting.pricing import PriceBook, Spend, TokenPrice, per_million, spend_of
 from gateway.errors import GatewayError
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.decide import Decision, decide
@@ -18,7 +19,7 @@ from gateway.policy.records import DecisionLog, DecisionRecord
 from gateway.policy.schema import Overrides, Policy
 from gateway.policy.signals import RequestFacts
 from gateway.policy.store import PolicyStore
-from gateway.providers.base import ChatRequest, ChatStream, Completion, Deadline
+from gateway.providers.base import ChatRequest, ChatStream, Completion, Deadline, Usage
 from gateway.routing.catalog import AUTO, Catalog, Target
 from gateway.routing.executor import Outcome, RouteExecutor
 from gateway.routing.shadow import ShadowCopies
@@ -54,6 +55,8 @@ class Answer:
     upstream_seconds: float
     completion: Completion | None = None
     stream: ChatStream | None = None
+    # Known for answers whose usage came with them (not streams: their usage comes at the end).
+    spend: Spend | None = None
 
 
 class ChatPipeline:
@@ -65,7 +68,9 @@ class ChatPipeline:
         request_timeout: float,
         records: DecisionLog | None = None,
         shadows: ShadowCopies | None = None,
+        prices: PriceBook | None = None,
     ) -> None:
+        self._prices = prices
         self.catalog = catalog
         self.policies = policies
         self._records = records
@@ -158,10 +163,33 @@ class ChatPipeline:
         completed: Outcome[Completion] = await self._executor.run(
             target, lambda provider: provider.complete(request, deadline), deadline
         )
+        spend = self._spend(
+            routing.policy.policy, completed.route, completed.deployment, completed.result.usage
+        )
         return Answer(
             completed.route, completed.deployment, rule, completed.fallback, completed.upstream_seconds,
-            completion=completed.result,
+            completion=completed.result, spend=spend,
         )  # fmt: skip
+
+    def _spend(self, policy: Policy, route: str, deployment: str, usage: Usage | None) -> Spend | None:
+        """The cost at the answering route's price, and at the policy's reference route's."""
+        if self._prices is None or usage is None:
+            return None
+        price = _route_price(policy, route) or self._prices.price_of(deployment)
+        reference = None
+        if policy.reference_route is not None:
+            spec = policy.routes[policy.reference_route]
+            first = spec.deployments[0] if spec.deployments else next(iter(spec.split or {}))
+            reference = _route_price(policy, policy.reference_route) or self._prices.price_of(first)
+        cached = (usage.details.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        return spend_of(price, reference, usage.prompt_tokens, usage.completion_tokens, int(cached))
+
+
+def _route_price(policy: Policy, route: str) -> TokenPrice | None:
+    spec = policy.routes.get(route)  # None when the client named a deployment
+    if spec is None or spec.price is None:
+        return None
+    return per_million(spec.price.input_per_mtok, spec.price.output_per_mtok)
 
 
 def _with_overrides(request: ChatRequest, overrides: Overrides) -> ChatRequest:

@@ -12,6 +12,7 @@ import aiohttp
 
 from gateway.accounting.auth import Authenticator
 from gateway.accounting.keys import KeyStore
+from gateway.accounting.pricing import PriceBook, load_price_map
 from gateway.api.chat import ChatCompletionsEndpoint
 from gateway.config import GatewayConfig, load_config
 from gateway.pipeline import ChatPipeline
@@ -94,10 +95,19 @@ class Runtime:
         self.catalog = Catalog(providers, self.health)
         self.records = DecisionLog(settings.state_dir / "decisions.sqlite")
         self._background.append(asyncio.create_task(self.records.run()))
+        prices = PriceBook(config.deployments, load_price_map())
+        for name in prices.unpriced():
+            logger.warning("deployment %s has no known price: its cost will be unknown (set `price`)", name)
         executor = RouteExecutor(self.health)
         self.shadows = ShadowCopies(self.catalog, executor, self.records.add_shadow)
         self.pipeline = ChatPipeline(
-            self.catalog, self.policies, executor, settings.request_timeout, self.records, self.shadows
+            self.catalog,
+            self.policies,
+            executor,
+            settings.request_timeout,
+            self.records,
+            self.shadows,
+            prices,
         )
         self.chat = ChatCompletionsEndpoint(self.pipeline, self.auth, settings.max_body_bytes)
         if settings.policy_reload_interval > 0:

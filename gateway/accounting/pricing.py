@@ -73,8 +73,7 @@ class PriceBook:
 
 def _price(deployment: Deployment, price_map: Mapping[str, Mapping[str, Any]]) -> TokenPrice | None:
     if deployment.price is not None:
-        per_in = deployment.price.input_per_mtok / PER_MILLION
-        return TokenPrice(per_in, deployment.price.output_per_mtok / PER_MILLION, per_in)
+        return per_million(deployment.price.input_per_mtok, deployment.price.output_per_mtok)
     if deployment.provider == "managed-local":
         return FREE
     for name in _candidate_names(deployment):
@@ -95,3 +94,37 @@ def _candidate_names(deployment: Deployment) -> list[str]:
     bare = model.split("/", 1)[1] if "/" in model else model
     provider = "anthropic" if deployment.provider == "anthropic" else "openai"
     return [model, bare, f"{provider}/{bare}"]
+
+
+def per_million(input_per_mtok: float, output_per_mtok: float) -> TokenPrice:
+    """A price written per million tokens (as in configuration files), with no cache discount."""
+    per_in = input_per_mtok / PER_MILLION
+    return TokenPrice(per_in, output_per_mtok / PER_MILLION, per_in)
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """What a request cost, what the reference route would have charged for the same tokens, and the
+    difference. Each is None when a price is unknown: an unknown is never reported as $0."""
+
+    cost_usd: float | None
+    reference_usd: float | None
+
+    @property
+    def saved_usd(self) -> float | None:
+        if self.cost_usd is None or self.reference_usd is None:
+            return None
+        return self.reference_usd - self.cost_usd
+
+
+def spend_of(
+    price: TokenPrice | None,
+    reference: TokenPrice | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int = 0,
+) -> Spend:
+    return Spend(
+        price.cost(prompt_tokens, completion_tokens, cached_tokens) if price else None,
+        reference.cost(prompt_tokens, completion_tokens, cached_tokens) if reference else None,
+    )

@@ -153,12 +153,25 @@ class ChatCompletionsEndpoint:
 
 def _routing_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
     headers = [
+        *_spend_headers(answer),
         (b"x-gateway-route", answer.route.encode()),
         (b"x-gateway-rule", _header_safe(answer.rule)),
         (b"x-gateway-deployment", answer.deployment.encode()),
     ]
     if answer.fallback:
         headers.append((b"x-gateway-fallback", _header_safe(answer.fallback)))
+    return headers
+
+
+def _spend_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
+    spend = answer.spend
+    if spend is None:
+        return []
+    headers = []
+    if spend.cost_usd is not None:
+        headers.append((b"x-gateway-cost-usd", f"{spend.cost_usd:.8f}".encode()))
+    if spend.saved_usd is not None:
+        headers.append((b"x-gateway-saved-usd", f"{spend.saved_usd:.8f}".encode()))
     return headers
 
 

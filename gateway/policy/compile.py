@@ -155,7 +155,12 @@ def _reference_problems(policy: Policy, deployments: Collection[str], problem: P
         for member in members:
             if member not in deployments:
                 problems.append(problem(("routes", route_name, field), f"unknown deployment '{member}'"))
-    for field, value in (("default_route", policy.default_route), ("fallback_route", policy.fallback_route)):
+    named_routes = (
+        ("default_route", policy.default_route),
+        ("fallback_route", policy.fallback_route),
+        ("reference_route", policy.reference_route),
+    )
+    for field, value in named_routes:
         if value is not None and value not in routes:
             problems.append(problem((field,), f"unknown route '{value}'"))
     for signal_name, signal in policy.signals.items():

@@ -275,6 +275,8 @@ class Policy(Strict):
     default_route: str
     # Where a request goes when every deployment of its route is unavailable.
     fallback_route: str | None = None
+    # What "sending everything to the frontier" would cost: savings are measured against this route.
+    reference_route: str | None = None
     tests: list[GoldenCase] = []
 
 
