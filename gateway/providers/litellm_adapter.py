@@ -30,6 +30,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.providers.base import ChatRequest, ChatStream, Completion, Deadline, Usage
+from gateway.providers.litellm_wire import chunk_json, completion_json
 
 # OpenAI chat parameters passed on to litellm. An allow-list, not "everything but model/stream":
 # litellm also reads control keywords (api_base, api_key, mock_response, ...) from the same call,
@@ -43,7 +44,6 @@ PASSTHROUGH_PARAMS = frozenset(
         "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
     }
 )  # fmt: skip
-_DELTA_FIELDS = ("role", "content", "refusal", "reasoning_content")
 _UPSTREAM_MESSAGE = re.compile(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
@@ -116,7 +116,7 @@ class LiteLLMProvider:
         except Exception as exc:
             raise self._translate(exc, litellm) from None
         upstream_seconds = time.monotonic() - started
-        body, usage = _completion_json(response.model_dump(), self.deployment.model)
+        body, usage = completion_json(response.model_dump(), self.deployment.model)
         return Completion(
             body=orjson.dumps(body),
             usage=Usage.from_openai(usage) if usage else None,
@@ -247,7 +247,7 @@ class LiteLLMStream:
             raise self._provider._translate(exc, litellm, midstream=True) from None
 
     def _render(self, raw: dict[str, Any]) -> bytes | None:
-        chunk, usage = _chunk_json(raw, self._provider.deployment.model)
+        chunk, usage = chunk_json(raw, self._provider.deployment.model)
         if usage:
             self.usage = Usage.from_openai(usage)
         if any(choice["finish_reason"] for choice in chunk["choices"]):
@@ -264,87 +264,6 @@ def _budget(deadline: Deadline, limit: float) -> float:
     if remaining <= 0:
         raise UpstreamTimeout("the request's deadline passed before the upstream was called")
     return min(limit, remaining)
-
-
-def _usage_json(usage: Any) -> dict[str, Any] | None:
-    """OpenAI's usage object, without litellm's provider-specific extras and nulls."""
-    if not isinstance(usage, dict):
-        return None
-    clean: dict[str, Any] = {
-        name: int(usage.get(name) or 0) for name in ("prompt_tokens", "completion_tokens", "total_tokens")
-    }
-    for name in ("prompt_tokens_details", "completion_tokens_details"):
-        details = usage.get(name)
-        if isinstance(details, dict) and (kept := {k: v for k, v in details.items() if v is not None}):
-            clean[name] = kept
-    return clean
-
-
-def _tool_calls(calls: list[dict[str, Any]], *, delta: bool) -> list[dict[str, Any]]:
-    clean = []
-    for call in calls:
-        function = {k: v for k, v in (call.get("function") or {}).items() if k in ("name", "arguments")}
-        item: dict[str, Any] = {"index": call.get("index", 0)} if delta else {}
-        item.update({k: call[k] for k in ("id", "type") if call.get(k) is not None})
-        item["function"] = {k: v for k, v in function.items() if v is not None}
-        clean.append(item)
-    return clean
-
-
-def _completion_json(raw: dict[str, Any], model: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    choices = []
-    for choice in raw.get("choices") or []:
-        source = choice.get("message") or {}
-        message: dict[str, Any] = {"role": source.get("role") or "assistant"}
-        message["content"] = source.get("content")
-        message.update({k: source[k] for k in _DELTA_FIELDS[2:] if source.get(k) is not None})
-        if source.get("tool_calls"):
-            message["tool_calls"] = _tool_calls(source["tool_calls"], delta=False)
-        choices.append(
-            {
-                "index": choice.get("index", 0),
-                "message": message,
-                "logprobs": choice.get("logprobs"),
-                "finish_reason": choice.get("finish_reason"),
-            }
-        )
-    usage = _usage_json(raw.get("usage"))
-    body = {
-        "id": raw.get("id"),
-        "object": "chat.completion",
-        "created": raw.get("created") or int(time.time()),
-        "model": model,
-        "system_fingerprint": raw.get("system_fingerprint"),
-        "choices": choices,
-        "usage": usage,
-    }
-    return body, usage
-
-
-def _chunk_json(raw: dict[str, Any], model: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    choices = []
-    for choice in raw.get("choices") or []:
-        source = choice.get("delta") or {}
-        delta = {k: source[k] for k in _DELTA_FIELDS if source.get(k) is not None}
-        if source.get("tool_calls"):
-            delta["tool_calls"] = _tool_calls(source["tool_calls"], delta=True)
-        choices.append(
-            {
-                "index": choice.get("index", 0),
-                "delta": delta,
-                "logprobs": choice.get("logprobs"),
-                "finish_reason": choice.get("finish_reason"),
-            }
-        )
-    chunk = {
-        "id": raw.get("id"),
-        "object": "chat.completion.chunk",
-        "created": raw.get("created") or int(time.time()),
-        "model": model,
-        "system_fingerprint": raw.get("system_fingerprint"),
-        "choices": choices,
-    }
-    return chunk, _usage_json(raw.get("usage"))
 
 
 def translate_error(
