@@ -9,7 +9,6 @@ here only, lazily, on a worker thread, the first time a deployment is actually u
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import re
 import time
@@ -31,6 +30,7 @@ from gateway.errors import (
 )
 from gateway.providers.base import ChatRequest, ChatStream, Completion, Deadline, Usage
 from gateway.providers.litellm_wire import chunk_json, completion_json
+from gateway.tokens import use_bundled_tiktoken_files
 
 # OpenAI chat parameters passed on to litellm. An allow-list, not "everything but model/stream":
 # litellm also reads control keywords (api_base, api_key, mock_response, ...) from the same call,
@@ -51,10 +51,7 @@ def _import_litellm() -> ModuleType:
     """Import litellm with its network look-ups disabled; runs on a worker thread."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
-    spec = importlib.util.find_spec("litellm")  # locates the package without importing it
-    if spec is not None and spec.submodule_search_locations:
-        package = next(iter(spec.submodule_search_locations))
-        os.environ.setdefault("TIKTOKEN_CACHE_DIR", os.path.join(package, "litellm_core_utils", "tokenizers"))
+    use_bundled_tiktoken_files()
     import litellm
     import litellm.llms.custom_httpx.http_handler
     import litellm.types.utils
