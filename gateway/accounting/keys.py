@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from gateway.state.sqlite import open_database
 
 Role = Literal["client", "admin", "finance"]
 ROLES: tuple[Role, ...] = ("client", "admin", "finance")
@@ -63,10 +64,7 @@ class KeyNotFound(LookupError):
 
 class KeyStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(SCHEMA)
+        self._db = open_database(path, SCHEMA)
         self._lock = threading.Lock()
 
     def create(self, team: str, role: Role, name: str = "") -> tuple[ApiKey, str]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from gateway.state.sqlite import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS policy_versions (
@@ -37,11 +38,8 @@ class PolicyVersion:
 
 class PolicyHistory:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(SCHEMA)
+        self._db = open_database(path, SCHEMA)
+        self._db.execute("PRAGMA synchronous=FULL")  # a version that went live must survive a crash
         self._lock = threading.Lock()  # one connection, used from worker threads: one caller at a time
 
     def record(self, name: str, source: str, author: str) -> int:

@@ -5,6 +5,7 @@ off the request path."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.policy.signals import SignalValue
+from gateway.state.sqlite import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -80,10 +82,7 @@ class DecisionLog:
     """Buffers records in memory and writes them in one transaction per batch on a worker thread."""
 
     def __init__(self, path: Path, flush_interval: float = 0.5) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        self._db = open_database(path, SCHEMA)
         self._lock = threading.Lock()
         self._pending: list[DecisionRecord] = []
         self._shadows: list[ShadowRecord] = []
@@ -149,7 +148,7 @@ class DecisionLog:
 def read_records(
     db: sqlite3.Connection, since: float = 0.0, lock: threading.Lock | None = None
 ) -> Iterator[DecisionRecord]:
-    with lock or threading.Lock():
+    with lock if lock is not None else contextlib.nullcontext():
         rows = db.execute(
             "SELECT request_id, at, policy, team, rule, route, deployment, status, latency_ms, signals"
             " FROM decisions WHERE at >= ? ORDER BY at",
