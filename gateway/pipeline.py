@@ -89,27 +89,26 @@ class ChatPipeline:
             route_healthy=lambda route: self.catalog.route_healthy(policy, route),
         )
 
-    def route(self, request: ChatRequest, caller: Caller) -> Routing:
+    def route(self, request: ChatRequest, caller: Caller, *, explain: bool = False) -> Routing:
         """Where the request goes, and which rule said so; calls no model."""
         compiled = self.policies.current
         if request.body["model"] != AUTO:
             target = self.catalog.resolve(request.body["model"], compiled.policy, request.request_id)
             return Routing(target, EXPLICIT_RULE, None, compiled)
-        decision = decide(compiled, self.facts(request, caller, compiled.policy))
+        decision = decide(compiled, self.facts(request, caller, compiled.policy), explain=explain)
         target = self.catalog.for_decision(decision, compiled.policy, request.request_id)
         return Routing(target, decision.rule, decision, compiled)
 
     def explain(self, request: ChatRequest, caller: Caller) -> dict[str, Any]:
-        """What `answer` would do with this request, and why, without calling any model."""
-        compiled = self.policies.current
-        if request.body["model"] == AUTO:
-            decision = decide(compiled, self.facts(request, caller, compiled.policy), explain=True)
-            target = self.catalog.for_decision(decision, compiled.policy, request.request_id)
-            explained = decision.as_json()
+        """What `answer` would do with this request, and why, without calling any model: the same
+        routing code, with every rule and signal evaluated."""
+        routing = self.route(request, caller, explain=True)
+        target = routing.target
+        if routing.decision is not None:
+            explained = routing.decision.as_json()
         else:
-            target = self.catalog.resolve(request.body["model"], compiled.policy, request.request_id)
             explained = {"rule": EXPLICIT_RULE, "route": target.route}
-        explained["policy"] = compiled.name
+        explained["policy"] = routing.policy.name
         explained["candidates"] = [
             {
                 "route": candidate.route,
