@@ -7,7 +7,8 @@
     ├── PermissionDenied              403 permission_error
     ├── NotFound                      404 invalid_request_error (code not_found)
     ├── ModelNotFound                 404 invalid_request_error (code model_not_found)
-    ├── RateLimited                   429 rate_limit_error
+    ├── RateLimited                   429 rate_limit_error (the gateway's limits, or an upstream's)
+    │   └── BudgetExceeded            429 insufficient_quota (code budget_exceeded)
     └── UpstreamError                 502 upstream_error
         ├── UpstreamRejected          the upstream's own 4xx, passed on with its status
         ├── UpstreamUnavailable       503 (no deployment available, circuits open, missing provider key)
@@ -136,6 +137,13 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code: str | None = "upstream_timeout"
+
+
+class BudgetExceeded(RateLimited):
+    """A spend budget of the caller's team or key is used up until the period resets."""
+
+    error_type = "insufficient_quota"
+    code: str | None = "budget_exceeded"
 
 
 class UpstreamRateLimited(RateLimited):

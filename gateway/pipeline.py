@@ -1,8 +1,10 @@
 """One chat request from start to end: decide where it goes (the policy, for `model: auto`), apply the
 rule's overrides, then call upstreams in order.
 
-The cache and accounting slot in here as later steps; the HTTP layer only parses, calls
-`ChatPipeline.answer` and writes what comes back.
+Accounting wraps the call: rate limits and a budget reservation before it (`Accountant`), and the
+request's `Ticket` travels with the answer so the HTTP layer can record and settle it once the answer
+has been sent (for a stream, at its end). The HTTP layer only parses, calls `ChatPipeline.answer`,
+writes what comes back and calls `finish`.
 """
 
 from __future__ import annotations
@@ -11,15 +13,16 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway.accounting.pricing import PriceBook, Spend, TokenPrice, per_million, spend_of
-from gateway.errors import GatewayError
+from gateway.accountant import Accountant, Reroute, Ticket
+from gateway.accounting.pricing import Spend
+from gateway.errors import BudgetExceeded, GatewayError
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.decide import Decision, decide
 from gateway.policy.records import DecisionLog, DecisionRecord
 from gateway.policy.schema import Overrides, Policy
 from gateway.policy.signals import RequestFacts
 from gateway.policy.store import PolicyStore
-from gateway.providers.base import ChatRequest, ChatStream, Completion, Deadline, Usage
+from gateway.providers.base import ChatRequest, ChatStream, Completion, Deadline
 from gateway.routing.catalog import AUTO, Catalog, Target
 from gateway.routing.executor import Outcome, RouteExecutor
 from gateway.routing.shadow import ShadowCopies
@@ -57,6 +60,7 @@ class Answer:
     stream: ChatStream | None = None
     # Known for answers whose usage came with them (not streams: their usage comes at the end).
     spend: Spend | None = None
+    ticket: Ticket | None = None
 
 
 class ChatPipeline:
@@ -68,9 +72,9 @@ class ChatPipeline:
         request_timeout: float,
         records: DecisionLog | None = None,
         shadows: ShadowCopies | None = None,
-        prices: PriceBook | None = None,
+        accountant: Accountant | None = None,
     ) -> None:
-        self._prices = prices
+        self.accountant = accountant
         self.catalog = catalog
         self.policies = policies
         self._records = records
@@ -79,6 +83,7 @@ class ChatPipeline:
         self._request_timeout = request_timeout
 
     def facts(self, request: ChatRequest, caller: Caller, policy: Policy) -> RequestFacts:
+        accountant = self.accountant
         return RequestFacts(
             body=request.body,
             team=caller.team,
@@ -87,6 +92,11 @@ class ChatPipeline:
             tags=caller.tags,
             request_id=request.request_id,
             route_healthy=lambda route: self.catalog.route_healthy(policy, route),
+            budget_spent=(
+                None
+                if accountant is None
+                else lambda: accountant.budget_spent(policy, caller.team, caller.key)
+            ),
         )
 
     def route(self, request: ChatRequest, caller: Caller, *, explain: bool = False) -> Routing:
@@ -119,30 +129,98 @@ class ChatPipeline:
         ]
         return explained
 
-    async def answer(self, request: ChatRequest, caller: Caller = Caller()) -> Answer:
-        routing = self.route(request, caller)
-        decision = routing.decision
-        if decision is not None and decision.shadow is not None and self._shadows is not None:
-            self._shadows.send(request, decision.rule, decision.shadow, routing.policy.policy)
-        started, status, deployment = time.perf_counter(), 200, None
+    async def answer(
+        self, request: ChatRequest, caller: Caller = Caller(), started: float | None = None
+    ) -> Answer:
+        ticket = Ticket(request, caller.team, caller.key, time.time(), started or time.perf_counter())
+        routing: Routing | None = None
+        status, deployment = 200, None
         try:
+            if self.accountant is not None:
+                await self.accountant.admit_rates(ticket, self.policies.current.policy)
+            routing = self.route(request, caller)
+            _fill(ticket, routing)
+            if self.accountant is not None:
+                reroute = await self._reserve(ticket, routing)
+                if reroute is not None:
+                    routing = self._rerouted(routing, reroute, request)
+                    _fill(ticket, routing)
+            decision = routing.decision
+            if decision is not None and decision.shadow is not None and self._shadows is not None:
+                self._shadows.send(request, decision.rule, decision.shadow, routing.policy.policy)
             answer = await self._call(request, routing)
             deployment = answer.deployment
+            ticket.route, ticket.deployment = answer.route, answer.deployment
+            ticket.upstream_seconds = answer.upstream_seconds
+            answer.ticket = ticket
+            if self.accountant is not None and answer.completion is not None:
+                answer.spend = self.accountant.spend(
+                    routing.policy.policy, answer.route, answer.deployment, answer.completion.usage
+                )
             return answer
         except GatewayError as error:
             # The client is told which rule and route failed it, as on success.
-            error.rule, error.route = routing.rule, routing.target.route
+            if routing is not None:
+                error.rule, error.route = routing.rule, routing.target.route
             status = error.status
+            if self.accountant is not None:
+                self.accountant.account(ticket, status=status, error=error.code or error.error_type)
+                self.accountant.settle_later(ticket)
             raise
         finally:
-            if decision is not None and self._records is not None:
-                latency_ms = (time.perf_counter() - started) * 1000
+            if routing is not None and routing.decision is not None and self._records is not None:
+                decision, latency_ms = routing.decision, (time.perf_counter() - ticket.started) * 1000
                 self._records.add(
                     DecisionRecord(
-                        request.request_id, time.time(), routing.policy.name, caller.team, decision.rule,
+                        request.request_id, ticket.at, routing.policy.name, caller.team, decision.rule,
                         decision.route, deployment, status, latency_ms, decision.signals,
                     )
                 )  # fmt: skip
+
+    async def _reserve(self, ticket: Ticket, routing: Routing) -> Reroute | None:
+        accountant = self.accountant
+        assert accountant is not None
+        policy = routing.policy.policy
+        prices, longest = [], None
+        for candidate in routing.target.candidates:
+            name = candidate.provider.deployment.name
+            prices.append(accountant.spend_price(policy, candidate.route, name))
+            longest = max(longest or 0, accountant.prices.max_output_of(name) or 0) or None
+        return await accountant.reserve(ticket, policy, prices, longest)
+
+    def _rerouted(self, routing: Routing, reroute: Reroute, request: ChatRequest) -> Routing:
+        """The policy's zero-cost route for a caller whose budget is spent, if it really is free."""
+        policy = routing.policy.policy
+        target = self.catalog.resolve(reroute.route, policy, request.request_id)
+        accountant = self.accountant
+        assert accountant is not None
+        for candidate in target.candidates:
+            price = accountant.spend_price(policy, candidate.route, candidate.provider.deployment.name)
+            if price is None or price.input or price.output:
+                raise BudgetExceeded(
+                    f"Budget exhausted: the {reroute.budget} is used up, and route '{reroute.route}' that "
+                    "the policy names for this case is not free."
+                )
+        return Routing(target, f"{routing.rule} (budget exhausted)", routing.decision, routing.policy)
+
+    def finish(
+        self,
+        answer: Answer,
+        *,
+        status: int = 200,
+        error: str | None = None,
+        ttfb_seconds: float | None = None,
+    ) -> None:
+        """Record an answer that was sent (or broke off) and settle its budget reservation."""
+        if self.accountant is None or answer.ticket is None:
+            return
+        usage = answer.completion.usage if answer.completion is not None else None
+        if answer.stream is not None:
+            usage = answer.stream.usage
+        self.accountant.account(
+            answer.ticket, status=status, usage=usage, error=error, ttfb_seconds=ttfb_seconds
+        )
+        self.accountant.settle_later(answer.ticket)
 
     async def _call(self, request: ChatRequest, routing: Routing) -> Answer:
         target, rule, decision = routing.target, routing.rule, routing.decision
@@ -162,33 +240,17 @@ class ChatPipeline:
         completed: Outcome[Completion] = await self._executor.run(
             target, lambda provider: provider.complete(request, deadline), deadline
         )
-        spend = self._spend(
-            routing.policy.policy, completed.route, completed.deployment, completed.result.usage
-        )
         return Answer(
             completed.route, completed.deployment, rule, completed.fallback, completed.upstream_seconds,
-            completion=completed.result, spend=spend,
+            completion=completed.result,
         )  # fmt: skip
 
-    def _spend(self, policy: Policy, route: str, deployment: str, usage: Usage | None) -> Spend | None:
-        """The cost at the answering route's price, and at the policy's reference route's."""
-        if self._prices is None or usage is None:
-            return None
-        price = _route_price(policy, route) or self._prices.price_of(deployment)
-        reference = None
-        if policy.reference_route is not None:
-            spec = policy.routes[policy.reference_route]
-            first = spec.deployments[0] if spec.deployments else next(iter(spec.split or {}))
-            reference = _route_price(policy, policy.reference_route) or self._prices.price_of(first)
-        cached = (usage.details.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-        return spend_of(price, reference, usage.prompt_tokens, usage.completion_tokens, int(cached))
 
-
-def _route_price(policy: Policy, route: str) -> TokenPrice | None:
-    spec = policy.routes.get(route)  # None when the client named a deployment
-    if spec is None or spec.price is None:
-        return None
-    return per_million(spec.price.input_per_mtok, spec.price.output_per_mtok)
+def _fill(ticket: Ticket, routing: Routing) -> None:
+    ticket.policy, ticket.policy_name = routing.policy.policy, routing.policy.name
+    ticket.rule, ticket.route = routing.rule, routing.target.route
+    if routing.decision is not None:
+        ticket.signals = routing.decision.signals
 
 
 def _with_overrides(request: ChatRequest, overrides: Overrides) -> ChatRequest:

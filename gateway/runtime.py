@@ -9,10 +9,19 @@ import os
 from collections.abc import Callable, Mapping
 
 import aiohttp
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
+from gateway.accountant import Accountant
 from gateway.accounting.auth import Authenticator
+from gateway.accounting.budget_counters import BudgetCounters, InProcessBudgetCounters, RedisBudgetCounters
 from gateway.accounting.keys import KeyStore
+from gateway.accounting.ledger import Ledger
+from gateway.accounting.ledger_store import LedgerUnavailable, open_ledger_store
 from gateway.accounting.pricing import PriceBook, load_price_map
+from gateway.accounting.rate_counters import InProcessRateCounters, RateCounters, RedisRateCounters
+from gateway.accounting.spool import Spool
 from gateway.api.chat import ChatCompletionsEndpoint
 from gateway.config import GatewayConfig, load_config
 from gateway.pipeline import ChatPipeline
@@ -55,6 +64,8 @@ class Runtime:
         self.keys: KeyStore | None = None
         self.auth: Authenticator | None = None
         self._session: aiohttp.ClientSession | None = None
+        self.accountant: Accountant | None = None
+        self._redis: redis.asyncio.Redis | None = None
         self._local_start: asyncio.Task[None] | None = None
         self._background: list[asyncio.Task[None]] = []
 
@@ -98,6 +109,7 @@ class Runtime:
         prices = PriceBook(config.deployments, load_price_map())
         for name in prices.unpriced():
             logger.warning("deployment %s has no known price: its cost will be unknown (set `price`)", name)
+        self.accountant = await self._accountant(prices, tokens)
         executor = RouteExecutor(self.health)
         self.shadows = ShadowCopies(self.catalog, executor, self.records.add_shadow)
         self.pipeline = ChatPipeline(
@@ -107,11 +119,38 @@ class Runtime:
             settings.request_timeout,
             self.records,
             self.shadows,
-            prices,
+            self.accountant,
         )
         self.chat = ChatCompletionsEndpoint(self.pipeline, self.auth, settings.max_body_bytes)
         if settings.policy_reload_interval > 0:
             self._background.append(asyncio.create_task(self.policies.watch(settings.policy_reload_interval)))
+
+    async def _accountant(self, prices: PriceBook, tokens: TokenCounter) -> Accountant:
+        settings = self.settings
+        store = open_ledger_store(settings.database_url, settings.state_dir)
+        ledger = Ledger(Spool(settings.state_dir / "spool"), store)
+        # Whatever a previous run left in the spool (a crash, a database outage) goes in first.
+        try:
+            drained = await ledger.drain()
+            if drained:
+                logger.info("spend ledger: %d records recovered from the spool", drained)
+        except LedgerUnavailable as exc:
+            logger.warning("spend ledger database unavailable, recording to the spool: %s", exc)
+        self._background.append(asyncio.create_task(ledger.run()))
+        budgets: BudgetCounters
+        rates: RateCounters
+        if settings.redis_url:
+            # Fail fast: a slow Redis must not hold requests (counters then fail open, logged).
+            self._redis = redis.asyncio.Redis.from_url(
+                settings.redis_url,
+                socket_timeout=1.0,
+                socket_connect_timeout=1.0,
+                retry=Retry(NoBackoff(), 1),
+            )
+            budgets, rates = RedisBudgetCounters(self._redis), RedisRateCounters(self._redis)
+        else:
+            budgets, rates = InProcessBudgetCounters(), InProcessRateCounters()
+        return Accountant(prices, tokens, budgets, rates, ledger)
 
     def _warm_up(self, providers: Mapping[str, Provider]) -> None:
         """Providers with a costly first call (litellm's 3 s import) pay it in the background now."""
@@ -174,6 +213,10 @@ class Runtime:
         if self.records is not None:
             await self.records.flush()
             self.records.close()
+        if self.accountant is not None:
+            await self.accountant.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
 
 
 def has_any_key(settings: Settings) -> bool:

@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     admin_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     # Bootstrap client keys of team `default` (comma-separated); more from `gateway keys create`.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # The spend ledger's database: postgresql://… or sqlite:///path (default: SQLite in state_dir).
+    database_url: str | None = None
+    # Redis shared by replicas for budgets and rate limits (default: counted in this process only).
+    redis_url: str | None = None
+    # An OpenTelemetry collector (OTLP over HTTP, e.g. http://127.0.0.1:4318) for traces and metrics.
+    otlp_endpoint: str | None = None
     max_body_bytes: int = 4 * 1024 * 1024
     # The overall deadline of one request, retries and fallbacks included.
     request_timeout: float = 600.0

@@ -76,7 +76,10 @@ def openai_deployment(upstream: FakeOpenAIUpstream, **extra: Any) -> dict[str, A
     return {"provider": "openai", "model": "fake-model", "api_base": upstream.base_url, **extra}
 
 
-POLICY_KEYS = ("routes", "signals", "rules", "default_route", "fallback_route", "reference_route", "tests")
+POLICY_KEYS = (
+    "routes", "signals", "rules", "default_route", "fallback_route", "reference_route", "budgets",
+    "rate_limits", "tests",
+)  # fmt: skip
 
 
 def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -61,10 +61,21 @@ class PriceBook:
     def __init__(
         self, deployments: Mapping[str, Deployment], price_map: Mapping[str, Mapping[str, Any]]
     ) -> None:
+        self._deployments = dict(deployments)
         self._prices = {name: _price(deployment, price_map) for name, deployment in deployments.items()}
+        self._max_output = {
+            name: _max_output(deployment, price_map) for name, deployment in deployments.items()
+        }
 
     def price_of(self, deployment: str) -> TokenPrice | None:
         return self._prices.get(deployment)
+
+    def deployment(self, name: str) -> Deployment | None:
+        return self._deployments.get(name)
+
+    def max_output_of(self, deployment: str) -> int | None:
+        """The longest answer the model can give, as the price map says (for worst-case costs)."""
+        return self._max_output.get(deployment)
 
     def unpriced(self) -> list[str]:
         """Deployments whose cost cannot be known: worth a warning at start-up."""
@@ -85,6 +96,15 @@ def _price(deployment: Deployment, price_map: Mapping[str, Mapping[str, Any]]) -
             cached = entry.get("cache_read_input_token_cost")
             listed_cached = float(cached) if isinstance(cached, int | float) else float(listed_in)
             return TokenPrice(float(listed_in), float(listed_out), listed_cached)
+    return None
+
+
+def _max_output(deployment: Deployment, price_map: Mapping[str, Mapping[str, Any]]) -> int | None:
+    for name in _candidate_names(deployment):
+        entry = price_map.get(name)
+        value = entry.get("max_output_tokens") if entry is not None else None
+        if isinstance(value, int) and value > 0:
+            return value
     return None
 
 

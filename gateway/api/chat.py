@@ -34,6 +34,8 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _DONE = b"data: [DONE]\n\n"
+# nginx's status for a request whose client closed the connection before the answer was complete.
+CLIENT_CLOSED = 499
 
 
 class ChatCompletionsEndpoint:
@@ -97,9 +99,11 @@ class ChatCompletionsEndpoint:
         send: Send,
     ) -> None:
         watcher = DisconnectWatcher(receive)
+        answer: Answer | None = None
+        ended, reason = CLIENT_CLOSED, "client_disconnected"  # how it ended, unless recorded already
         try:
             try:
-                answer = await self._pipeline.answer(request, caller)
+                answer = await self._pipeline.answer(request, caller, started)
             except GatewayError as error:
                 await send_error(send, error, headers)
                 return
@@ -111,6 +115,8 @@ class ChatCompletionsEndpoint:
                 headers.append((b"x-gateway-overhead-ms", f"{overhead * 1000:.3f}".encode()))
                 body = answer.completion.body
                 headers.append((b"content-length", str(len(body)).encode()))
+                # Recorded before the answer leaves: a crash after this point cannot lose its spend.
+                self._pipeline.finish(answer, ttfb_seconds=time.perf_counter() - started)
                 await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS + headers})
                 await send({"type": "http.response.body", "body": body})
         except asyncio.CancelledError:
@@ -124,11 +130,14 @@ class ChatCompletionsEndpoint:
             logger.info("client went away while request %s was answered", request.request_id)
         except Exception:
             logger.exception("internal error in request %s", request.request_id)
+            ended, reason = 500, "internal_error"
             failure = GatewayError(f"The gateway failed to handle request {request.request_id}.")
             with contextlib.suppress(Exception):  # if the response had started, nothing more can be said
                 await send_error(send, failure, headers)
         finally:
             watcher.stop()
+            if answer is not None:  # no-op when already recorded; else the client left or we failed
+                self._pipeline.finish(answer, status=ended, error=reason)
 
     async def _send_stream(
         self, answer: Answer, started: float, headers: list[tuple[bytes, bytes]], send: Send
@@ -138,16 +147,19 @@ class ChatCompletionsEndpoint:
         overhead = time.perf_counter() - started - answer.upstream_seconds
         headers.append((b"x-gateway-overhead-ms", f"{overhead * 1000:.3f}".encode()))
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + headers})
+        ttfb = time.perf_counter() - started
         try:
             async for block in stream:
                 await send({"type": "http.response.body", "body": block, "more_body": True})
         except GatewayError as error:
             # Bytes were already sent: say so in-band and end without [DONE], never a silent clean end.
             logger.warning("stream from %s broke: %s", answer.deployment, error.message)
+            self._pipeline.finish(answer, status=error.status, error=error.code, ttfb_seconds=ttfb)
             await send({"type": "http.response.body", "body": b"data: " + error.to_json() + b"\n\n"})
             return
         finally:
             await stream.aclose()
+        self._pipeline.finish(answer, ttfb_seconds=ttfb)
         await send({"type": "http.response.body", "body": _DONE})
 
 

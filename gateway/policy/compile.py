@@ -163,6 +163,11 @@ def _reference_problems(policy: Policy, deployments: Collection[str], problem: P
     for field, value in named_routes:
         if value is not None and value not in routes:
             problems.append(problem((field,), f"unknown route '{value}'"))
+    for kind, table in (("teams", policy.budgets.teams), ("keys", policy.budgets.keys)):
+        for name, limit in table.items():
+            if limit.when_exhausted is not None and limit.when_exhausted not in routes:
+                where = ("budgets", kind, name, "when_exhausted")
+                problems.append(problem(where, f"unknown route '{limit.when_exhausted}'"))
     for signal_name, signal in policy.signals.items():
         if isinstance(signal, RouteHealthSignal) and signal.route not in routes:
             problems.append(problem(("signals", signal_name, "route"), f"unknown route '{signal.route}'"))

@@ -11,6 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from gateway.accounting.budgets import Budgets
+from gateway.accounting.rate_limits import RateLimits
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -111,7 +114,8 @@ class LearnedScoreSignal(Strict):
 
 
 class BudgetSignal(Strict):
-    """The fraction of the caller's team budget already spent (null until accounting exists)."""
+    """The largest fraction already spent of the caller's budgets (team and key, day and month), as
+    this replica last saw it; null when the caller has no budget."""
 
     kind: Literal["budget_spent"]
 
@@ -277,6 +281,9 @@ class Policy(Strict):
     fallback_route: str | None = None
     # What "sending everything to the frontier" would cost: savings are measured against this route.
     reference_route: str | None = None
+    # Spend caps per team and key (USD per day and month), and requests/tokens per minute.
+    budgets: Budgets = Budgets()
+    rate_limits: RateLimits = RateLimits()
     tests: list[GoldenCase] = []
 
 

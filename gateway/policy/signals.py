@@ -41,6 +41,8 @@ class RequestFacts:
     request_id: str = ""
     # Whether a route can take requests now (None: not known, e.g. outside a running gateway).
     route_healthy: Callable[[str], bool | None] | None = None
+    # The largest fraction spent of the caller's budgets (None: no budget, or outside a gateway).
+    budget_spent: Callable[[], float | None] | None = None
     # Values supplied from outside the request (learned score, budget, health, or a golden case).
     given: Mapping[str, SignalValue] = field(default_factory=dict)
     # Replaying a record: only `given` is known, the request itself is not (it was never stored).
@@ -160,8 +162,10 @@ def build_evaluator(signal: Signal, tools: SignalTools) -> Evaluator:
         return lambda facts: regex.search(facts.text(signal.scope)) is not None
     if isinstance(signal, MetadataSignal):
         return _metadata(signal)
-    if isinstance(signal, LearnedScoreSignal | BudgetSignal):
-        return lambda facts: None  # filled by the router and accounting when they exist
+    if isinstance(signal, BudgetSignal):
+        return lambda facts: facts.budget_spent() if facts.budget_spent else None
+    if isinstance(signal, LearnedScoreSignal):
+        return lambda facts: None  # filled by the learned router when it exists
     if isinstance(signal, RouteHealthSignal):
         route = signal.route
         return lambda facts: facts.route_healthy(route) if facts.route_healthy else None

@@ -1,0 +1,290 @@
+"""The pipeline's accounting step: rate limits and budget reservations before an upstream is called,
+and afterwards the spend record (spooled before the answer's last byte leaves), the settlement of
+the reservation, and the request's metrics.
+
+Each request carries a `Ticket` from admission to settlement; for a stream, settlement happens when
+the stream ends, long after the pipeline returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.accounting.budget_counters import (
+    BudgetCounters,
+    CountersUnavailable,
+    Exhausted,
+    Reservation,
+)
+from gateway.accounting.budgets import (
+    DEFAULT_MAX_OUTPUT_TOKENS,
+    BudgetCheck,
+    budget_lines,
+    nano,
+    worst_case_nano,
+)
+from gateway.accounting.ledger import Ledger
+from gateway.accounting.pricing import PriceBook, Spend, TokenPrice, per_million, spend_of
+from gateway.accounting.rate_counters import RateCounters
+from gateway.accounting.rate_limits import RateCheck, rate_lines
+from gateway.accounting.record import CacheOutcome, SpendRecord
+from gateway.errors import BudgetExceeded, RateLimited
+from gateway.policy.schema import Policy
+from gateway.providers.base import ChatRequest, Usage
+from gateway.tokens import TokenCounter
+
+logger = logging.getLogger("gateway.accountant")
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One request's accounting, filled in as it goes."""
+
+    request: ChatRequest
+    team: str | None
+    key: str | None
+    at: float
+    started: float
+    policy: Policy | None = None
+    policy_name: str | None = None
+    route: str | None = None
+    rule: str | None = None
+    deployment: str | None = None
+    signals: Mapping[str, Any] = field(default_factory=dict)
+    cache: CacheOutcome = "miss"
+    upstream_seconds: float | None = None
+    reservation: Reservation | None = None
+    rates: RateCheck | None = None
+    record: SpendRecord | None = None
+    settled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reroute:
+    """A budget is used up and its policy sends the caller to this zero-cost route instead."""
+
+    route: str
+    budget: str
+
+
+class Accountant:
+    def __init__(
+        self,
+        prices: PriceBook,
+        tokens: TokenCounter,
+        budgets: BudgetCounters,
+        rates: RateCounters,
+        ledger: Ledger | None = None,
+    ) -> None:
+        self.prices = prices
+        self._tokens = tokens
+        self._budgets = budgets
+        self._rates = rates
+        self.ledger = ledger
+        self._settling: set[asyncio.Task[None]] = set()
+
+    # ---- before the upstream call --------------------------------------------------------------
+
+    async def admit_rates(self, ticket: Ticket, policy: Policy) -> None:
+        """Requests and prompt tokens per minute; raises RateLimited with Retry-After."""
+        check = rate_lines(policy.rate_limits, ticket.team, ticket.key)
+        if check.empty:
+            return
+        lines = (*check.requests, *check.tokens)
+        prompt = self._prompt_tokens(ticket.request) if check.tokens else 0
+        amounts = [1] * len(check.requests) + [prompt] * len(check.tokens)
+        try:
+            limited = await self._rates.admit(lines, amounts)
+        except CountersUnavailable as exc:  # fail open: an outage of Redis must not stop all traffic
+            logger.error("rate limits not enforced for request %s: %s", ticket.request.request_id, exc)
+            return
+        if limited is not None:
+            retry = max(1, int(limited.retry_after + 0.999))
+            raise RateLimited(
+                f"Rate limit reached: {limited.line.name} is {limited.line.limit}.", retry_after=retry
+            )
+        ticket.rates = check
+
+    def budget_spent(self, policy: Policy, team: str | None, key: str | None) -> float | None:
+        """The largest fraction spent of the caller's budgets as this process last saw them (no I/O):
+        the `budget_spent` routing signal. None without budgets."""
+        check = budget_lines(policy.budgets, team, key, time.time())
+        if check.empty:
+            return None
+        return max((self._budgets.last_known(line.key) or 0) / line.limit_nano for line in check.lines)
+
+    async def reserve(
+        self, ticket: Ticket, policy: Policy, prices: list[TokenPrice | None], max_output: int | None
+    ) -> Reroute | None:
+        """Reserve the worst case against the caller's budgets before calling. `prices` are those of
+        the route's candidates (a fallback may answer). Free routes are never held back by a budget.
+        Raises BudgetExceeded, or returns the policy's zero-cost route for an exhausted budget."""
+        check = budget_lines(policy.budgets, ticket.team, ticket.key, ticket.at)
+        if check.empty:
+            return None
+        known = [price for price in prices if price is not None]
+        costliest = max(known, key=lambda price: price.input + price.output, default=None)
+        if costliest is None or (costliest.input == 0 and costliest.output == 0):
+            return None
+        choices = ticket.request.body.get("n")
+        limit = _max_tokens(ticket.request.body) or max_output or DEFAULT_MAX_OUTPUT_TOKENS
+        limit *= choices if isinstance(choices, int) and choices > 1 else 1
+        worst = worst_case_nano(costliest, self._prompt_tokens(ticket.request), limit)
+        try:
+            outcome = await self._budgets.reserve(check.lines, worst)
+        except CountersUnavailable as exc:
+            logger.error("budgets not enforced for request %s: %s", ticket.request.request_id, exc)
+            return None
+        if isinstance(outcome, Exhausted):
+            return _exhausted(outcome, check)
+        ticket.reservation = outcome
+        return None
+
+    def _prompt_tokens(self, request: ChatRequest) -> int:
+        return self._tokens.count_messages(request.body.get("messages") or ())
+
+    # ---- after it --------------------------------------------------------------------------------
+
+    def spend_price(self, policy: Policy | None, route: str | None, deployment: str) -> TokenPrice | None:
+        """The route's own price when the policy sets one, else the deployment's."""
+        return _route_price(policy, route) or self.prices.price_of(deployment)
+
+    def spend(
+        self, policy: Policy | None, route: str | None, deployment: str, usage: Usage | None
+    ) -> Spend | None:
+        """The cost at the answering route's price, and at the policy's reference route's."""
+        if usage is None:
+            return None
+        price = self.spend_price(policy, route, deployment)
+        reference = None
+        if policy is not None and policy.reference_route is not None:
+            spec = policy.routes[policy.reference_route]
+            first = spec.deployments[0] if spec.deployments else next(iter(spec.split or {}))
+            reference = _route_price(policy, policy.reference_route) or self.prices.price_of(first)
+        return spend_of(price, reference, usage.prompt_tokens, usage.completion_tokens, _cached(usage))
+
+    def account(
+        self,
+        ticket: Ticket,
+        *,
+        status: int,
+        usage: Usage | None = None,
+        error: str | None = None,
+        ttfb_seconds: float | None = None,
+    ) -> SpendRecord:
+        """Write the request's spend record to the spool (before the answer's end is sent); once."""
+        if ticket.record is not None:
+            return ticket.record
+        now = time.perf_counter()
+        spend = None
+        if ticket.deployment is not None:
+            spend = self.spend(ticket.policy, ticket.route, ticket.deployment, usage)
+        deployment = self.prices.deployment(ticket.deployment) if ticket.deployment else None
+        upstream_ms = ticket.upstream_seconds * 1000 if ticket.upstream_seconds is not None else None
+        latency_ms = (now - ticket.started) * 1000
+        details = usage.details if usage is not None else {}
+        record = SpendRecord(
+            id=os.urandom(12).hex(),
+            request_id=ticket.request.request_id,
+            at=ticket.at,
+            team=ticket.team,
+            key_id=ticket.key,
+            policy=ticket.policy_name,
+            route=ticket.route,
+            rule=ticket.rule,
+            deployment=ticket.deployment,
+            model=deployment.model if deployment is not None else None,
+            stream=ticket.request.stream,
+            status=status,
+            error=error,
+            cache=ticket.cache,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            cached_tokens=_cached(usage),
+            reasoning_tokens=int(
+                (details.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+            ),
+            estimated=bool(usage and usage.estimated),
+            # Nothing answered, nothing spent; an answer without usage has an unknown cost.
+            cost_usd=spend.cost_usd if spend else (0.0 if ticket.deployment is None else None),
+            reference_usd=spend.reference_usd if spend else None,
+            latency_ms=latency_ms,
+            ttfb_ms=ttfb_seconds * 1000 if ttfb_seconds is not None else None,
+            upstream_ms=upstream_ms,
+            overhead_ms=latency_ms - upstream_ms if upstream_ms is not None else None,
+            signals=ticket.signals,
+        )
+        ticket.record = record
+        if self.ledger is not None:
+            self.ledger.record(record)
+        return record
+
+    def settle_later(self, ticket: Ticket) -> None:
+        """Settle the reservation and count completion tokens off the response path."""
+        if ticket.settled:
+            return
+        ticket.settled = True
+        if ticket.reservation is None and (ticket.rates is None or not ticket.rates.tokens):
+            return
+        task = asyncio.get_running_loop().create_task(self._settle(ticket))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, ticket: Ticket) -> None:
+        record = ticket.record
+        try:
+            if ticket.reservation is not None:
+                actual = nano(record.cost_usd) if record is not None else 0
+                await self._budgets.settle(ticket.reservation, actual)
+            if ticket.rates is not None and ticket.rates.tokens and record is not None:
+                lines = ticket.rates.tokens
+                await self._rates.add(lines, [record.completion_tokens] * len(lines))
+        except CountersUnavailable as exc:
+            logger.error("could not settle request %s: %s", ticket.request.request_id, exc)
+
+    async def aclose(self) -> None:
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+        await self._budgets.aclose()
+        await self._rates.aclose()
+        if self.ledger is not None:
+            await self.ledger.close()
+
+
+def _exhausted(outcome: Exhausted, check: BudgetCheck) -> Reroute:
+    route = check.when_exhausted.get(outcome.line.key)
+    if route is not None:
+        return Reroute(route, outcome.line.name)
+    resets = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(outcome.line.resets_at))
+    error = BudgetExceeded(
+        f"Budget exhausted: the {outcome.line.name} is used up; it resets at {resets}.",
+        retry_after=max(1, int(outcome.line.resets_at - time.time())),
+    )
+    raise error
+
+
+def _max_tokens(body: Mapping[str, Any]) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _cached(usage: Usage | None) -> int:
+    if usage is None:
+        return 0
+    return int((usage.details.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+
+
+def _route_price(policy: Policy | None, route: str | None) -> TokenPrice | None:
+    spec = policy.routes.get(route) if policy is not None and route is not None else None
+    if spec is None or spec.price is None:
+        return None
+    return per_million(spec.price.input_per_mtok, spec.price.output_per_mtok)

@@ -1,0 +1,105 @@
+"""Spend budgets per team and per key, per UTC day and month, as a policy writes them; which budget
+lines a request counts against, and its worst-case cost to reserve before calling.
+
+The counting itself (atomic reserve and settle, in-process or in Redis) is `budget_counters`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.accounting.budget_counters import BudgetLine
+from gateway.accounting.pricing import TokenPrice
+
+NANO = 1_000_000_000
+# Each team without a budget of its own gets one like this (its own, not a shared pot).
+EVERY_TEAM = "*"
+# The answer's worst-case length when neither the client nor the price map says.
+DEFAULT_MAX_OUTPUT_TOKENS = 4096
+
+
+class SpendLimit(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    daily_usd: Annotated[float | None, Field(gt=0)] = None
+    monthly_usd: Annotated[float | None, Field(gt=0)] = None
+    # A zero-cost route to send the caller to once this budget is spent, instead of a 429.
+    when_exhausted: str | None = None
+
+
+class Budgets(BaseModel):
+    """`teams` by team name (`*`: every other team, each on its own), `keys` by key id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    teams: dict[str, SpendLimit] = {}
+    keys: dict[str, SpendLimit] = {}
+
+    def limits_for(self, team: str | None, key: str | None) -> list[tuple[str, str, SpendLimit]]:
+        """(kind, name, limit) for every budget the caller counts against."""
+        found = []
+        if team is not None:
+            limit = self.teams.get(team) or self.teams.get(EVERY_TEAM)
+            if limit is not None:
+                found.append(("team", team, limit))
+        if key is not None and key in self.keys:
+            found.append(("key", key, self.keys[key]))
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetCheck:
+    """The budget lines of one request, with where to send it when one is exhausted."""
+
+    lines: tuple[BudgetLine, ...]
+    when_exhausted: dict[str, str | None]  # line key -> route
+
+    @property
+    def empty(self) -> bool:
+        return not self.lines
+
+
+def budget_lines(budgets: Budgets, team: str | None, key: str | None, now: float) -> BudgetCheck:
+    moment = datetime.fromtimestamp(now, UTC)
+    day = moment.strftime("%Y-%m-%d")
+    month = moment.strftime("%Y-%m")
+    lines: list[BudgetLine] = []
+    routes: dict[str, str | None] = {}
+    for kind, name, limit in budgets.limits_for(team, key):
+        for period, usd, period_id, resets in (
+            ("daily", limit.daily_usd, f"day:{day}", _next_day(moment)),
+            ("monthly", limit.monthly_usd, f"month:{month}", _next_month(moment)),
+        ):
+            if usd is None:
+                continue
+            line = BudgetLine(
+                name=f"{kind} {name} {period} budget (${usd:g})",
+                key=f"{kind}:{name}:{period_id}",
+                limit_nano=round(usd * NANO),
+                resets_at=resets,
+            )
+            lines.append(line)
+            routes[line.key] = limit.when_exhausted
+    return BudgetCheck(tuple(lines), routes)
+
+
+def worst_case_nano(price: TokenPrice, prompt_tokens: int, max_output_tokens: int) -> int:
+    """What the request can cost at most: every prompt token uncached, the longest answer allowed."""
+    return round((prompt_tokens * price.input + max_output_tokens * price.output) * NANO)
+
+
+def nano(usd: float | None) -> int:
+    return round((usd or 0.0) * NANO)
+
+
+def _next_day(moment: datetime) -> float:
+    start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    return start.timestamp() + 86_400
+
+
+def _next_month(moment: datetime) -> float:
+    year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
+    return datetime(year, month, 1, tzinfo=UTC).timestamp()

@@ -1,0 +1,90 @@
+"""The spend ledger: `record` appends to the write-ahead spool on the request path (a few µs); `run`
+drains sealed spool segments into the database in batches, off the request path, and keeps them
+while the database is away (backing off, warning once per outage)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.accounting.ledger_store import LedgerStore, LedgerUnavailable
+from gateway.accounting.record import SpendRecord
+from gateway.accounting.spool import Spool, claimed
+
+logger = logging.getLogger("gateway.accounting.ledger")
+
+MAX_BACKOFF = 5.0
+
+
+class Ledger:
+    def __init__(self, spool: Spool, store: LedgerStore, flush_interval: float = 0.5) -> None:
+        self.spool = spool
+        self.store = store
+        self._interval = flush_interval
+        self._outage = False
+        self._drain_lock = asyncio.Lock()
+
+    def record(self, record: SpendRecord) -> None:
+        self.spool.append(record)
+
+    async def run(self) -> None:
+        wait = self._interval
+        while True:
+            await asyncio.sleep(wait)
+            try:
+                await self.drain()
+                wait = self._interval
+            except LedgerUnavailable:
+                wait = min(MAX_BACKOFF, wait * 2)
+            except Exception:  # a bug must not stop the drainer: the spool keeps everything
+                logger.exception("draining the spend ledger failed; will retry")
+                wait = min(MAX_BACKOFF, wait * 2)
+
+    async def drain(self) -> int:
+        """Seal the current segment and copy every sealed one into the database; the number of
+        records written. Raises LedgerUnavailable (records kept) when the database is away."""
+        async with self._drain_lock:
+            self.spool.seal()
+            await asyncio.to_thread(self.spool.sync)
+            written = 0
+            for path in self.spool.sealed():
+                written += await asyncio.to_thread(self._drain_segment, path)
+            return written
+
+    def _drain_segment(self, path: Any) -> int:
+        with claimed(path) as records:
+            if records is None:
+                return 0
+            try:
+                if records:
+                    self.store.insert(records)
+            except LedgerUnavailable as exc:
+                if not self._outage:
+                    logger.warning("spend ledger database unavailable, records kept in the spool: %s", exc)
+                self._outage = True
+                raise
+            if self._outage:
+                logger.warning("spend ledger database is back; draining the spool")
+                self._outage = False
+            path.unlink()
+            return len(records)
+
+    def report(
+        self,
+        group_by: Sequence[str],
+        since: float | None = None,
+        until: float | None = None,
+        team: str | None = None,
+    ) -> list[dict[str, Any]]:
+        return self.store.report(group_by, since, until, team)
+
+    async def close(self) -> None:
+        try:
+            await self.drain()
+        except LedgerUnavailable:
+            logger.warning("spend ledger database unavailable at shutdown; records stay in the spool")
+        finally:
+            self.spool.close()
+            self.store.close()

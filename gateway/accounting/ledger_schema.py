@@ -1,0 +1,122 @@
+"""The ledger's table, its versioned migrations (for SQLite and PostgreSQL), and the one SQL report
+both share: spend grouped by team, route, model, rule or day, with what routing saved."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from orjson import dumps
+
+from gateway.accounting.record import SpendRecord
+
+# The columns in insert order; `day` (UTC) is derived from `at` so reports group without date maths.
+COLUMNS = (
+    "id", "request_id", "at", "day", "team", "key_id", "policy", "route", "rule", "deployment", "model",
+    "stream", "status", "error", "cache", "prompt_tokens", "completion_tokens", "cached_tokens",
+    "reasoning_tokens", "estimated", "cost_usd", "reference_usd", "saved_usd", "latency_ms", "ttfb_ms",
+    "upstream_ms", "overhead_ms", "signals", "body",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    sqlite: str
+    postgres: str
+
+
+_TABLE = """
+CREATE TABLE IF NOT EXISTS ledger (
+    id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    at {real} NOT NULL,
+    day TEXT NOT NULL,
+    team TEXT,
+    key_id TEXT,
+    policy TEXT,
+    route TEXT,
+    rule TEXT,
+    deployment TEXT,
+    model TEXT,
+    stream INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    error TEXT,
+    cache TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL,
+    estimated INTEGER NOT NULL,
+    cost_usd {real},
+    reference_usd {real},
+    saved_usd {real},
+    latency_ms {real} NOT NULL,
+    ttfb_ms {real},
+    upstream_ms {real},
+    overhead_ms {real},
+    signals TEXT NOT NULL,
+    body TEXT
+);
+CREATE INDEX IF NOT EXISTS ledger_at ON ledger (at);
+CREATE INDEX IF NOT EXISTS ledger_team_day ON ledger (team, day);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "the ledger table", _TABLE.format(real="REAL"), _TABLE.format(real="DOUBLE PRECISION")),
+)
+
+# What a report may group by (the column names double as the allow-list: never interpolate input).
+GROUPS = ("team", "route", "model", "rule", "day", "deployment", "key_id", "cache", "policy")
+
+
+def row_of(record: SpendRecord) -> tuple[object, ...]:
+    day = datetime.fromtimestamp(record.at, UTC).strftime("%Y-%m-%d")
+    return (
+        record.id, record.request_id, record.at, day, record.team, record.key_id, record.policy,
+        record.route, record.rule, record.deployment, record.model, int(record.stream), record.status,
+        record.error, record.cache, record.prompt_tokens, record.completion_tokens, record.cached_tokens,
+        record.reasoning_tokens, int(record.estimated), record.cost_usd, record.reference_usd,
+        record.saved_usd, record.latency_ms, record.ttfb_ms, record.upstream_ms, record.overhead_ms,
+        dumps(dict(record.signals)).decode(), record.body,
+    )  # fmt: skip
+
+
+def insert_sql(placeholder: str) -> str:
+    values = ", ".join([placeholder] * len(COLUMNS))
+    return f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({values}) ON CONFLICT (id) DO NOTHING"
+
+
+REPORT_FIELDS = (
+    "requests", "prompt_tokens", "completion_tokens", "cost_usd", "reference_usd", "saved_usd",
+    "unpriced_requests", "estimated_requests", "cached_answers", "errors",
+)  # fmt: skip
+
+
+def report_sql(group_by: Sequence[str], placeholder: str, *, since: bool, until: bool, team: bool) -> str:
+    """`SELECT` of spend grouped by the given columns (checked against GROUPS), filtered by the
+    conditions asked for, with one placeholder per condition in the order since, until, team."""
+    unknown = [name for name in group_by if name not in GROUPS]
+    if unknown:
+        raise ValueError(f"cannot group spend by {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+    where = [
+        condition
+        for condition, wanted in (
+            (f"at >= {placeholder}", since),
+            (f"at < {placeholder}", until),
+            (f"team = {placeholder}", team),
+        )
+        if wanted
+    ]
+    groups = ", ".join(group_by)
+    return (
+        f"SELECT {groups + ', ' if groups else ''}"
+        "COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd), SUM(reference_usd),"
+        " SUM(saved_usd), SUM(CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END), SUM(estimated),"
+        " SUM(CASE WHEN cache <> 'miss' THEN 1 ELSE 0 END), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END)"
+        " FROM ledger"
+        + (f" WHERE {' AND '.join(where)}" if where else "")
+        + (f" GROUP BY {groups} ORDER BY {groups}" if groups else "")
+    )

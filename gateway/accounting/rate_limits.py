@@ -1,0 +1,66 @@
+"""Requests and tokens per minute, per team and per key, as a policy writes them; which rate lines a
+request counts against. The counting (sliding window, in-process or in Redis) is `rate_counters`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.accounting.rate_counters import RateLine
+
+EVERY = "*"
+
+
+class RateLimit(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    requests_per_minute: Annotated[int | None, Field(gt=0)] = None
+    # Prompt tokens count when the request is admitted, completion tokens once they are known.
+    tokens_per_minute: Annotated[int | None, Field(gt=0)] = None
+
+
+class RateLimits(BaseModel):
+    """`teams` by team name and `keys` by key id; `*` applies to each one without its own entry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    teams: dict[str, RateLimit] = {}
+    keys: dict[str, RateLimit] = {}
+
+    @property
+    def empty(self) -> bool:
+        return not (self.teams or self.keys)
+
+
+@dataclass(frozen=True, slots=True)
+class RateCheck:
+    requests: tuple[RateLine, ...]
+    tokens: tuple[RateLine, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.requests or self.tokens)
+
+
+def rate_lines(limits: RateLimits, team: str | None, key: str | None) -> RateCheck:
+    requests: list[RateLine] = []
+    tokens: list[RateLine] = []
+    for kind, name, table in (("team", team, limits.teams), ("key", key, limits.keys)):
+        if name is None:
+            continue
+        limit = table.get(name) or table.get(EVERY)
+        if limit is None:
+            continue
+        if limit.requests_per_minute is not None:
+            requests.append(
+                RateLine(
+                    f"{kind} {name} requests per minute", f"{kind}:{name}:rpm", limit.requests_per_minute
+                )
+            )
+        if limit.tokens_per_minute is not None:
+            tokens.append(
+                RateLine(f"{kind} {name} tokens per minute", f"{kind}:{name}:tpm", limit.tokens_per_minute)
+            )
+    return RateCheck(tuple(requests), tuple(tokens))
