@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.accounting.commands import add_key_commands, run_key_command
+from gateway.accounting.spend_commands import add_spend_command, run_spend_command
 from gateway.config import ConfigError, load_config
 from gateway.policy.commands import add_policy_commands, run_policy_command
 
@@ -34,12 +35,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_policy_commands(commands)
     add_key_commands(commands)
+    add_spend_command(commands)
 
     args = parser.parse_args(argv)
     if args.command == "policy":
         return run_policy_command(args)
     if args.command == "keys":
         return run_key_command(args)
+    if args.command == "spend":
+        return run_spend_command(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "check-config":

@@ -147,7 +147,9 @@ class Runtime:
                 socket_connect_timeout=1.0,
                 retry=Retry(NoBackoff(), 1),
             )
-            budgets, rates = RedisBudgetCounters(self._redis), RedisRateCounters(self._redis)
+            prefix = settings.redis_prefix
+            budgets = RedisBudgetCounters(self._redis, f"{prefix}budget:")
+            rates = RedisRateCounters(self._redis, f"{prefix}rate:")
         else:
             budgets, rates = InProcessBudgetCounters(), InProcessRateCounters()
         return Accountant(prices, tokens, budgets, rates, ledger)

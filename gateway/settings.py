@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     database_url: str | None = None
     # Redis shared by replicas for budgets and rate limits (default: counted in this process only).
     redis_url: str | None = None
+    # Prepended to every Redis key, so gateways (or test runs) sharing a Redis keep apart.
+    redis_prefix: str = "gw:"
     # An OpenTelemetry collector (OTLP over HTTP, e.g. http://127.0.0.1:4318) for traces and metrics.
     otlp_endpoint: str | None = None
     max_body_bytes: int = 4 * 1024 * 1024

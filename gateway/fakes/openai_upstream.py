@@ -154,17 +154,17 @@ def stream_parts(call: _Call, behaviour: Behaviour) -> tuple[bytes, list[bytes],
         steps = [
             event(orjson.dumps({"tool_calls": [{"index": 0, "function": {"arguments": p}}]})) for p in pieces
         ]
-        finish = "tool_calls"
+        finish, words = "tool_calls", word_count(TOOL_ARGUMENTS)
     else:
         content = behaviour.content if behaviour.content is not None else default_content(call.messages)
         opening = event(b'{"role":"assistant","content":""}')
-        steps = [
-            event(b'{"content":' + orjson.dumps(p) + b"}") for p in split_pieces(content, behaviour.chunks)
-        ]
-        finish = "stop"
+        pieces = split_pieces(content, behaviour.chunks)
+        steps = [event(b'{"content":' + orjson.dumps(p) + b"}") for p in pieces]
+        # The same count as the answer not streamed (a real upstream's tokenizer sees the same text).
+        finish, words = "stop", word_count("".join(pieces))
     closing = event(b"{}", b',"logprobs":null,"finish_reason":"' + finish.encode() + b'"}]' + tail)
     if report_usage:
-        usage = _usage(prompt_tokens(call.messages), len(steps) * call.n)
+        usage = _usage(prompt_tokens(call.messages), words * call.n)
         closing += b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n"
     return opening, steps, closing + DONE
 
