@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from gateway.accounting.ledger_store import LedgerStore, LedgerUnavailable
+from gateway.accounting.ledger_store import LedgerRejected, LedgerStore, LedgerUnavailable
 from gateway.accounting.record import SpendRecord
 from gateway.accounting.spool import Spool, claimed
 
@@ -46,14 +47,15 @@ class Ledger:
         """Seal the current segment and copy every sealed one into the database; the number of
         records written. Raises LedgerUnavailable (records kept) when the database is away."""
         async with self._drain_lock:
-            self.spool.seal()
-            await asyncio.to_thread(self.spool.sync)
+            sealed = self.spool.seal()
+            if sealed is not None:
+                await asyncio.to_thread(self.spool.release, sealed)
             written = 0
             for path in self.spool.sealed():
                 written += await asyncio.to_thread(self._drain_segment, path)
             return written
 
-    def _drain_segment(self, path: Any) -> int:
+    def _drain_segment(self, path: Path) -> int:
         with claimed(path) as records:
             if records is None:
                 return 0
@@ -65,10 +67,18 @@ class Ledger:
                     logger.warning("spend ledger database unavailable, records kept in the spool: %s", exc)
                 self._outage = True
                 raise
+            except LedgerRejected as exc:
+                # Retrying cannot help, and must not hold up every later segment: set it aside.
+                aside = path.with_suffix(".bad")
+                logger.error(
+                    "spend ledger refused %s (%s); kept as %s for a person to look at", path, exc, aside
+                )
+                path.rename(aside)
+                return 0
             if self._outage:
                 logger.warning("spend ledger database is back; draining the spool")
                 self._outage = False
-            path.unlink()
+            path.unlink(missing_ok=True)
             return len(records)
 
     def report(

@@ -118,5 +118,6 @@ def report_sql(group_by: Sequence[str], placeholder: str, *, since: bool, until:
         " SUM(CASE WHEN cache <> 'miss' THEN 1 ELSE 0 END), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END)"
         " FROM ledger"
         + (f" WHERE {' AND '.join(where)}" if where else "")
-        + (f" GROUP BY {groups} ORDER BY {groups}" if groups else "")
+        # NULLS LAST: the same order on SQLite and PostgreSQL (their defaults differ).
+        + (f" GROUP BY {groups} ORDER BY {', '.join(f'{g} NULLS LAST' for g in group_by)}" if groups else "")
     )

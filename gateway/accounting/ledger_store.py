@@ -36,6 +36,10 @@ class LedgerUnavailable(Exception):
     """The database cannot take records now; they stay in the spool."""
 
 
+class LedgerRejected(Exception):
+    """The database refuses these records as they are (bad data): retrying will not help."""
+
+
 class LedgerStore(Protocol):
     def insert(self, records: Sequence[SpendRecord]) -> None: ...
 
@@ -115,6 +119,8 @@ class SqliteLedgerStore:
                     raise
         except sqlite3.OperationalError as exc:  # locked for too long, disk full
             raise LedgerUnavailable(f"{self.path}: {exc}") from exc
+        except (sqlite3.IntegrityError, sqlite3.InterfaceError) as exc:
+            raise LedgerRejected(f"{self.path}: {exc}") from exc
 
     def report(
         self,
@@ -155,12 +161,19 @@ class PostgresLedgerStore:
         """Connected and migrated; a database that is down at start-up is no reason not to serve."""
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = psycopg.connect(self._url, connect_timeout=self.CONNECT_TIMEOUT, autocommit=True)
-                if not self._migrated:
-                    self._migrate(self._conn)
-                    self._migrated = True
+                conn = psycopg.connect(self._url, connect_timeout=self.CONNECT_TIMEOUT, autocommit=True)
             except psycopg.OperationalError as exc:
                 raise LedgerUnavailable(f"PostgreSQL: {exc}".strip()) from exc
+            try:
+                if not self._migrated:
+                    self._migrate(conn)
+                    self._migrated = True
+            except BaseException as exc:
+                conn.close()  # never keep a connection whose migration did not happen
+                if isinstance(exc, psycopg.Error):
+                    raise LedgerUnavailable(f"PostgreSQL migration: {exc}".strip()) from exc
+                raise
+            self._conn = conn
         return self._conn
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
@@ -185,6 +198,8 @@ class PostgresLedgerStore:
             except psycopg.OperationalError as exc:
                 conn.close()
                 raise LedgerUnavailable(f"PostgreSQL: {exc}".strip()) from exc
+            except psycopg.DataError as exc:
+                raise LedgerRejected(f"PostgreSQL: {exc}".strip()) from exc
 
     def insert(self, records: Sequence[SpendRecord]) -> None:
         rows = [row_of(record) for record in records]

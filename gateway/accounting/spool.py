@@ -2,9 +2,10 @@
 it describes reaches the client, so neither a crash of the gateway nor an outage of the database
 loses a record.
 
-Records go to the current segment with one unbuffered `write` each (a few µs; the bytes are in the
-kernel once it returns, so a `kill -9` cannot lose them; `sync` makes them survive a power cut too
-and runs off the request path). The drainer seals the segment (new records go to a fresh one),
+Records go to the current segment with one unbuffered `write` each (about 3 µs; the bytes are in
+the kernel once it returns, so a `kill -9` cannot lose them). Each sealed segment is fsynced before
+it is drained, off the request path, so a power cut (unlike a crash) can lose at most the records of
+one flush interval. The drainer seals the segment (new records go to a fresh one),
 copies sealed segments into the database and deletes them only once committed. A segment is locked
 (`flock`) by whoever writes or drains it, so replicas sharing a state directory never drain a segment
 that is still written, and segments left by a crashed process are drained by the next one.
@@ -44,27 +45,32 @@ class Spool:
         # Named so that segments sort in writing order: time first, then this process and sequence.
         name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._names):06d}{_SUFFIX}"
         path = self.directory / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Created under a name drainers ignore and locked before it gets its real name: a drainer
+        # must never claim (and delete) a segment that is about to be written.
+        hidden = self.directory / f".{name}.new"
+        fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(hidden, path)
         self._fd, self._path, self._written = fd, path, False
 
     def append(self, record: SpendRecord) -> None:
-        os.write(self._fd, orjson.dumps(record.as_json()) + b"\n")
+        os.write(self._fd, orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
         self._written = True
 
-    def sync(self) -> None:
-        """Make what was appended survive a power cut (may block: call from a worker thread)."""
-        with contextlib.suppress(OSError):  # the segment may have been sealed meanwhile
-            os.fsync(self._fd)
-
-    def seal(self) -> None:
-        """Start a new segment so the current one can be drained; nothing to do if it is empty."""
+    def seal(self) -> int | None:
+        """Start a new segment so the current one can be drained; nothing to do if it is empty.
+        Returns the old segment's descriptor, still locked: pass it to `release` (which blocks on
+        the disk, so from a worker thread)."""
         if not self._written:
-            return
+            return None
         old = self._fd
         self._open_segment()
-        os.fsync(old)
-        os.close(old)  # releases its lock: it may now be drained
+        return old
+
+    @staticmethod
+    def release(sealed: int) -> None:
+        os.fsync(sealed)
+        os.close(sealed)  # releases its lock: it may now be drained
 
     def sealed(self) -> list[Path]:
         """Segments ready to drain, oldest first: not being written by any live process."""
@@ -90,7 +96,11 @@ def claimed(path: Path) -> Iterator[list[SpendRecord] | None]:
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # Another drainer may have finished and deleted it between our open and our lock.
+            if os.fstat(fd).st_ino != os.stat(path).st_ino:
+                yield None
+                return
+        except (BlockingIOError, FileNotFoundError):
             yield None
             return
         with open(fd, "rb", closefd=False) as segment:
