@@ -37,6 +37,8 @@ from gateway.accounting.record import CacheOutcome, SpendRecord
 from gateway.errors import BudgetExceeded, RateLimited
 from gateway.policy.schema import Policy
 from gateway.providers.base import ChatRequest, Usage
+from gateway.telemetry.spans import ChildSpan, RequestSpan
+from gateway.telemetry.telemetry import Telemetry
 from gateway.tokens import TokenCounter
 
 logger = logging.getLogger("gateway.accountant")
@@ -63,6 +65,8 @@ class Ticket:
     rates: RateCheck | None = None
     record: SpendRecord | None = None
     settled: bool = False
+    span: RequestSpan | None = None
+    upstream_span: ChildSpan | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +85,9 @@ class Accountant:
         budgets: BudgetCounters,
         rates: RateCounters,
         ledger: Ledger | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self.telemetry = telemetry
         self.prices = prices
         self._tokens = tokens
         self._budgets = budgets
@@ -105,7 +111,9 @@ class Accountant:
             logger.error("rate limits not enforced for request %s: %s", ticket.request.request_id, exc)
             return
         if limited is not None:
-            retry = max(1, int(limited.retry_after + 0.999))
+            if self.telemetry is not None:
+                self.telemetry.count_rejection("rate_limit", limited.line.name, ticket.team)
+            retry = max(1, int(min(limited.retry_after, limited.line.window_seconds) + 0.999))
             raise RateLimited(
                 f"Rate limit reached: {limited.line.name} is {limited.line.limit}.", retry_after=retry
             )
@@ -142,6 +150,8 @@ class Accountant:
             logger.error("budgets not enforced for request %s: %s", ticket.request.request_id, exc)
             return None
         if isinstance(outcome, Exhausted):
+            if self.telemetry is not None:
+                self.telemetry.count_rejection("budget", outcome.line.name, ticket.team)
             return _exhausted(outcome, check)
         ticket.reservation = outcome
         return None
@@ -223,6 +233,12 @@ class Accountant:
         ticket.record = record
         if self.ledger is not None:
             self.ledger.record(record)
+        if ticket.upstream_span is not None:
+            ticket.upstream_span.end(error if status >= 400 else None)
+        if ticket.span is not None:
+            ticket.span.finish(record)
+        if self.telemetry is not None:
+            self.telemetry.observe(record)
         return record
 
     def settle_later(self, ticket: Ticket) -> None:
@@ -255,6 +271,8 @@ class Accountant:
         await self._rates.aclose()
         if self.ledger is not None:
             await self.ledger.close()
+        if self.telemetry is not None:
+            await self.telemetry.aclose()
 
 
 def _exhausted(outcome: Exhausted, check: BudgetCheck) -> Reroute:

@@ -26,6 +26,7 @@ from gateway.providers.base import ChatRequest, ChatStream, Completion, Deadline
 from gateway.routing.catalog import AUTO, Catalog, Target
 from gateway.routing.executor import Outcome, RouteExecutor
 from gateway.routing.shadow import ShadowCopies
+from gateway.telemetry.names import SPAN_POLICY, SPAN_UPSTREAM
 
 # The rule reported for requests that named a route or deployment themselves.
 EXPLICIT_RULE = "explicit"
@@ -39,6 +40,8 @@ class Caller:
     key: str | None = None
     role: str | None = None
     tags: tuple[str, ...] = ()
+    # The client's W3C `traceparent`: the gateway's spans join the client's trace.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,14 +136,23 @@ class ChatPipeline:
         self, request: ChatRequest, caller: Caller = Caller(), started: float | None = None
     ) -> Answer:
         ticket = Ticket(request, caller.team, caller.key, time.time(), started or time.perf_counter())
+        accountant = self.accountant
+        if accountant is not None and accountant.telemetry is not None:
+            ticket.span = accountant.telemetry.start_request(
+                request.request_id, str(request.body["model"]), request.stream, traceparent=caller.traceparent
+            )
         routing: Routing | None = None
         status, deployment = 200, None
         try:
-            if self.accountant is not None:
-                await self.accountant.admit_rates(ticket, self.policies.current.policy)
-            routing = self.route(request, caller)
+            if accountant is not None:
+                await accountant.admit_rates(ticket, self.policies.current.policy)
+            if ticket.span is not None:
+                with ticket.span.child(SPAN_POLICY):
+                    routing = self.route(request, caller)
+            else:
+                routing = self.route(request, caller)
             _fill(ticket, routing)
-            if self.accountant is not None:
+            if accountant is not None:
                 reroute = await self._reserve(ticket, routing)
                 if reroute is not None:
                     routing = self._rerouted(routing, reroute, request)
@@ -148,13 +160,15 @@ class ChatPipeline:
             decision = routing.decision
             if decision is not None and decision.shadow is not None and self._shadows is not None:
                 self._shadows.send(request, decision.rule, decision.shadow, routing.policy.policy)
+            if ticket.span is not None:
+                ticket.upstream_span = ticket.span.start_child(SPAN_UPSTREAM)
             answer = await self._call(request, routing)
             deployment = answer.deployment
             ticket.route, ticket.deployment = answer.route, answer.deployment
             ticket.upstream_seconds = answer.upstream_seconds
             answer.ticket = ticket
-            if self.accountant is not None and answer.completion is not None:
-                answer.spend = self.accountant.spend(
+            if accountant is not None and answer.completion is not None:
+                answer.spend = accountant.spend(
                     routing.policy.policy, answer.route, answer.deployment, answer.completion.usage
                 )
             return answer
@@ -163,9 +177,9 @@ class ChatPipeline:
             if routing is not None:
                 error.rule, error.route = routing.rule, routing.target.route
             status = error.status
-            if self.accountant is not None:
-                self.accountant.account(ticket, status=status, error=error.code or error.error_type)
-                self.accountant.settle_later(ticket)
+            if accountant is not None:
+                accountant.account(ticket, status=status, error=error.code or error.error_type)
+                accountant.settle_later(ticket)
             raise
         finally:
             if routing is not None and routing.decision is not None and self._records is not None:

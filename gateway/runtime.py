@@ -38,6 +38,7 @@ from gateway.routing.executor import RouteExecutor
 from gateway.routing.health import DeploymentHealth
 from gateway.routing.shadow import ShadowCopies
 from gateway.settings import Settings
+from gateway.telemetry.telemetry import Telemetry
 from gateway.tokens import TokenCounter
 
 logger = logging.getLogger("gateway")
@@ -65,6 +66,7 @@ class Runtime:
         self.auth: Authenticator | None = None
         self._session: aiohttp.ClientSession | None = None
         self.accountant: Accountant | None = None
+        self.telemetry: Telemetry | None = None
         self._redis: redis.asyncio.Redis | None = None
         self._local_start: asyncio.Task[None] | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -81,10 +83,13 @@ class Runtime:
         config = load_config(settings.config)
         self.config = config
         tokens = TokenCounter()
+        self.telemetry = Telemetry(otlp_endpoint=settings.otlp_endpoint)
         self.history = PolicyHistory(settings.state_dir / "policies.sqlite")
         try:
             tools = load_signal_tools(tokens, settings.embedder_path)
-            self.policies = PolicyStore(settings.policy, config.deployments, tools, self.history)
+            self.policies = PolicyStore(
+                settings.policy, config.deployments, tools, self.history, self._count_policy_rejection
+            )
         except PolicyError as exc:
             raise StartupError("\n".join(exc.problems)) from exc
         self._session = aiohttp.ClientSession(
@@ -125,6 +130,10 @@ class Runtime:
         if settings.policy_reload_interval > 0:
             self._background.append(asyncio.create_task(self.policies.watch(settings.policy_reload_interval)))
 
+    def _count_policy_rejection(self, policy: str) -> None:
+        if self.telemetry is not None:
+            self.telemetry.count_rejection("policy", policy, None)
+
     async def _accountant(self, prices: PriceBook, tokens: TokenCounter) -> Accountant:
         settings = self.settings
         store = open_ledger_store(settings.database_url, settings.state_dir)
@@ -152,7 +161,7 @@ class Runtime:
             rates = RedisRateCounters(self._redis, f"{prefix}rate:")
         else:
             budgets, rates = InProcessBudgetCounters(), InProcessRateCounters()
-        return Accountant(prices, tokens, budgets, rates, ledger)
+        return Accountant(prices, tokens, budgets, rates, ledger, self.telemetry)
 
     def _warm_up(self, providers: Mapping[str, Provider]) -> None:
         """Providers with a costly first call (litellm's 3 s import) pay it in the background now."""

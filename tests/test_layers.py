@@ -33,6 +33,17 @@ FORBIDDEN = {
         "gateway.runtime",
         "gateway.app",
     ),
+    # Telemetry reads finished records through its own Protocol; it knows nothing of the rest.
+    "gateway.telemetry": (
+        "gateway.accounting",
+        "gateway.api",
+        "gateway.pipeline",
+        "gateway.routing",
+        "gateway.providers",
+        "gateway.policy",
+        "gateway.runtime",
+        "gateway.app",
+    ),
 }
 NEVER_ON_THE_SERVING_PATH = ("gateway.fakes", "gateway.bench")
 

@@ -58,4 +58,5 @@ def caller_of(scope: MutableMapping[str, Any], principal: Principal) -> Caller:
         key=principal.key_id,
         role=principal.role,
         tags=tuple(tag.strip() for tag in tags.split(",") if tag.strip()) if tags else (),
+        traceparent=header_value(scope, b"traceparent"),
     )

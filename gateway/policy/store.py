@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from gateway.policy.compile import CompiledPolicy, PolicyError, compile_policy_text
@@ -36,8 +36,11 @@ class PolicyStore:
         deployments: Collection[str],
         tools: SignalTools,
         history: PolicyHistory | None = None,
+        on_rejected: Callable[[str], None] | None = None,
     ) -> None:
         self.path = path
+        # Told the policy's name each time an edit is rejected (the rejection metric).
+        self._on_rejected = on_rejected
         self.name = path.stem
         self._deployments = frozenset(deployments)
         self._tools = tools
@@ -65,6 +68,8 @@ class PolicyStore:
                 self.last_error = exc.problems
                 problems = "\n".join(exc.problems)
                 logger.error("policy %s rejected, the running one stays:\n%s", self.name, problems)
+                if self._on_rejected is not None:
+                    self._on_rejected(self.name)
                 raise
             if write_file:
                 await asyncio.to_thread(_write_atomically, self.path, text)

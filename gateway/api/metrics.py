@@ -1,0 +1,23 @@
+"""`GET /metrics`: the gateway's metrics in Prometheus text format. Spend per team is finance's
+business, so a gateway with keys asks for one with role admin or finance (a scraper sends it as a
+bearer token); an open gateway (loopback only) serves it to anyone."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
+
+from gateway.accounting.auth import require_role
+from gateway.runtime import Runtime
+
+router = APIRouter()
+
+
+@router.get("/metrics", response_model=None)
+async def metrics(request: Request, authorization: Annotated[str | None, Header()] = None) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    assert runtime.auth is not None and runtime.telemetry is not None
+    require_role(runtime.auth.principal(authorization), "admin", "finance")
+    body, content_type = runtime.telemetry.prometheus_text()
+    return Response(body, media_type=content_type)
