@@ -34,6 +34,7 @@ from gateway.accounting.pricing import PriceBook, Spend, TokenPrice, per_million
 from gateway.accounting.rate_counters import RateCounters
 from gateway.accounting.rate_limits import RateCheck, rate_lines
 from gateway.accounting.record import CacheOutcome, SpendRecord
+from gateway.accounting.redact import answer_text, logged_body
 from gateway.errors import BudgetExceeded, RateLimited
 from gateway.policy.schema import Policy
 from gateway.providers.base import ChatRequest, Usage
@@ -187,6 +188,7 @@ class Accountant:
         usage: Usage | None = None,
         error: str | None = None,
         ttfb_seconds: float | None = None,
+        answer: bytes | None = None,
     ) -> SpendRecord:
         """Write the request's spend record to the spool (before the answer's end is sent); once."""
         if ticket.record is not None:
@@ -230,6 +232,9 @@ class Accountant:
             overhead_ms=latency_ms - upstream_ms if upstream_ms is not None else None,
             signals=ticket.signals,
         )
+        if ticket.policy is not None and ticket.policy.log_bodies:
+            text = answer_text(answer) if answer is not None else None
+            record.body = logged_body(ticket.request.body.get("messages") or (), text)
         ticket.record = record
         if self.ledger is not None:
             self.ledger.record(record)

@@ -65,6 +65,12 @@ class Answer:
     spend: Spend | None = None
     ticket: Ticket | None = None
 
+    @property
+    def log_bodies(self) -> bool:
+        """Whether the policy wants the answer's text in the ledger (streams then keep their bytes)."""
+        policy = self.ticket.policy if self.ticket is not None else None
+        return policy is not None and policy.log_bodies
+
 
 class ChatPipeline:
     def __init__(
@@ -224,15 +230,19 @@ class ChatPipeline:
         status: int = 200,
         error: str | None = None,
         ttfb_seconds: float | None = None,
+        streamed: bytes | None = None,
     ) -> None:
-        """Record an answer that was sent (or broke off) and settle its budget reservation."""
+        """Record an answer that was sent (or broke off) and settle its budget reservation;
+        `streamed` is what a stream sent, kept only when the policy logs bodies."""
         if self.accountant is None or answer.ticket is None:
             return
-        usage = answer.completion.usage if answer.completion is not None else None
+        usage, sent = None, streamed
+        if answer.completion is not None:
+            usage, sent = answer.completion.usage, answer.completion.body
         if answer.stream is not None:
             usage = answer.stream.usage
         self.accountant.account(
-            answer.ticket, status=status, usage=usage, error=error, ttfb_seconds=ttfb_seconds
+            answer.ticket, status=status, usage=usage, error=error, ttfb_seconds=ttfb_seconds, answer=sent
         )
         self.accountant.settle_later(answer.ticket)
 

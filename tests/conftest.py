@@ -85,7 +85,7 @@ def openai_deployment(upstream: FakeOpenAIUpstream, **extra: Any) -> dict[str, A
 
 POLICY_KEYS = (
     "routes", "signals", "rules", "default_route", "fallback_route", "reference_route", "budgets",
-    "rate_limits", "tests",
+    "rate_limits", "log_bodies", "tests",
 )  # fmt: skip
 
 
@@ -126,7 +126,13 @@ def gateway(bg: BackgroundLoop, tmp_path: Path) -> Iterator[Callable[..., Runnin
             )
         )
         gateway = RunningGateway(f"http://127.0.0.1:{port}", app, server)
-        gateway.task = asyncio.run_coroutine_threadsafe(server.serve(), bg.loop)
+        async def serve() -> None:
+            try:
+                await server.serve()
+            except SystemExit as exc:  # uvicorn's way to say start-up failed: not the loop's end
+                raise RuntimeError("the gateway failed to start (see its log above)") from exc
+
+        gateway.task = asyncio.run_coroutine_threadsafe(serve(), bg.loop)
 
         async def wait_started() -> None:
             while not server.started:

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from gateway.fakes.anthropic_upstream import AnthropicBehaviour, FakeAnthropicUpstream
@@ -383,3 +384,38 @@ def test_every_answer_a_client_received_is_in_the_ledger_after_kill_9(
     restarted.stop()
     recorded = {row["request_id"] for row in read_ledger(tmp_path / "state" / "ledger.sqlite")}
     assert set(answered) <= recorded
+
+
+# ---- body logging --------------------------------------------------------------------------------
+
+
+def test_a_policy_can_log_bodies_redacted_for_plain_and_streamed_answers(
+    upstreams: Callable[..., FakeOpenAIUpstream],
+    gateway: Callable[..., RunningGateway],
+    bg: BackgroundLoop,
+    tmp_path: Path,
+) -> None:
+    upstream = upstreams(
+        Behaviour(content="Noted: write to ops@example.com with card 4111 1111 1111 1111", chunks=4)
+    )
+    spec = {
+        "deployments": {"model": openai_deployment(upstream)},
+        "routes": {"frontier": ["model"]},
+        "default_route": "frontier",
+        "log_bodies": True,
+    }
+    gw = gateway(spec, state_dir=tmp_path / "state")
+    secret = [{"role": "user", "content": "I am ana@example.com, key sk-proj-AbCdEf0123456789xyz"}]
+    client = gw.client()
+    client.chat.completions.create(model="auto", messages=secret)
+    list(client.chat.completions.create(model="auto", messages=secret, stream=True))
+    rows = ledger_rows(gw, bg, tmp_path / "state")
+    assert len(rows) == 2
+    for row in rows:
+        logged = orjson.loads(row["body"])
+        assert logged == {
+            "messages": [{"role": "user", "content": "I am [EMAIL], key [API_KEY]"}],
+            "answer": "Noted: write to [EMAIL] with card [CARD]",
+        }
+    stored = (tmp_path / "state" / "ledger.sqlite").read_bytes()
+    assert b"ana@example.com" not in stored and b"AbCdEf0123456789" not in stored

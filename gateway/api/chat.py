@@ -148,19 +148,29 @@ class ChatCompletionsEndpoint:
         headers.append((b"x-gateway-overhead-ms", f"{overhead * 1000:.3f}".encode()))
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + headers})
         ttfb = time.perf_counter() - started
+        kept: list[bytes] | None = [] if answer.log_bodies else None
         try:
             async for block in stream:
                 await send({"type": "http.response.body", "body": block, "more_body": True})
+                if kept is not None:
+                    kept.append(block)
         except GatewayError as error:
             # Bytes were already sent: say so in-band and end without [DONE], never a silent clean end.
             logger.warning("stream from %s broke: %s", answer.deployment, error.message)
-            self._pipeline.finish(answer, status=error.status, error=error.code, ttfb_seconds=ttfb)
+            self._pipeline.finish(
+                answer, status=error.status, error=error.code, ttfb_seconds=ttfb, streamed=_joined(kept)
+            )
             await send({"type": "http.response.body", "body": b"data: " + error.to_json() + b"\n\n"})
             return
         finally:
             await stream.aclose()
-        self._pipeline.finish(answer, ttfb_seconds=ttfb)
+        # Recorded before [DONE] leaves: a client that saw the end of its answer finds it in the ledger.
+        self._pipeline.finish(answer, ttfb_seconds=ttfb, streamed=_joined(kept))
         await send({"type": "http.response.body", "body": _DONE})
+
+
+def _joined(blocks: list[bytes] | None) -> bytes | None:
+    return b"".join(blocks) if blocks is not None else None
 
 
 def _routing_headers(answer: Answer) -> list[tuple[bytes, bytes]]:

@@ -284,6 +284,9 @@ class Policy(Strict):
     # Spend caps per team and key (USD per day and month), and requests/tokens per minute.
     budgets: Budgets = Budgets()
     rate_limits: RateLimits = RateLimits()
+    # Keep the prompt and answer text in the spend ledger, with e-mail addresses, API keys and card
+    # numbers redacted. Off by default: the ledger holds no text at all.
+    log_bodies: bool = False
     tests: list[GoldenCase] = []
 
 
