@@ -68,6 +68,8 @@ class Ticket:
     settled: bool = False
     span: RequestSpan | None = None
     upstream_span: ChildSpan | None = None
+    # Counted once (for a tokens-per-minute limit or a budget), then reused.
+    prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +92,7 @@ class Accountant:
     ) -> None:
         self.telemetry = telemetry
         self.prices = prices
-        self._tokens = tokens
+        self.tokens = tokens
         self._budgets = budgets
         self._rates = rates
         self.ledger = ledger
@@ -104,7 +106,7 @@ class Accountant:
         if check.empty:
             return
         lines = (*check.requests, *check.tokens)
-        prompt = self._prompt_tokens(ticket.request) if check.tokens else 0
+        prompt = self._prompt_tokens(ticket) if check.tokens else 0
         amounts = [1] * len(check.requests) + [prompt] * len(check.tokens)
         try:
             limited = await self._rates.admit(lines, amounts)
@@ -113,7 +115,7 @@ class Accountant:
             return
         if limited is not None:
             if self.telemetry is not None:
-                self.telemetry.count_rejection("rate_limit", limited.line.name, ticket.team)
+                self.telemetry.count_rejection("rate_limit", limited.line.metric, ticket.team)
             retry = max(1, int(min(limited.retry_after, limited.line.window_seconds) + 0.999))
             raise RateLimited(
                 f"Rate limit reached: {limited.line.name} is {limited.line.limit}.", retry_after=retry
@@ -144,7 +146,7 @@ class Accountant:
         choices = ticket.request.body.get("n")
         limit = _max_tokens(ticket.request.body) or max_output or DEFAULT_MAX_OUTPUT_TOKENS
         limit *= choices if isinstance(choices, int) and choices > 1 else 1
-        worst = worst_case_nano(costliest, self._prompt_tokens(ticket.request), limit)
+        worst = worst_case_nano(costliest, self._prompt_tokens(ticket), limit)
         try:
             outcome = await self._budgets.reserve(check.lines, worst)
         except CountersUnavailable as exc:
@@ -152,13 +154,15 @@ class Accountant:
             return None
         if isinstance(outcome, Exhausted):
             if self.telemetry is not None:
-                self.telemetry.count_rejection("budget", outcome.line.name, ticket.team)
+                self.telemetry.count_rejection("budget", outcome.line.metric, ticket.team)
             return _exhausted(outcome, check)
         ticket.reservation = outcome
         return None
 
-    def _prompt_tokens(self, request: ChatRequest) -> int:
-        return self._tokens.count_messages(request.body.get("messages") or ())
+    def _prompt_tokens(self, ticket: Ticket) -> int:
+        if ticket.prompt_tokens is None:
+            ticket.prompt_tokens = self.tokens.count_messages(ticket.request.body.get("messages") or ())
+        return ticket.prompt_tokens
 
     # ---- after it --------------------------------------------------------------------------------
 

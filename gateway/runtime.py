@@ -84,6 +84,7 @@ class Runtime:
         self.config = config
         tokens = TokenCounter()
         self.telemetry = Telemetry(otlp_endpoint=settings.otlp_endpoint)
+        self._background.append(asyncio.create_task(self.telemetry.run()))
         self.history = PolicyHistory(settings.state_dir / "policies.sqlite")
         try:
             tools = load_signal_tools(tokens, settings.embedder_path)

@@ -126,6 +126,7 @@ def gateway(bg: BackgroundLoop, tmp_path: Path) -> Iterator[Callable[..., Runnin
             )
         )
         gateway = RunningGateway(f"http://127.0.0.1:{port}", app, server)
+
         async def serve() -> None:
             try:
                 await server.serve()

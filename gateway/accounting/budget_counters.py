@@ -31,6 +31,8 @@ class BudgetLine:
     limit_nano: int
     # Unix time at which the period ends; the counter may be dropped some time after it.
     resets_at: float
+    # A metric label for it: bounded and free of key ids and amounts, e.g. "team daily budget".
+    metric: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,8 @@ from gateway.accounting.budget_counters import BudgetLine
 from gateway.accounting.pricing import TokenPrice
 
 NANO = 1_000_000_000
-# Each team without a budget of its own gets one like this (its own, not a shared pot).
-EVERY_TEAM = "*"
+# Each team (or key) without a budget of its own gets one like this (its own, not a shared pot).
+EVERY = "*"
 # The answer's worst-case length when neither the client nor the price map says.
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 
@@ -31,7 +31,8 @@ class SpendLimit(BaseModel):
 
 
 class Budgets(BaseModel):
-    """`teams` by team name (`*`: every other team, each on its own), `keys` by key id."""
+    """`teams` by team name and `keys` by key id; `*` gives every other team or key a budget of its
+    own (not a shared pot)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -42,11 +43,13 @@ class Budgets(BaseModel):
         """(kind, name, limit) for every budget the caller counts against."""
         found = []
         if team is not None:
-            limit = self.teams.get(team) or self.teams.get(EVERY_TEAM)
+            limit = self.teams.get(team) or self.teams.get(EVERY)
             if limit is not None:
                 found.append(("team", team, limit))
-        if key is not None and key in self.keys:
-            found.append(("key", key, self.keys[key]))
+        if key is not None:
+            limit = self.keys.get(key) or self.keys.get(EVERY)
+            if limit is not None:
+                found.append(("key", key, limit))
         return found
 
 
@@ -80,6 +83,7 @@ def budget_lines(budgets: Budgets, team: str | None, key: str | None, now: float
                 key=f"{kind}:{name}:{period_id}",
                 limit_nano=round(usd * NANO),
                 resets_at=resets,
+                metric=f"{kind} {period} budget",
             )
             lines.append(line)
             routes[line.key] = limit.when_exhausted

@@ -33,6 +33,8 @@ class RateLine:
     # Per window.
     limit: int
     window_seconds: float = 60.0
+    # A metric label for it: bounded and free of key ids, e.g. "key requests per minute".
+    metric: str = ""
 
 
 @dataclass(frozen=True, slots=True)

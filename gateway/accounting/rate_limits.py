@@ -53,14 +53,18 @@ def rate_lines(limits: RateLimits, team: str | None, key: str | None) -> RateChe
         limit = table.get(name) or table.get(EVERY)
         if limit is None:
             continue
-        if limit.requests_per_minute is not None:
-            requests.append(
-                RateLine(
-                    f"{kind} {name} requests per minute", f"{kind}:{name}:rpm", limit.requests_per_minute
+        for lines, per_minute, what, suffix in (
+            (requests, limit.requests_per_minute, "requests", "rpm"),
+            (tokens, limit.tokens_per_minute, "tokens", "tpm"),
+        ):
+            if per_minute is not None:
+                line = f"{what} per minute"
+                lines.append(
+                    RateLine(
+                        f"{kind} {name} {line}",
+                        f"{kind}:{name}:{suffix}",
+                        per_minute,
+                        metric=f"{kind} {line}",
+                    )
                 )
-            )
-        if limit.tokens_per_minute is not None:
-            tokens.append(
-                RateLine(f"{kind} {name} tokens per minute", f"{kind}:{name}:tpm", limit.tokens_per_minute)
-            )
     return RateCheck(tuple(requests), tuple(tokens))

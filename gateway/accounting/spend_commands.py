@@ -32,13 +32,11 @@ def run_spend_command(args: argparse.Namespace) -> int:
     try:
         groups = parse_groups(args.by)
         since, until = parse_moment(args.since, "since"), parse_moment(args.until, "until")
-        ledger = Ledger(
-            Spool(settings.state_dir / "spool"),
-            open_ledger_store(args.database_url or settings.database_url, settings.state_dir),
-        )
+        store = open_ledger_store(args.database_url or settings.database_url, settings.state_dir)
     except (BadReportQuery, ValueError, LedgerUnavailable) as exc:
         print(exc, file=sys.stderr)
         return 1
+    ledger = Ledger(Spool(settings.state_dir / "spool"), store)
     try:
         # Segments a running gateway still writes are locked and left to it; the rest go in now.
         asyncio.run(ledger.drain())

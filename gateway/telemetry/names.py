@@ -69,7 +69,7 @@ LABEL_STATUS: Final = "status"
 LABEL_CACHE: Final = "cache"
 LABEL_OUTCOME: Final = "outcome"
 LABEL_TOKEN_TYPE: Final = "type"
-LABEL_RULE: Final = "rule"
+LABEL_POLICY: Final = "policy"
 LABEL_BUDGET: Final = "budget"
 LABEL_LIMIT: Final = "limit"
 # Values of LABEL_TOKEN_TYPE. `cached` is part of `input`, `reasoning` part of `output` (as OpenAI counts).

@@ -77,3 +77,12 @@ def test_spend_before_midnight_does_not_count_after_it(bg: BackgroundLoop) -> No
 def test_the_worst_case_is_every_prompt_token_and_the_longest_answer() -> None:
     price = per_million(1000, 10000)  # $0.001 and $0.01 per token
     assert worst_case_nano(price, prompt_tokens=4, max_output_tokens=9) == 94_000_000
+
+
+def test_a_star_key_budget_gives_every_other_key_its_own() -> None:
+    budgets = Budgets(keys={"*": SpendLimit(daily_usd=0.1), "k1": SpendLimit(daily_usd=5.0)})
+    own = budget_lines(budgets, None, "k1", at("2026-11-26T12:00:00"))
+    other = budget_lines(budgets, None, "k2", at("2026-11-26T12:00:00"))
+    assert [(line.key, line.limit_nano) for line in own.lines] == [("key:k1:day:2026-11-26", 5_000_000_000)]
+    assert [(line.key, line.limit_nano) for line in other.lines] == [("key:k2:day:2026-11-26", 100_000_000)]
+    assert other.lines[0].metric == "key daily budget"  # no key id in metric labels

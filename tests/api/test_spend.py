@@ -239,7 +239,7 @@ def test_spend_per_team_adds_up_to_what_clients_were_told(served: tuple[RunningG
 
 def test_csv_says_the_same_as_json(served: tuple[RunningGateway, Keys]) -> None:
     gw, keys = served
-    ask_per_team(gw, keys)
+    seen = ask_per_team(gw, keys)
     rows = spend(gw, keys.finance, group_by="team,route").json()["rows"]
     response = spend(gw, keys.finance, group_by="team,route", format="csv")
     assert response.status_code == 200
@@ -254,6 +254,15 @@ def test_csv_says_the_same_as_json(served: tuple[RunningGateway, Keys]) -> None:
             assert int(line[name]) == row[name]
         for name in MONEY_FIELDS:
             assert line[name] == f"{row[name]:.6f}"
+        told = seen[line["team"]]
+        assert [int(line[name]) for name in INT_FIELDS] == [
+            told.requests,
+            told.prompt_tokens,
+            told.completion_tokens,
+        ]
+        money = [float(line[name]) for name in MONEY_FIELDS]
+        expected = [told.cost_usd, told.reference_usd, told.reference_usd - told.cost_usd]
+        assert money == pytest.approx(expected, abs=5e-7)
 
 
 def test_since_and_until_select_by_arrival_time(served: tuple[RunningGateway, Keys]) -> None:

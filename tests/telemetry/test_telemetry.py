@@ -102,8 +102,8 @@ def test_cache_lookups_and_rejections_are_counted_by_name(telemetry: Telemetry) 
 
     assert value(samples, "gateway_cache_lookups_total", outcome="miss", route="cheap") == 1
     assert value(samples, "gateway_cache_lookups_total", outcome="semantic", route="cheap") == 2
-    assert value(samples, "gateway_policy_rejections_total", rule="no-secrets", team="search") == 1
-    assert value(samples, "gateway_policy_rejections_total", rule="no-secrets") == 1
+    assert value(samples, "gateway_policy_rejections_total", policy="no-secrets", team="search") == 1
+    assert value(samples, "gateway_policy_rejections_total", policy="no-secrets") == 1
     assert value(samples, "gateway_budget_rejections_total", budget="search-monthly", team="search") == 1
     assert value(samples, "gateway_rate_limit_rejections_total", limit="search-rpm", team="search") == 1
 

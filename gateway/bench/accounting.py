@@ -1,0 +1,151 @@
+"""`python -m gateway.bench.accounting`: what accounting adds to one request, measured on the real
+`Accountant` with the calls the pipeline makes, in its order: rate limits, budget reservation, the
+spend record (spooled, observed by telemetry, span finished) and the settlement.
+
+Three set-ups: no budgets or limits (the embedded default), a team with a daily and a monthly budget
+and a requests- and tokens-per-minute limit, and the same with the request span recorded by an OTel
+exporter. Counters are in-process (Redis adds a loopback round trip, measured by `redis-benchmark`,
+not here). The target is a median of at most 200 µs per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from gateway.accountant import Accountant, Ticket
+from gateway.accounting.budget_counters import InProcessBudgetCounters
+from gateway.accounting.ledger import Ledger
+from gateway.accounting.ledger_store import SqliteLedgerStore
+from gateway.accounting.pricing import PriceBook, load_price_map
+from gateway.accounting.rate_counters import InProcessRateCounters
+from gateway.accounting.spool import Spool
+from gateway.config import Deployment
+from gateway.policy.schema import Policy
+from gateway.providers.base import ChatRequest, Usage
+from gateway.telemetry.telemetry import Telemetry
+from gateway.tokens import TokenCounter
+
+TARGET_US = 200.0
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant for an online shop."},
+    {"role": "user", "content": "Where is my order 5512? It was due on Monday and has not arrived yet."},
+]
+POLICIES: dict[str, dict[str, Any]] = {
+    "no budgets or limits": {},
+    "budgets and rate limits": {
+        "budgets": {"teams": {"search": {"daily_usd": 1e6, "monthly_usd": 1e7}}},
+        "rate_limits": {"teams": {"search": {"requests_per_minute": 10**9, "tokens_per_minute": 10**12}}},
+    },
+}
+
+
+class _Discard(SpanExporter):
+    def export(self, spans: Sequence[Any]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def _policy(extra: dict[str, Any]) -> Policy:
+    return Policy.model_validate(
+        {
+            "routes": {"frontier": {"deployments": ["big"]}, "local": {"deployments": ["small"]}},
+            "default_route": "frontier",
+            "reference_route": "frontier",
+            **extra,
+        }
+    )
+
+
+async def _run(policy: Policy, telemetry: Telemetry, requests: int, state: Path) -> list[float]:
+    deployments = {
+        "big": Deployment.model_validate({"provider": "openai", "model": "gpt-4o"}),
+        "small": Deployment.model_validate({"provider": "openai", "model": "gpt-4o-mini"}),
+    }
+    prices = PriceBook(deployments, load_price_map())
+    ledger = Ledger(Spool(state / "spool"), SqliteLedgerStore(state / "ledger.sqlite"))
+    accountant = Accountant(
+        prices, TokenCounter(), InProcessBudgetCounters(), InProcessRateCounters(), ledger, telemetry
+    )
+    candidates = [prices.price_of("big")]
+    longest = prices.max_output_of("big")
+    usage = Usage(41, 120, 161, {"prompt_tokens_details": {"cached_tokens": 0}})
+    body = {"model": "auto", "messages": MESSAGES, "max_tokens": 200}
+    accountant.spend_price(policy, "frontier", "big")  # warm the token counter and the price map
+    accountant.tokens.count_messages(MESSAGES)
+    timings: list[float] = []
+    for index in range(requests):
+        request = ChatRequest(body=body, request_id=f"r{index}")
+        started = time.perf_counter()
+        ticket = Ticket(request, "search", "k1", time.time(), started)
+        ticket.span = telemetry.start_request(request.request_id, "auto", False)
+        await accountant.admit_rates(ticket, policy)
+        ticket.policy, ticket.policy_name, ticket.rule, ticket.route = policy, "bench", "default", "frontier"
+        await accountant.reserve(ticket, policy, candidates, longest)
+        ticket.deployment, ticket.upstream_seconds = "big", 0.0
+        accountant.spend(policy, "frontier", "big", usage)  # the cost headers
+        accountant.account(ticket, status=200, usage=usage, ttfb_seconds=0.5)
+        accountant.settle_later(ticket)
+        await asyncio.sleep(0)  # let the settlement run, as it would between requests
+        timings.append((time.perf_counter() - started) * 1e6)
+        if index % 5_000 == 4_999:
+            await ledger.drain()  # the periodic drain, outside the timed calls
+            print(f"  {index + 1}/{requests}", file=sys.stderr)
+    deferred = time.perf_counter()
+    telemetry.record_histograms()  # what the background batch does for these records
+    timings.append(-(time.perf_counter() - deferred) * 1e6 / requests)  # reported apart, see main
+    await accountant.aclose()
+    return timings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway.bench.accounting", description=__doc__)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    results: list[dict[str, Any]] = []
+    cases: list[tuple[str, dict[str, Any], SpanExporter | None]] = [
+        (name, extra, None) for name, extra in POLICIES.items()
+    ]
+    cases.append(("budgets, limits and traces", POLICIES["budgets and rate limits"], _Discard()))
+    for name, extra, exporter in cases:
+        print(f"{name}:", file=sys.stderr)
+        with tempfile.TemporaryDirectory() as state:
+            telemetry = Telemetry(span_exporter=exporter)
+            timings = asyncio.run(_run(_policy(extra), telemetry, args.requests, Path(state)))
+        deferred_us = -timings.pop()
+        timings = timings[len(timings) // 10 :]  # warm-up
+        quantiles = statistics.quantiles(timings, n=100)
+        results.append(
+            {
+                "case": name,
+                "median_us": statistics.median(timings),
+                "p95_us": quantiles[94],
+                "deferred_us_per_request": deferred_us,
+                "requests": len(timings),
+            }
+        )
+    print(f"target: median <= {TARGET_US:.0f} µs on the request path")
+    print(f"{'case':<30} {'median µs':>10} {'p95 µs':>10} {'deferred µs':>12}")
+    for row in results:
+        print(
+            f"{row['case']:<30} {row['median_us']:>10.1f} {row['p95_us']:>10.1f}"
+            f" {row['deferred_us_per_request']:>12.1f}"
+        )
+    print("deferred: histogram measurements, fed to OpenTelemetry in batches off the request path")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"target_median_us": TARGET_US, "results": results}, indent=2))
+    return 0 if all(row["median_us"] <= TARGET_US for row in results[:2]) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
