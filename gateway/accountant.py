@@ -9,6 +9,7 @@ the stream ends, long after the pipeline returned.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -97,6 +98,9 @@ class Accountant:
         self._rates = rates
         self.ledger = ledger
         self._settling: set[asyncio.Task[None]] = set()
+        # Record ids: random per process, then a counter (urandom per record cost ~5 µs).
+        self._id_prefix = os.urandom(8).hex() + "-"
+        self._ids = itertools.count()
 
     # ---- before the upstream call --------------------------------------------------------------
 
@@ -206,7 +210,7 @@ class Accountant:
         latency_ms = (now - ticket.started) * 1000
         details = usage.details if usage is not None else {}
         record = SpendRecord(
-            id=os.urandom(12).hex(),
+            id=f"{self._id_prefix}{next(self._ids):x}",
             request_id=ticket.request.request_id,
             at=ticket.at,
             team=ticket.team,

@@ -17,6 +17,8 @@ from gateway.accounting.spool import Spool, claimed
 logger = logging.getLogger("gateway.accounting.ledger")
 
 MAX_BACKOFF = 5.0
+# Records kept in memory after sealing, to spare reading their segments back.
+MAX_KEPT_IN_MEMORY = 50_000
 
 
 class Ledger:
@@ -26,9 +28,13 @@ class Ledger:
         self._interval = flush_interval
         self._outage = False
         self._drain_lock = asyncio.Lock()
+        # What this process wrote, kept until drained so its segments need not be parsed back.
+        self._unsealed: list[SpendRecord] = []
+        self._written: dict[Path, list[SpendRecord]] = {}
 
     def record(self, record: SpendRecord) -> None:
         self.spool.append(record)
+        self._unsealed.append(record)
 
     async def run(self) -> None:
         wait = self._interval
@@ -47,8 +53,13 @@ class Ledger:
         """Seal the current segment and copy every sealed one into the database; the number of
         records written. Raises LedgerUnavailable (records kept) when the database is away."""
         async with self._drain_lock:
+            current = self.spool.current
             sealed = self.spool.seal()
             if sealed is not None:
+                if current is not None:
+                    self._written[current], self._unsealed = self._unsealed, []
+                if sum(len(kept) for kept in self._written.values()) > MAX_KEPT_IN_MEMORY:
+                    self._written.clear()  # a long outage: the files have them, read them back later
                 await asyncio.to_thread(self.spool.release, sealed)
             written = 0
             for path in self.spool.sealed():
@@ -56,7 +67,7 @@ class Ledger:
             return written
 
     def _drain_segment(self, path: Path) -> int:
-        with claimed(path) as records:
+        with claimed(path, self._written.get(path)) as records:
             if records is None:
                 return 0
             try:
@@ -74,11 +85,13 @@ class Ledger:
                     "spend ledger refused %s (%s); kept as %s for a person to look at", path, exc, aside
                 )
                 path.rename(aside)
+                self._written.pop(path, None)
                 return 0
             if self._outage:
                 logger.warning("spend ledger database is back; draining the spool")
                 self._outage = False
             path.unlink(missing_ok=True)
+            self._written.pop(path, None)
             return len(records)
 
     def report(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import date, timedelta
 
 from orjson import dumps
 
@@ -18,6 +18,9 @@ COLUMNS = (
     "reasoning_tokens", "estimated", "cost_usd", "reference_usd", "saved_usd", "latency_ms", "ttfb_ms",
     "upstream_ms", "overhead_ms", "signals", "body",
 )  # fmt: skip
+
+
+_EPOCH = date(1970, 1, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +76,7 @@ GROUPS = ("team", "route", "model", "rule", "day", "deployment", "key_id", "cach
 
 
 def row_of(record: SpendRecord) -> tuple[object, ...]:
-    day = datetime.fromtimestamp(record.at, UTC).strftime("%Y-%m-%d")
+    day = (_EPOCH + timedelta(days=int(record.at // 86_400))).isoformat()  # UTC; strftime costs 10x
     return (
         record.id, record.request_id, record.at, day, record.team, record.key_id, record.policy,
         record.route, record.rule, record.deployment, record.model, int(record.stream), record.status,

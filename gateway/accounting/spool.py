@@ -53,6 +53,11 @@ class Spool:
         os.rename(hidden, path)
         self._fd, self._path, self._written = fd, path, False
 
+    @property
+    def current(self) -> Path | None:
+        """The segment being written."""
+        return self._path
+
     def append(self, record: SpendRecord) -> None:
         os.write(self._fd, orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
         self._written = True
@@ -85,9 +90,10 @@ class Spool:
 
 
 @contextlib.contextmanager
-def claimed(path: Path) -> Iterator[list[SpendRecord] | None]:
+def claimed(path: Path, known: list[SpendRecord] | None = None) -> Iterator[list[SpendRecord] | None]:
     """The records of a sealed segment, with the segment locked so no other drainer takes it too;
-    None when another process holds it (it is still writing or draining it)."""
+    None when another process holds it (it is still writing or draining it). `known`: its records as
+    the writer still holds them, so the file need not be read back."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:  # another drainer finished it
@@ -102,6 +108,9 @@ def claimed(path: Path) -> Iterator[list[SpendRecord] | None]:
                 return
         except (BlockingIOError, FileNotFoundError):
             yield None
+            return
+        if known is not None:
+            yield known
             return
         with open(fd, "rb", closefd=False) as segment:
             yield list(_parse(path, segment.read()))
