@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 # The local sentence embedder (built once by `make embedder`, see below).
 EMBEDDER_MODEL := .gateway/models/all-minilm-l6-v2-int8.onnx
 
-.PHONY: run test install install-dev lint typecheck pytest bench clean embedder
+.PHONY: run test install install-dev lint typecheck pytest bench bench-accounting bench-ledger clean embedder
 
 run: $(VENV)/.installed-run $(EMBEDDER_MODEL)
 	$(BIN)/gateway serve
@@ -25,6 +25,17 @@ pytest: $(VENV)/.installed-dev $(EMBEDDER_MODEL)
 bench: $(VENV)/.installed-run
 	@mkdir -p artifacts
 	$(BIN)/gateway bench --json artifacts/bench.json
+
+# What accounting adds per request (target: median <= 200 us) and what the ledger sustains
+# (target: >= 5,000 records/s on SQLite and on PostgreSQL at $(POSTGRES_URL)).
+POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/test
+bench-accounting: $(VENV)/.installed-run
+	@mkdir -p artifacts
+	$(BIN)/python -m gateway.bench.accounting --json artifacts/bench-accounting.json
+
+bench-ledger: $(VENV)/.installed-run
+	@mkdir -p artifacts
+	$(BIN)/python -m gateway.bench.ledger --postgres-url $(POSTGRES_URL) --json artifacts/bench-ledger.json
 
 install: $(VENV)/.installed-run
 embedder: $(EMBEDDER_MODEL)
