@@ -5,8 +5,10 @@ The counting itself (atomic reserve and settle, in-process or in Redis) is `budg
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,20 +60,26 @@ class BudgetCheck:
     """The budget lines of one request, with where to send it when one is exhausted."""
 
     lines: tuple[BudgetLine, ...]
-    when_exhausted: dict[str, str | None]  # line key -> route
+    when_exhausted: Mapping[str, str | None]  # line key -> route
 
     @property
     def empty(self) -> bool:
         return not self.lines
 
 
+NO_BUDGETS = BudgetCheck((), MappingProxyType({}))
+
+
 def budget_lines(budgets: Budgets, team: str | None, key: str | None, now: float) -> BudgetCheck:
+    limits = budgets.limits_for(team, key)
+    if not limits:
+        return NO_BUDGETS
     moment = datetime.fromtimestamp(now, UTC)
     day = moment.strftime("%Y-%m-%d")
     month = moment.strftime("%Y-%m")
     lines: list[BudgetLine] = []
     routes: dict[str, str | None] = {}
-    for kind, name, limit in budgets.limits_for(team, key):
+    for kind, name, limit in limits:
         for period, usd, period_id, resets in (
             ("daily", limit.daily_usd, f"day:{day}", _next_day(moment)),
             ("monthly", limit.monthly_usd, f"month:{month}", _next_month(moment)),

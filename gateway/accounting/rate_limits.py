@@ -44,7 +44,12 @@ class RateCheck:
         return not (self.requests or self.tokens)
 
 
+NO_LIMITS = RateCheck((), ())
+
+
 def rate_lines(limits: RateLimits, team: str | None, key: str | None) -> RateCheck:
+    if limits.empty:
+        return NO_LIMITS
     requests: list[RateLine] = []
     tokens: list[RateLine] = []
     for kind, name, table in (("team", team, limits.teams), ("key", key, limits.keys)):
