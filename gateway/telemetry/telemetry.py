@@ -1,21 +1,25 @@
 """Traces and metrics for the gateway, owned by the app: one `Telemetry` per app, nothing global.
 
-Each `Telemetry` builds its own TracerProvider, MeterProvider and prometheus_client registry, so two
-gateways in one process (as in the tests) never see each other's spans or counts, and nothing outlives
-`shutdown()`. Metrics come from finished spend records (`observe`), off the request path; spans are opened
-by the pipeline (`start_request`) and closed with the same record (`RequestSpan.finish`).
+Each `Telemetry` builds its own tracer and meter providers and prometheus_client registry, so two gateways
+in one process (as in the tests) never see each other's spans or counts, and nothing outlives `shutdown()`.
+Metrics come from finished spend records (`observe`), off the request path; spans are opened by the
+pipeline (`start_request`) and closed with the same record (`RequestSpan.finish`).
 
-Counters are summed in `totals.Totals` and read by the SDK only when it collects (a synchronous SDK
-measurement costs ~10 µs); histogram measurements are queued by `observe` and fed to the SDK in
-batches (`run`, and before every read), off the request path. `python -m gateway.telemetry.bench`
-times both paths.
+A synchronous OpenTelemetry SDK measurement costs ~8 µs, and a record makes 14, so `observe` makes none:
+counters are summed in `totals.Totals` and read by observable counters only when a reader collects, and
+histograms are aggregated in `histograms.Histogram` and shown on /metrics by their own collector, in the
+exporter's format. Each record's cells are found once per label set (`_Series`), so `observe` is a few
+additions under one lock. Only with OTLP or extra metric readers does the SDK see histogram measurements:
+they are kept and fed to SDK histograms in batches (`run`, and before each of those readers collects), on a
+second MeterProvider that only those readers read, so that /metrics shows no histogram twice.
+`python -m gateway.telemetry.bench` times both paths.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, Literal
@@ -25,7 +29,8 @@ from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import Histogram as SdkHistogram
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -36,8 +41,9 @@ from opentelemetry.util.types import AttributeValue
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-from gateway.telemetry import names
-from gateway.telemetry.record import Attributes, FinishedRequest, error_type, present
+from gateway.telemetry import histograms, names
+from gateway.telemetry.histograms import Buckets, Histogram, HistogramCollector
+from gateway.telemetry.record import FinishedRequest, error_type, present
 from gateway.telemetry.spans import RecordingRequestSpan, RequestSpan
 from gateway.telemetry.totals import Cell, Totals
 
@@ -47,12 +53,31 @@ RejectionKind = Literal["policy", "budget", "rate_limit"]
 # them unbounded from growing the memo without end (the totals themselves are kept, see totals.py).
 _MAX_LABEL_SETS: Final = 4096
 HISTOGRAM_INTERVAL_S: Final = 0.25
+_Callback = Callable[[CallbackOptions], Iterable[Observation]]
+
+# Every counter as an instrument: name, unit, description (in the order they are created).
+_COUNTERS: Final = (
+    (names.METRIC_REQUESTS, names.UNIT_REQUEST, "Chat requests answered or failed."),
+    (names.METRIC_TOKENS, names.UNIT_TOKEN, "Tokens; cached is part of input, reasoning of output."),
+    (names.METRIC_COST, names.UNIT_USD, "Spend of priced requests."),
+    (names.METRIC_SAVINGS, names.UNIT_USD, "Saved against the policy's reference route."),
+    (names.METRIC_OVERSPEND, names.UNIT_USD, "Spent beyond the policy's reference route."),
+    (names.METRIC_CACHE_LOOKUPS, names.UNIT_LOOKUP, "Cache lookups by outcome."),
+    (
+        names.METRIC_POLICY_REJECTIONS,
+        names.UNIT_REQUEST,
+        "Policy edits rejected (the running policy stayed), by policy.",
+    ),
+    (names.METRIC_BUDGET_REJECTIONS, names.UNIT_REQUEST, "Refused by a budget."),
+    (names.METRIC_RATE_LIMIT_REJECTIONS, names.UNIT_REQUEST, "Over a rate limit."),
+)
 
 
 @dataclass(frozen=True, slots=True)
 class _Counters:
     """The totals behind every counter, sharing one lock."""
 
+    by_metric: Mapping[str, Totals]
     requests: Totals
     tokens: Totals
     cost: Totals
@@ -61,11 +86,67 @@ class _Counters:
     cache_lookups: Totals
     rejections: Mapping[str, tuple[Totals, str]]
 
+    @classmethod
+    def make(cls, lock: threading.Lock) -> _Counters:
+        totals = MappingProxyType({metric: Totals(lock) for metric, _, _ in _COUNTERS})
+        return cls(
+            by_metric=totals,
+            requests=totals[names.METRIC_REQUESTS],
+            tokens=totals[names.METRIC_TOKENS],
+            cost=totals[names.METRIC_COST],
+            savings=totals[names.METRIC_SAVINGS],
+            overspend=totals[names.METRIC_OVERSPEND],
+            cache_lookups=totals[names.METRIC_CACHE_LOOKUPS],
+            rejections=MappingProxyType(
+                {
+                    "policy": (totals[names.METRIC_POLICY_REJECTIONS], names.LABEL_POLICY),
+                    "budget": (totals[names.METRIC_BUDGET_REJECTIONS], names.LABEL_BUDGET),
+                    "rate_limit": (totals[names.METRIC_RATE_LIMIT_REJECTIONS], names.LABEL_LIMIT),
+                }
+            ),
+        )
+
+    def instrument(self, meter: Meter, first: _Callback | None = None) -> None:
+        """Makes every counter an observable counter of `meter` reading these totals; `first`, if given,
+        runs before them on every collection."""
+        for index, (metric, unit, description) in enumerate(_COUNTERS):
+            callbacks: list[_Callback] = [self.by_metric[metric].observe]
+            if first is not None and index == 0:
+                callbacks.insert(0, first)
+            meter.create_observable_counter(metric, callbacks, unit, description)
+
+
+@dataclass(frozen=True, slots=True)
+class _Histograms:
+    """Every histogram, sharing the counters' lock."""
+
+    duration: Histogram
+    ttfb: Histogram
+    overhead: Histogram
+    gen_ai_duration: Histogram
+    gen_ai_tokens: Histogram
+
+    @classmethod
+    def make(cls, lock: threading.Lock, *, export: bool) -> _Histograms:
+        def histogram(spec: histograms.HistogramSpec) -> Histogram:
+            return Histogram(spec, lock, export=export)
+
+        return cls(
+            duration=histogram(histograms.REQUEST_DURATION),
+            ttfb=histogram(histograms.TIME_TO_FIRST_BYTE),
+            overhead=histogram(histograms.OVERHEAD),
+            gen_ai_duration=histogram(histograms.GEN_AI_OPERATION_DURATION),
+            gen_ai_tokens=histogram(histograms.GEN_AI_TOKEN_USAGE),
+        )
+
+    def all(self) -> tuple[Histogram, ...]:
+        """In the order /metrics has always shown them (the order of a record's first measurements)."""
+        return (self.duration, self.ttfb, self.overhead, self.gen_ai_duration, self.gen_ai_tokens)
+
 
 @dataclass(frozen=True, slots=True)
 class _Series:
-    """Everything one record's metrics touch, made once per distinct label set and reused: the counter
-    cells to add to and the attribute sets for the histograms."""
+    """Every cell one record's metrics touch, made once per distinct label set and reused."""
 
     requests: Cell
     input_tokens: Cell
@@ -75,13 +156,15 @@ class _Series:
     cost: Cell
     savings: Cell
     overspend: Cell
-    latency: Attributes
-    gen_ai_input: Attributes
-    gen_ai_output: Attributes
-    gen_ai_duration: Attributes
+    duration: Buckets
+    ttfb: Buckets
+    overhead: Buckets
+    gen_ai_duration: Buckets
+    gen_ai_input: Buckets
+    gen_ai_output: Buckets
 
     @classmethod
-    def of(cls, record: FinishedRequest, counters: _Counters) -> _Series:
+    def of(cls, record: FinishedRequest, counters: _Counters, histograms: _Histograms) -> _Series:
         # Latency histograms leave out team: each of their series is ~20 buckets, and latency follows the
         # route and deployment, not who asked.
         spend_key = (record.route, record.team, record.deployment)
@@ -92,6 +175,7 @@ class _Series:
                 names.LABEL_DEPLOYMENT: record.deployment,
             }
         )
+        latency_key = (record.route, record.deployment, record.status, record.cache)
         latency = present(
             {
                 names.LABEL_ROUTE: record.route,
@@ -106,9 +190,15 @@ class _Series:
                 names.GEN_AI_REQUEST_MODEL: record.model,
             }
         )
+        error = error_type(record)
 
         def tokens(kind: str) -> Cell:
             return counters.tokens.cell((*spend_key, kind), {**spend, names.LABEL_TOKEN_TYPE: kind})
+
+        def token_usage(kind: str) -> Buckets:
+            return histograms.gen_ai_tokens.cell(
+                (record.model, kind), {**gen_ai, names.GEN_AI_TOKEN_TYPE: kind}
+            )
 
         return cls(
             requests=counters.requests.cell(
@@ -122,15 +212,29 @@ class _Series:
             cost=counters.cost.cell(spend_key, spend),
             savings=counters.savings.cell(spend_key, spend),
             overspend=counters.overspend.cell(spend_key, spend),
-            latency=latency,
-            gen_ai_input={**gen_ai, names.GEN_AI_TOKEN_TYPE: names.GEN_AI_TOKEN_TYPE_INPUT},
-            gen_ai_output={**gen_ai, names.GEN_AI_TOKEN_TYPE: names.GEN_AI_TOKEN_TYPE_OUTPUT},
-            gen_ai_duration=present({**gen_ai, names.ERROR_TYPE: error_type(record)}),
+            duration=histograms.duration.cell(latency_key, latency),
+            ttfb=histograms.ttfb.cell(latency_key, latency),
+            overhead=histograms.overhead.cell(latency_key, latency),
+            gen_ai_duration=histograms.gen_ai_duration.cell(
+                (record.model, error), present({**gen_ai, names.ERROR_TYPE: error})
+            ),
+            gen_ai_input=token_usage(names.GEN_AI_TOKEN_TYPE_INPUT),
+            gen_ai_output=token_usage(names.GEN_AI_TOKEN_TYPE_OUTPUT),
         )
 
 
+def _meter_provider(readers: Sequence[MetricReader], resource: Resource) -> MeterProvider:
+    # Exemplars would tie metric points to traces, which /metrics (text format 0.0.4) cannot show.
+    return MeterProvider(
+        metric_readers=readers,
+        resource=resource,
+        exemplar_filter=AlwaysOffExemplarFilter(),
+        shutdown_on_exit=False,
+    )
+
+
 class Telemetry:
-    """The app's tracer and meter providers, its instruments and its Prometheus registry.
+    """The app's tracer and meter providers, its metrics and its Prometheus registry.
 
     Prometheus text is always available (`prometheus_text`, for GET /metrics). With `otlp_endpoint`
     (the collector's base URL, e.g. http://127.0.0.1:4318) spans and metrics are also pushed over
@@ -149,26 +253,54 @@ class Telemetry:
     ) -> None:
         resource = Resource.create({SERVICE_NAME: service_name})
         base_url = otlp_endpoint.rstrip("/") if otlp_endpoint else None
-
-        self._registry = CollectorRegistry()
-        readers: list[MetricReader] = [
-            PrometheusMetricReader(scope_info_enabled=False, registry=self._registry),
-            *metric_readers,
-        ]
+        exported_readers = list(metric_readers)
         if base_url is not None:
-            readers.append(
+            exported_readers.append(
                 PeriodicExportingMetricReader(
                     OTLPMetricExporter(endpoint=f"{base_url}/v1/metrics"),
                     export_interval_millis=metric_export_interval_s * 1000,
                 )
             )
-        # Exemplars would tie metric points to traces, which /metrics (text format 0.0.4) cannot show.
-        self._meter_provider = MeterProvider(
-            metric_readers=readers,
-            resource=resource,
-            exemplar_filter=AlwaysOffExemplarFilter(),
-            shutdown_on_exit=False,
-        )
+
+        self._lock = threading.Lock()
+        self._counters = _Counters.make(self._lock)
+        self._histograms = _Histograms.make(self._lock, export=bool(exported_readers))
+        self._series: dict[tuple[object, ...], _Series] = {}
+        self._closed = False
+
+        # /metrics: the counters through the SDK and its Prometheus exporter, the histograms through ours.
+        self._registry = CollectorRegistry()
+        self._meter_providers = [
+            _meter_provider(
+                [PrometheusMetricReader(scope_info_enabled=False, registry=self._registry)], resource
+            )
+        ]
+        self._counters.instrument(self._meter_providers[0].get_meter("gateway"))
+        self._histogram_collector = HistogramCollector(self._lock, self._histograms.all())
+        self._registry.register(self._histogram_collector)
+
+        # OTLP and extra readers: the same counters, and SDK histograms fed what `observe` measured. A reader
+        # belongs to one MeterProvider, so these readers have their own.
+        self._exported: tuple[tuple[Histogram, SdkHistogram], ...] = ()
+        if exported_readers:
+            provider = _meter_provider(exported_readers, resource)
+            self._meter_providers.append(provider)
+            meter = provider.get_meter("gateway")
+            self._exported = tuple(
+                (
+                    histogram,
+                    meter.create_histogram(
+                        histogram.spec.name,
+                        histogram.spec.unit,
+                        histogram.spec.description,
+                        explicit_bucket_boundaries_advisory=histogram.spec.bounds,
+                    ),
+                )
+                for histogram in self._histograms.all()
+            )
+            # Every collection by these readers runs the first counter's callbacks first, so it feeds the
+            # histograms what was measured since the last batch before they are read.
+            self._counters.instrument(meter, self._feed_histograms)
 
         self._tracer_provider: TracerProvider | None = None
         self._tracer: trace.Tracer | None = None
@@ -183,88 +315,10 @@ class Telemetry:
             self._tracer = self._tracer_provider.get_tracer("gateway")
         self._idle_span = RequestSpan()
         self._propagator = TraceContextTextMapPropagator()
-        self._series: dict[tuple[object, ...], _Series] = {}
-        self._lock = threading.Lock()
-        self._unrecorded: list[tuple[FinishedRequest, _Series]] = []
-        self._closed = False
-        self._create_instruments()
 
     def _feed_histograms(self, options: CallbackOptions) -> Iterable[Observation]:
         self.record_histograms()
         return ()
-
-    def _create_instruments(self) -> None:
-        self._counters_made = False
-        meter = self._meter_provider.get_meter("gateway")
-        self._gen_ai_tokens = meter.create_histogram(
-            names.METRIC_GEN_AI_TOKEN_USAGE, names.UNIT_TOKEN, "Number of input and output tokens used.",
-            explicit_bucket_boundaries_advisory=names.GEN_AI_TOKEN_BUCKETS,
-        )  # fmt: skip
-        self._gen_ai_duration = meter.create_histogram(
-            names.METRIC_GEN_AI_OPERATION_DURATION, names.UNIT_SECONDS, "GenAI operation duration.",
-            explicit_bucket_boundaries_advisory=names.GEN_AI_DURATION_BUCKETS_S,
-        )  # fmt: skip
-        self._duration = meter.create_histogram(
-            names.METRIC_REQUEST_DURATION, names.UNIT_SECONDS, "Whole request, arrival to last byte.",
-            explicit_bucket_boundaries_advisory=names.LATENCY_BUCKETS_S,
-        )  # fmt: skip
-        self._ttfb = meter.create_histogram(
-            names.METRIC_TIME_TO_FIRST_BYTE, names.UNIT_SECONDS, "Arrival to the first byte sent back.",
-            explicit_bucket_boundaries_advisory=names.LATENCY_BUCKETS_S,
-        )  # fmt: skip
-        self._overhead = meter.create_histogram(
-            names.METRIC_OVERHEAD, names.UNIT_SECONDS, "The gateway's own share: total minus upstream time.",
-            explicit_bucket_boundaries_advisory=names.OVERHEAD_BUCKETS_S,
-        )  # fmt: skip
-
-        def counter(name: str, unit: str, description: str) -> Totals:
-            totals = Totals(self._lock)
-            # Every collection (any reader: Prometheus, OTLP, a test's) runs this counter's
-            # callbacks first, so it feeds the queued histogram measurements in before they are read.
-            callbacks = [totals.observe] if self._counters_made else [self._feed_histograms, totals.observe]
-            self._counters_made = True
-            meter.create_observable_counter(name, callbacks, unit, description)
-            return totals
-
-        self._counters = _Counters(
-            requests=counter(names.METRIC_REQUESTS, names.UNIT_REQUEST, "Chat requests answered or failed."),
-            tokens=counter(
-                names.METRIC_TOKENS, names.UNIT_TOKEN, "Tokens; cached is part of input, reasoning of output."
-            ),
-            cost=counter(names.METRIC_COST, names.UNIT_USD, "Spend of priced requests."),
-            savings=counter(
-                names.METRIC_SAVINGS, names.UNIT_USD, "Saved against the policy's reference route."
-            ),
-            overspend=counter(
-                names.METRIC_OVERSPEND, names.UNIT_USD, "Spent beyond the policy's reference route."
-            ),
-            cache_lookups=counter(names.METRIC_CACHE_LOOKUPS, names.UNIT_LOOKUP, "Cache lookups by outcome."),
-            rejections=MappingProxyType(
-                {
-                    kind: (counter(metric, names.UNIT_REQUEST, description), label)
-                    for kind, metric, label, description in (
-                        (
-                            "policy",
-                            names.METRIC_POLICY_REJECTIONS,
-                            names.LABEL_POLICY,
-                            "Policy edits rejected (the running policy stayed), by policy.",
-                        ),
-                        (
-                            "budget",
-                            names.METRIC_BUDGET_REJECTIONS,
-                            names.LABEL_BUDGET,
-                            "Refused by a budget.",
-                        ),
-                        (
-                            "rate_limit",
-                            names.METRIC_RATE_LIMIT_REJECTIONS,
-                            names.LABEL_LIMIT,
-                            "Over a rate limit.",
-                        ),
-                    )
-                }
-            ),
-        )
 
     def start_request(
         self,
@@ -308,28 +362,31 @@ class Telemetry:
                     series.savings.value += saved
                 else:
                     series.overspend.value -= saved
-            # Histograms cost ~10 µs per measurement in the SDK: recorded in batches, off the request.
-            self._unrecorded.append((record, series))
-
-    def record_histograms(self) -> None:
-        """Feed the histograms what `observe` queued; runs every `HISTOGRAM_INTERVAL_S` (`run`) and
-        before every read of the metrics."""
-        with self._lock:
-            queued, self._unrecorded = self._unrecorded, []
-        for record, series in queued:
-            self._duration.record(record.latency_ms / 1000.0, series.latency)
+            series.duration.record(record.latency_ms / 1000.0)
             if record.ttfb_ms is not None:
-                self._ttfb.record(record.ttfb_ms / 1000.0, series.latency)
+                series.ttfb.record(record.ttfb_ms / 1000.0)
             if record.overhead_ms is not None:
-                self._overhead.record(max(record.overhead_ms, 0.0) / 1000.0, series.latency)
+                series.overhead.record(max(record.overhead_ms, 0.0) / 1000.0)
             # The GenAI metrics describe calls to a model, so cache hits and rejections add nothing to them.
             if record.upstream_ms is not None:
-                self._gen_ai_duration.record(record.upstream_ms / 1000.0, series.gen_ai_duration)
+                series.gen_ai_duration.record(record.upstream_ms / 1000.0)
                 if record.status < 400:
-                    self._gen_ai_tokens.record(record.prompt_tokens, series.gen_ai_input)
-                    self._gen_ai_tokens.record(record.completion_tokens, series.gen_ai_output)
+                    series.gen_ai_input.record(record.prompt_tokens)
+                    series.gen_ai_output.record(record.completion_tokens)
+
+    def record_histograms(self) -> None:
+        """Feeds the SDK histograms of OTLP and extra readers what `observe` measured since the last call
+        (~8 µs a measurement, so in batches: every `HISTOGRAM_INTERVAL_S` in `run`, and before each of those
+        readers collects). Without such readers it does nothing: /metrics needs no feeding."""
+        for histogram, instrument in self._exported:
+            for attributes, values in histogram.take_unexported():
+                for value in values:
+                    instrument.record(value, attributes)
 
     async def run(self) -> None:
+        """`record_histograms` every `HISTOGRAM_INTERVAL_S`; returns at once when it has nothing to do."""
+        if not self._exported:
+            return
         while True:
             await asyncio.sleep(HISTOGRAM_INTERVAL_S)
             self.record_histograms()
@@ -348,7 +405,7 @@ class Telemetry:
         if series is None:
             if len(self._series) >= _MAX_LABEL_SETS:
                 self._series.clear()
-            series = self._series[key] = _Series.of(record, self._counters)
+            series = self._series[key] = _Series.of(record, self._counters, self._histograms)
         return series
 
     def count_cache_lookup(self, outcome: Literal["miss", "exact", "semantic"], route: str | None) -> None:
@@ -364,7 +421,6 @@ class Telemetry:
 
     def prometheus_text(self) -> tuple[bytes, str]:
         """The body and content type for GET /metrics (Prometheus text format 0.0.4)."""
-        self.record_histograms()
         return generate_latest(self._registry), CONTENT_TYPE_PLAIN_0_0_4
 
     def force_flush(self, timeout_s: float = 10.0) -> None:
@@ -372,18 +428,21 @@ class Telemetry:
         self.record_histograms()
         if self._tracer_provider is not None:
             self._tracer_provider.force_flush(int(timeout_s * 1000))
-        self._meter_provider.force_flush(timeout_s * 1000)
+        for provider in self._meter_providers:
+            provider.force_flush(timeout_s * 1000)
 
     def shutdown(self) -> None:
-        """Flushes and stops both providers (a final OTLP export, the Prometheus collector unregistered).
-        Blocks for up to the exporters' timeouts; from async code use `aclose`. A second call does nothing."""
+        """Flushes and stops every provider (a final OTLP export, /metrics emptied). Blocks for up to the
+        exporters' timeouts; from async code use `aclose`. A second call does nothing."""
         if self._closed:
             return
         self._closed = True
+        self._registry.unregister(self._histogram_collector)
         self.record_histograms()
         if self._tracer_provider is not None:
             self._tracer_provider.shutdown()
-        self._meter_provider.shutdown()
+        for provider in self._meter_providers:
+            provider.shutdown()
 
     async def aclose(self) -> None:
         """`shutdown` in a worker thread, so that a slow collector does not stall the event loop."""

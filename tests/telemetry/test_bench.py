@@ -17,6 +17,8 @@ def test_bench_prints_and_writes_its_figures(tmp_path: Path, capsys: pytest.Capt
     figures = json.loads(out.read_text())
     assert [result["case"] for result in figures["results"]] == [
         "observe(record)",
+        "observe(record), extra metric reader",
+        "deferred SDK histogram feed, extra metric reader",
         "request span + 3 children, tracing off",
         "request span + 3 children, span exporter",
     ]
