@@ -71,6 +71,8 @@ class Ticket:
     upstream_span: ChildSpan | None = None
     # Counted once (for a tokens-per-minute limit or a budget), then reused.
     prompt_tokens: int | None = None
+    # Priced once when the answer came with its usage (the cost headers), reused by the record.
+    spend: Spend | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +204,8 @@ class Accountant:
         if ticket.record is not None:
             return ticket.record
         now = time.perf_counter()
-        spend = None
-        if ticket.deployment is not None:
+        spend = ticket.spend
+        if spend is None and ticket.deployment is not None:
             spend = self.spend(ticket.policy, ticket.route, ticket.deployment, usage)
         deployment = self.prices.deployment(ticket.deployment) if ticket.deployment else None
         upstream_ms = ticket.upstream_seconds * 1000 if ticket.upstream_seconds is not None else None

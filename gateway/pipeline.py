@@ -174,7 +174,7 @@ class ChatPipeline:
             ticket.upstream_seconds = answer.upstream_seconds
             answer.ticket = ticket
             if accountant is not None and answer.completion is not None:
-                answer.spend = accountant.spend(
+                answer.spend = ticket.spend = accountant.spend(
                     routing.policy.policy, answer.route, answer.deployment, answer.completion.usage
                 )
             return answer

@@ -33,12 +33,8 @@ from urllib.parse import urlsplit
 import psycopg
 
 from gateway.accounting.ledger import Ledger
-from gateway.accounting.ledger_store import (
-    LedgerStore,
-    LedgerUnavailable,
-    PostgresLedgerStore,
-    SqliteLedgerStore,
-)
+from gateway.accounting.ledger_postgres import PostgresLedgerStore
+from gateway.accounting.ledger_store import LedgerStore, LedgerUnavailable, SqliteLedgerStore
 from gateway.accounting.record import SpendRecord
 from gateway.accounting.spool import Spool
 

@@ -26,8 +26,6 @@ from typing import Final, Literal
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.metrics import Histogram as SdkHistogram
@@ -255,6 +253,9 @@ class Telemetry:
         base_url = otlp_endpoint.rstrip("/") if otlp_endpoint else None
         exported_readers = list(metric_readers)
         if base_url is not None:
+            # The OTLP exporters (protobuf) cost ~12 MB: loaded only when a collector is configured.
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
             exported_readers.append(
                 PeriodicExportingMetricReader(
                     OTLPMetricExporter(endpoint=f"{base_url}/v1/metrics"),
@@ -309,6 +310,8 @@ class Telemetry:
             if span_exporter is not None:
                 self._tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
             if base_url is not None:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
                 self._tracer_provider.add_span_processor(
                     BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{base_url}/v1/traces"))
                 )

@@ -19,7 +19,8 @@ import psycopg
 import pytest
 
 from gateway.accounting.ledger import Ledger
-from gateway.accounting.ledger_store import LedgerUnavailable, PostgresLedgerStore, SqliteLedgerStore
+from gateway.accounting.ledger_postgres import PostgresLedgerStore
+from gateway.accounting.ledger_store import LedgerUnavailable, SqliteLedgerStore
 from gateway.accounting.record import SpendRecord
 from gateway.accounting.spool import Spool, claimed
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream

@@ -16,7 +16,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from gateway.accounting.ledger_store import LedgerStore, PostgresLedgerStore, SqliteLedgerStore
+from gateway.accounting.ledger_postgres import PostgresLedgerStore
+from gateway.accounting.ledger_store import LedgerStore, SqliteLedgerStore
 from gateway.accounting.record import SpendRecord
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"

@@ -1,0 +1,109 @@
+"""The spend ledger on PostgreSQL (`GATEWAY_DATABASE_URL=postgresql://…`): the same table, migrations
+and report as SQLite (`ledger_store`), through psycopg 3, imported only when a PostgreSQL ledger is
+configured."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from gateway.accounting.ledger_schema import MIGRATIONS, insert_sql, report_sql, row_of
+from gateway.accounting.ledger_store import (
+    MIGRATIONS_TABLE,
+    LedgerRejected,
+    LedgerUnavailable,
+    conditions,
+    report_rows,
+)
+from gateway.accounting.record import SpendRecord
+
+
+class PostgresLedgerStore:
+    """Keeps one connection (autocommit; writes in explicit transactions) and reconnects after an
+    outage: a call that fails raises LedgerUnavailable and the next one tries a fresh connection."""
+
+    CONNECT_TIMEOUT = 3
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._migrated = False
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        """Connected and migrated; a database that is down at start-up is no reason not to serve."""
+        if self._conn is None or self._conn.closed:
+            try:
+                conn = psycopg.connect(self._url, connect_timeout=self.CONNECT_TIMEOUT, autocommit=True)
+            except psycopg.OperationalError as exc:
+                raise LedgerUnavailable(f"PostgreSQL: {exc}".strip()) from exc
+            try:
+                if not self._migrated:
+                    self._migrate(conn)
+                    self._migrated = True
+            except BaseException as exc:
+                conn.close()  # never keep a connection whose migration did not happen
+                if isinstance(exc, psycopg.Error):
+                    raise LedgerUnavailable(f"PostgreSQL migration: {exc}".strip()) from exc
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction():
+            # Replicas starting together: one migrates, the others wait, then find nothing to do.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('gateway ledger migrations'))")
+            conn.execute(MIGRATIONS_TABLE)
+            done = {row[0] for row in conn.execute("SELECT version FROM ledger_migrations")}
+            for migration in MIGRATIONS:
+                if migration.version not in done:
+                    conn.execute(migration.postgres)
+                    conn.execute(
+                        "INSERT INTO ledger_migrations VALUES (%s, %s, %s)",
+                        (migration.version, migration.description, time.time()),
+                    )
+
+    def _run(self, work: Any) -> Any:
+        with self._lock:
+            conn = self._connection()
+            try:
+                return work(conn)
+            except psycopg.OperationalError as exc:
+                conn.close()
+                raise LedgerUnavailable(f"PostgreSQL: {exc}".strip()) from exc
+            except psycopg.DataError as exc:
+                raise LedgerRejected(f"PostgreSQL: {exc}".strip()) from exc
+
+    def insert(self, records: Sequence[SpendRecord]) -> None:
+        rows = [row_of(record) for record in records]
+
+        def write(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction(), conn.cursor() as cursor:
+                cursor.executemany(insert_sql("%s"), rows)
+
+        self._run(write)
+
+    def report(
+        self,
+        group_by: Sequence[str],
+        since: float | None = None,
+        until: float | None = None,
+        team: str | None = None,
+    ) -> list[dict[str, Any]]:
+        sql = report_sql(
+            group_by, "%s", since=since is not None, until=until is not None, team=team is not None
+        )
+        rows = self._run(lambda conn: conn.execute(sql, conditions(since, until, team)).fetchall())
+        return report_rows(group_by, rows)
+
+    def schema_version(self) -> int:
+        row = self._run(lambda conn: conn.execute("SELECT MAX(version) FROM ledger_migrations").fetchone())
+        return int(row[0] or 0)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
