@@ -9,6 +9,7 @@ writes what comes back and calls `finish`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -28,6 +29,8 @@ from gateway.routing.executor import Outcome, RouteExecutor
 from gateway.routing.shadow import ShadowCopies
 from gateway.telemetry.names import SPAN_POLICY, SPAN_UPSTREAM
 
+# nginx's status for a request whose client closed the connection before the answer was complete.
+CLIENT_CLOSED = 499
 # The rule reported for requests that named a route or deployment themselves.
 EXPLICIT_RULE = "explicit"
 
@@ -185,6 +188,15 @@ class ChatPipeline:
             status = error.status
             if accountant is not None:
                 accountant.account(ticket, status=status, error=error.code or error.error_type)
+                accountant.settle_later(ticket)
+            raise
+        except (asyncio.CancelledError, Exception) as failure:
+            # The client left during the call (cancelled), or a bug: still recorded, and the budget
+            # reservation released, or it would stay held until the period ends.
+            status = CLIENT_CLOSED if isinstance(failure, asyncio.CancelledError) else 500
+            if accountant is not None:
+                reason = "client_disconnected" if status == CLIENT_CLOSED else "internal_error"
+                accountant.account(ticket, status=status, error=reason)
                 accountant.settle_later(ticket)
             raise
         finally:

@@ -223,6 +223,29 @@ def test_an_exhausted_budget_gets_a_429_naming_it_and_free_routes_still_answer(
     assert free.status_code == 200 and free.headers["x-gateway-route"] == "local"
 
 
+def test_a_client_that_leaves_mid_call_releases_its_reservation(
+    upstreams: Callable[..., FakeOpenAIUpstream],
+    gateway: Callable[..., RunningGateway],
+    bg: BackgroundLoop,
+    tmp_path: Path,
+) -> None:
+    upstream = upstreams(Behaviour(content="one two three four five six seven eight nine ten"))
+    upstream.script(Behaviour(latency=3.0))  # the first call is slow: its client gives up
+    # Room for one worst case (~$0.13) only: a reservation that leaked would refuse the next request.
+    gw = gateway(budgeted(upstream, daily_usd=0.15), api_keys=[CLIENT_KEY], state_dir=tmp_path / "state")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{gw.base_url}/chat/completions",
+            json={"model": "auto", "messages": MESSAGES, "max_tokens": 10},
+            headers={"authorization": f"Bearer {CLIENT_KEY}"},
+            timeout=0.5,
+        )
+    time.sleep(0.5)  # the gateway notices the disconnect, cancels the call and settles
+    assert ask(gw).status_code == 200
+    rows = ledger_rows(gw, bg, tmp_path / "state")
+    assert [(row["status"], row["error"]) for row in rows] == [(499, "client_disconnected"), (200, None)]
+
+
 def test_a_policy_can_send_a_team_over_budget_to_a_free_route(
     upstreams: Callable[..., FakeOpenAIUpstream], gateway: Callable[..., RunningGateway]
 ) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from gateway.accounting.auth import Authenticator
 from gateway.api.http import caller_of, header_value, request_id_of, send_error
 from gateway.errors import BodyTooLarge, GatewayError, InvalidRequest
-from gateway.pipeline import Answer, Caller, ChatPipeline
+from gateway.pipeline import CLIENT_CLOSED, Answer, Caller, ChatPipeline
 from gateway.providers.base import ChatRequest
 from gateway.wire import parse_chat_request
 
@@ -34,8 +34,6 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _DONE = b"data: [DONE]\n\n"
-# nginx's status for a request whose client closed the connection before the answer was complete.
-CLIENT_CLOSED = 499
 
 
 class ChatCompletionsEndpoint:
