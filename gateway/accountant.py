@@ -31,7 +31,7 @@ from gateway.accounting.budgets import (
     worst_case_nano,
 )
 from gateway.accounting.ledger import Ledger
-from gateway.accounting.pricing import PriceBook, Spend, TokenPrice, per_million, spend_of
+from gateway.accounting.pricing import FREE, PriceBook, Spend, TokenPrice, per_million, spend_of
 from gateway.accounting.rate_counters import RateCounters
 from gateway.accounting.rate_limits import RateCheck, rate_lines
 from gateway.accounting.record import CacheOutcome, SpendRecord
@@ -177,12 +177,18 @@ class Accountant:
         return _route_price(policy, route) or self.prices.price_of(deployment)
 
     def spend(
-        self, policy: Policy | None, route: str | None, deployment: str, usage: Usage | None
+        self,
+        policy: Policy | None,
+        route: str | None,
+        deployment: str | None,
+        usage: Usage | None,
+        cache: CacheOutcome = "miss",
     ) -> Spend | None:
-        """The cost at the answering route's price, and at the policy's reference route's."""
+        """The cost at the answering route's price, and at the policy's reference route's. An answer
+        from the cache cost nothing; what it saved is what the reference route charges for its tokens."""
         if usage is None:
             return None
-        price = self.spend_price(policy, route, deployment)
+        price = FREE if cache != "miss" else self.spend_price(policy, route, deployment or "")
         reference = None
         if policy is not None and policy.reference_route is not None:
             spec = policy.routes[policy.reference_route]
@@ -205,8 +211,8 @@ class Accountant:
             return ticket.record
         now = time.perf_counter()
         spend = ticket.spend
-        if spend is None and ticket.deployment is not None:
-            spend = self.spend(ticket.policy, ticket.route, ticket.deployment, usage)
+        if spend is None and (ticket.deployment is not None or ticket.cache != "miss"):
+            spend = self.spend(ticket.policy, ticket.route, ticket.deployment, usage, ticket.cache)
         deployment = self.prices.deployment(ticket.deployment) if ticket.deployment else None
         upstream_ms = ticket.upstream_seconds * 1000 if ticket.upstream_seconds is not None else None
         latency_ms = (now - ticket.started) * 1000

@@ -17,10 +17,21 @@ import openai
 import orjson
 import pytest
 
+from gateway.accountant import Accountant, Ticket
+from gateway.accounting.budget_counters import InProcessBudgetCounters
+from gateway.accounting.ledger import Ledger
+from gateway.accounting.ledger_store import SqliteLedgerStore
+from gateway.accounting.pricing import PriceBook
+from gateway.accounting.rate_counters import InProcessRateCounters
+from gateway.accounting.spool import Spool
+from gateway.config import Deployment
 from gateway.fakes.anthropic_upstream import AnthropicBehaviour, FakeAnthropicUpstream
 from gateway.fakes.background import BackgroundLoop
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
+from gateway.policy.schema import Policy
+from gateway.providers.base import ChatRequest, Usage
+from gateway.tokens import TokenCounter
 from tests.conftest import RunningGateway, openai_deployment
 from tests.gateway_process import start_gateway, write_spec
 
@@ -442,3 +453,36 @@ def test_a_policy_can_log_bodies_redacted_for_plain_and_streamed_answers(
         }
     stored = (tmp_path / "state" / "ledger.sqlite").read_bytes()
     assert b"ana@example.com" not in stored and b"AbCdEf0123456789" not in stored
+
+
+# ---- cached answers ------------------------------------------------------------------------------
+
+
+def test_a_cached_answer_is_recorded_at_zero_with_its_saving(tmp_path: Path, bg: BackgroundLoop) -> None:
+    """The cache (issue 5) marks its hits on the ticket; the accountant prices them at $0 and counts
+    what the reference route would have charged as saved."""
+    deployments = {"big": Deployment.model_validate({"provider": "openai", "model": "x", "price": PRICE})}
+    policy = Policy.model_validate(
+        {
+            "routes": {"frontier": {"deployments": ["big"]}},
+            "default_route": "frontier",
+            "reference_route": "frontier",
+        }
+    )
+    ledger = Ledger(Spool(tmp_path / "spool"), SqliteLedgerStore(tmp_path / "ledger.sqlite"))
+    accountant = Accountant(
+        PriceBook(deployments, {}), TokenCounter(), InProcessBudgetCounters(), InProcessRateCounters(), ledger
+    )
+    request = ChatRequest(body={"model": "auto", "messages": MESSAGES}, request_id="r1")
+    ticket = Ticket(
+        request, "search", None, time.time(), time.perf_counter(), policy=policy, route="frontier"
+    )
+    ticket.cache = "semantic"
+    record = accountant.account(ticket, status=200, usage=Usage(12, 10, 22))
+    assert record.cache == "semantic"
+    assert record.cost_usd == 0.0
+    assert record.reference_usd == pytest.approx((12 * 1000 + 10 * 10000) / 1e6)
+    assert record.saved_usd == record.reference_usd
+    bg.run(accountant.aclose())
+    (row,) = read_ledger(tmp_path / "ledger.sqlite")
+    assert (row["cache"], row["cost_usd"], row["saved_usd"]) == ("semantic", 0.0, pytest.approx(0.112))
