@@ -62,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway.accounting.ledger_store import check_database_url
     from gateway.app import create_app
     from gateway.policy.compile import PolicyError, load_policy
     from gateway.policy.signals import load_signal_tools
@@ -78,8 +79,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         deployments = load_config(settings.config).deployments
         check_exposure(settings.host, has_keys=has_any_key(settings))
+        check_database_url(settings.database_url)
         load_policy(settings.policy, deployments, load_signal_tools(TokenCounter(), settings.embedder_path))
-    except (ConfigError, StartupError) as exc:
+    except (ConfigError, StartupError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 1
     except PolicyError as exc:

@@ -137,7 +137,10 @@ class Runtime:
 
     async def _accountant(self, prices: PriceBook, tokens: TokenCounter) -> Accountant:
         settings = self.settings
-        store = open_ledger_store(settings.database_url, settings.state_dir)
+        try:
+            store = open_ledger_store(settings.database_url, settings.state_dir)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from exc
         ledger = Ledger(Spool(settings.state_dir / "spool"), store)
         # Whatever a previous run left in the spool (a crash, a database outage) goes in first.
         try:

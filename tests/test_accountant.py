@@ -32,7 +32,7 @@ from gateway.fakes.script import Behaviour
 from gateway.policy.schema import Policy
 from gateway.providers.base import ChatRequest, Usage
 from gateway.tokens import TokenCounter
-from tests.conftest import RunningGateway, openai_deployment
+from tests.conftest import RunningGateway, free_port, openai_deployment
 from tests.gateway_process import start_gateway, write_spec
 
 ANTHROPIC_KEY = "sk-ant-test-0123456789"
@@ -331,6 +331,21 @@ def test_two_replicas_sharing_redis_hold_a_budget_under_200_concurrent_requests(
     assert spent > 0.8, "the budget should be nearly used, not refused early"
     assert statuses.count(429) > 0
     assert {row["error"] for row in rows if row["status"] == 429} == {"budget_exceeded"}
+
+
+def test_with_redis_unreachable_requests_are_still_served_and_recorded(
+    upstreams: Callable[..., FakeOpenAIUpstream],
+    gateway: Callable[..., RunningGateway],
+    bg: BackgroundLoop,
+    tmp_path: Path,
+) -> None:
+    """Budgets and limits fail open (and say so in the log) rather than stopping all traffic."""
+    spec = budgeted(upstreams(), daily_usd=1.0)
+    spec["rate_limits"] = {"teams": {"*": {"requests_per_minute": 100}}}
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    gw = gateway(spec, api_keys=[CLIENT_KEY], redis_url=dead, state_dir=tmp_path / "state")
+    assert [ask(gw).status_code for _ in range(2)] == [200, 200]
+    assert [row["status"] for row in ledger_rows(gw, bg, tmp_path / "state")] == [200, 200]
 
 
 # ---- rate limits ---------------------------------------------------------------------------------

@@ -72,3 +72,25 @@ def test_serve_answers_and_exits_cleanly_on_sigterm(
         if process.stderr:
             process.stderr.close()
     assert "Traceback" not in stderr
+
+
+def test_serve_refuses_a_database_url_it_cannot_use(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "GATEWAY_MANAGE_LOCAL_MODEL": "false",
+        "GATEWAY_STATE_DIR": str(tmp_path / "state"),
+        "GATEWAY_DATABASE_URL": "mysql://db/ledger",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert (
+        "GATEWAY_DATABASE_URL must be postgresql://… or sqlite:///path, not 'mysql://db/ledger'"
+        in result.stderr
+    )
+    assert "Traceback" not in result.stderr

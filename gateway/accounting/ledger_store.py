@@ -54,16 +54,21 @@ class LedgerStore(Protocol):
     def close(self) -> None: ...
 
 
+def check_database_url(database_url: str | None) -> None:
+    """Raises ValueError, saying what is expected, for a URL the ledger cannot use."""
+    if database_url and not database_url.startswith(("postgres://", "postgresql://", "sqlite:///")):
+        raise ValueError(
+            f"GATEWAY_DATABASE_URL must be postgresql://… or sqlite:///path, not {database_url!r}"
+        )
+
+
 def open_ledger_store(database_url: str | None, state_dir: Path) -> LedgerStore:
+    check_database_url(database_url)
     if database_url and database_url.startswith(("postgres://", "postgresql://")):
         # psycopg costs ~20 MB and only a PostgreSQL ledger needs it.
         from gateway.accounting.ledger_postgres import PostgresLedgerStore
 
         return PostgresLedgerStore(database_url)
-    if database_url and not database_url.startswith("sqlite:///"):
-        raise ValueError(
-            f"GATEWAY_DATABASE_URL must be postgresql://… or sqlite:///path, not {database_url!r}"
-        )
     path = Path(database_url.removeprefix("sqlite:///")) if database_url else state_dir / "ledger.sqlite"
     return SqliteLedgerStore(path)
 
