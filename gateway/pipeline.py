@@ -16,6 +16,10 @@ from typing import Any
 
 from gateway.accountant import Accountant, Reroute, Ticket
 from gateway.accounting.pricing import Spend
+from gateway.cache.answer_cache import AnswerCache
+from gateway.cache.keys import CacheKeys
+from gateway.cache.replay import ReplayStream
+from gateway.cache.store import CachedAnswer
 from gateway.errors import BudgetExceeded, GatewayError
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.decide import Decision, decide
@@ -23,7 +27,7 @@ from gateway.policy.records import DecisionLog, DecisionRecord
 from gateway.policy.schema import Overrides, Policy
 from gateway.policy.signals import RequestFacts
 from gateway.policy.store import PolicyStore
-from gateway.providers.base import ChatRequest, ChatStream, Completion, Deadline
+from gateway.providers.base import ChatRequest, ChatStream, Completion, Deadline, Usage
 from gateway.routing.catalog import AUTO, Catalog, Target
 from gateway.routing.executor import Outcome, RouteExecutor
 from gateway.routing.shadow import ShadowCopies
@@ -45,6 +49,8 @@ class Caller:
     tags: tuple[str, ...] = ()
     # The client's W3C `traceparent`: the gateway's spans join the client's trace.
     traceparent: str | None = None
+    # `Cache-Control: no-cache`: answer from the upstream, whatever the policy says.
+    no_cache: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +73,8 @@ class Answer:
     # Known for answers whose usage came with them (not streams: their usage comes at the end).
     spend: Spend | None = None
     ticket: Ticket | None = None
+    # miss / exact when the rule caches, None when the cache was not asked.
+    cache: str | None = None
 
     @property
     def log_bodies(self) -> bool:
@@ -85,8 +93,10 @@ class ChatPipeline:
         records: DecisionLog | None = None,
         shadows: ShadowCopies | None = None,
         accountant: Accountant | None = None,
+        cache: AnswerCache | None = None,
     ) -> None:
         self.accountant = accountant
+        self.cache = cache
         self.catalog = catalog
         self.policies = policies
         self._records = records
@@ -161,6 +171,11 @@ class ChatPipeline:
             else:
                 routing = self.route(request, caller)
             _fill(ticket, routing)
+            keys = self._cache_keys(request, caller, routing)
+            if keys is not None:
+                hit = await self._lookup(keys, routing)
+                if hit is not None:
+                    return self._from_cache(request, routing, ticket, hit)
             if accountant is not None:
                 reroute = await self._reserve(ticket, routing)
                 if reroute is not None:
@@ -176,6 +191,13 @@ class ChatPipeline:
             ticket.route, ticket.deployment = answer.route, answer.deployment
             ticket.upstream_seconds = answer.upstream_seconds
             answer.ticket = ticket
+            if keys is not None:
+                answer.cache = "miss"
+                directive = routing.decision.cache if routing.decision is not None else None
+                if answer.completion is not None and directive is not None and self.cache is not None:
+                    await self.cache.remember(
+                        keys, directive, answer.completion, answer.route, answer.deployment
+                    )
             if accountant is not None and answer.completion is not None:
                 answer.spend = ticket.spend = accountant.spend(
                     routing.policy.policy, answer.route, answer.deployment, answer.completion.usage
@@ -208,6 +230,40 @@ class ChatPipeline:
                         decision.route, deployment, status, latency_ms, decision.signals,
                     )
                 )  # fmt: skip
+
+    def _cache_keys(self, request: ChatRequest, caller: Caller, routing: Routing) -> CacheKeys | None:
+        if self.cache is None or routing.decision is None:
+            return None
+        directive = routing.decision.cache
+        return self.cache.keys(request.body, directive, caller.team, routing.target.route, caller.no_cache)
+
+    async def _lookup(self, keys: CacheKeys, routing: Routing) -> CachedAnswer | None:
+        assert self.cache is not None
+        hit = await self.cache.lookup(keys)
+        telemetry = self.accountant.telemetry if self.accountant is not None else None
+        if telemetry is not None:
+            telemetry.count_cache_lookup("exact" if hit is not None else "miss", routing.target.route)
+        return hit
+
+    def _from_cache(
+        self, request: ChatRequest, routing: Routing, ticket: Ticket, hit: CachedAnswer
+    ) -> Answer:
+        """The cached answer, as a body or replayed as a stream; it costs nothing."""
+        ticket.cache = "exact"
+        ticket.route, ticket.deployment = routing.target.route, hit.deployment
+        usage = Usage(hit.prompt_tokens, hit.completion_tokens, hit.prompt_tokens + hit.completion_tokens)
+        answer = Answer(
+            routing.target.route, hit.deployment, routing.rule, None, 0.0, cache="exact", ticket=ticket
+        )
+        if request.stream:
+            answer.stream = ReplayStream(hit.body, request.include_usage)
+        else:
+            answer.completion = Completion(hit.body, usage, 0.0)
+            if self.accountant is not None:
+                answer.spend = ticket.spend = self.accountant.spend(
+                    routing.policy.policy, routing.target.route, hit.deployment, usage, "exact"
+                )
+        return answer
 
     async def _reserve(self, ticket: Ticket, routing: Routing) -> Reroute | None:
         accountant = self.accountant

@@ -23,6 +23,8 @@ from gateway.accounting.pricing import PriceBook, load_price_map
 from gateway.accounting.rate_counters import InProcessRateCounters, RateCounters, RedisRateCounters
 from gateway.accounting.spool import Spool
 from gateway.api.chat import ChatCompletionsEndpoint
+from gateway.cache.answer_cache import AnswerCache
+from gateway.cache.store import InProcessCacheStore
 from gateway.config import GatewayConfig, load_config
 from gateway.pipeline import ChatPipeline
 from gateway.policy.compile import PolicyError
@@ -126,6 +128,7 @@ class Runtime:
             self.records,
             self.shadows,
             self.accountant,
+            AnswerCache(InProcessCacheStore(settings.cache_max_entries)),
         )
         self.chat = ChatCompletionsEndpoint(self.pipeline, self.auth, settings.max_body_bytes)
         if settings.policy_reload_interval > 0:

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     redis_prefix: str = "gw:"
     # An OpenTelemetry collector (OTLP over HTTP, e.g. http://127.0.0.1:4318) for traces and metrics.
     otlp_endpoint: str | None = None
+    # Answers the cache keeps (least recently used go first), across all namespaces.
+    cache_max_entries: int = 10_000
     max_body_bytes: int = 4 * 1024 * 1024
     # The overall deadline of one request, retries and fallbacks included.
     request_timeout: float = 600.0

@@ -180,6 +180,8 @@ def _routing_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
     ]
     if answer.fallback:
         headers.append((b"x-gateway-fallback", _header_safe(answer.fallback)))
+    if answer.cache is not None:
+        headers.append((b"x-gateway-cache", answer.cache.encode()))
     return headers
 
 

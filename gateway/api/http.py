@@ -59,4 +59,12 @@ def caller_of(scope: MutableMapping[str, Any], principal: Principal) -> Caller:
         role=principal.role,
         tags=tuple(tag.strip() for tag in tags.split(",") if tag.strip()) if tags else (),
         traceparent=header_value(scope, b"traceparent"),
+        no_cache=_no_cache(header_value(scope, b"cache-control")),
     )
+
+
+def _no_cache(cache_control: str | None) -> bool:
+    if not cache_control:
+        return False
+    directives = {part.strip().lower() for part in cache_control.split(",")}
+    return bool(directives & {"no-cache", "no-store"})

@@ -221,9 +221,19 @@ Condition = Annotated[
 
 
 class CacheDirective(Strict):
+    """Answer this rule's repeated requests from the cache. Entries belong to the caller's team unless
+    `namespace` names a namespace shared by every team the rule matches."""
+
     enabled: bool = True
+    # For the semantic layer (not yet built): how similar a question must be to count as the same.
     similarity: Annotated[float, Field(gt=0, le=1)] | None = None
     ttl_seconds: Annotated[int, Field(gt=0)] | None = None
+    namespace: Annotated[str, Field(min_length=1)] | None = None
+    # Cache requests with any temperature, not only temperature 0.
+    any_temperature: bool = False
+    # Keep answers that call tools, or that were cut at max_tokens.
+    tool_calls: bool = False
+    truncated: bool = False
 
 
 class Overrides(Strict):

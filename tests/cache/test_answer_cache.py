@@ -1,0 +1,71 @@
+"""Which answers the cache keeps, and the keys that keep tenants and contexts apart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.cache.answer_cache import cacheable_request, keepable, namespace_of
+from gateway.cache.keys import cache_keys
+from gateway.policy.schema import CacheDirective
+from gateway.providers.base import Completion
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def completion(finish: str, **message: Any) -> Completion:
+    body = {"choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish}]}
+    return Completion(orjson.dumps(body), None, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("answer", "directive", "kept"),
+    [
+        (completion("stop", content="Paris"), CacheDirective(), True),
+        (completion("length", content="Par"), CacheDirective(), False),
+        (completion("length", content="Par"), CacheDirective(truncated=True), True),
+        (completion("tool_calls", tool_calls=[{"id": "1"}]), CacheDirective(), False),
+        (completion("tool_calls", tool_calls=[{"id": "1"}]), CacheDirective(tool_calls=True), True),
+        (completion("content_filter", content=""), CacheDirective(), False),
+        (Completion(b"not json", None, 0.0), CacheDirective(), False),
+    ],
+    ids=["whole", "cut", "cut allowed", "tool call", "tool call allowed", "filtered", "garbage"],
+)
+def test_which_answers_are_kept(answer: Completion, directive: CacheDirective, kept: bool) -> None:
+    assert keepable(answer, directive) is kept
+
+
+def test_which_requests_may_use_the_cache() -> None:
+    body = {"messages": QUESTION, "temperature": 0}
+    assert cacheable_request(body, CacheDirective(), no_cache=False)
+    assert not cacheable_request(body, CacheDirective(), no_cache=True)
+    assert not cacheable_request(body, CacheDirective(enabled=False), no_cache=False)
+    assert not cacheable_request(body, None, no_cache=False)
+    assert not cacheable_request({"messages": QUESTION}, CacheDirective(), no_cache=False)  # default is 1
+    assert cacheable_request({"messages": QUESTION}, CacheDirective(any_temperature=True), no_cache=False)
+
+
+def test_namespaces_are_per_team_unless_shared() -> None:
+    assert namespace_of(CacheDirective(), "alpha") == "team:alpha"
+    assert namespace_of(CacheDirective(namespace="faq"), "alpha") == "shared:faq"
+
+
+def test_keys_separate_tenants_and_contexts_but_not_spacing() -> None:
+    base = cache_keys({"messages": QUESTION}, "team:a", "frontier")
+    assert base is not None
+    spaced = cache_keys(
+        {"messages": [{"role": "user", "content": " what is THE capital of france? "}]}, "team:a", "frontier"
+    )
+    other_team = cache_keys({"messages": QUESTION}, "team:b", "frontier")
+    with_user = cache_keys({"messages": QUESTION, "user": "u1", "stream": True}, "team:a", "frontier")
+    assert spaced is not None and other_team is not None and with_user is not None
+    assert spaced.exact == base.exact and with_user.exact == base.exact
+    assert other_team.exact != base.exact and other_team.context != base.context
+    # The last turn is the question; everything before it is context.
+    follow_up = cache_keys(
+        {"messages": [*QUESTION, {"role": "assistant", "content": "Paris."}, *QUESTION]}, "team:a", "frontier"
+    )
+    assert follow_up is not None and follow_up.context != base.context
+    assert cache_keys({"messages": [{"role": "assistant", "content": "hi"}]}, "team:a", "frontier") is None
