@@ -75,6 +75,8 @@ class Answer:
     ticket: Ticket | None = None
     # miss / exact when the rule caches, None when the cache was not asked.
     cache: str | None = None
+    # The entry's key (for invalidation), when the cache was asked.
+    cache_key: str | None = None
 
     @property
     def log_bodies(self) -> bool:
@@ -175,7 +177,9 @@ class ChatPipeline:
             if keys is not None:
                 hit = await self._lookup(keys, routing)
                 if hit is not None:
-                    return self._from_cache(request, routing, ticket, hit)
+                    cached = self._from_cache(request, routing, ticket, hit)
+                    cached.cache_key = keys.exact
+                    return cached
             if accountant is not None:
                 reroute = await self._reserve(ticket, routing)
                 if reroute is not None:
@@ -192,7 +196,7 @@ class ChatPipeline:
             ticket.upstream_seconds = answer.upstream_seconds
             answer.ticket = ticket
             if keys is not None:
-                answer.cache = "miss"
+                answer.cache, answer.cache_key = "miss", keys.exact
                 directive = routing.decision.cache if routing.decision is not None else None
                 if answer.completion is not None and directive is not None and self.cache is not None:
                     await self.cache.remember(

@@ -182,6 +182,8 @@ def _routing_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
         headers.append((b"x-gateway-fallback", _header_safe(answer.fallback)))
     if answer.cache is not None:
         headers.append((b"x-gateway-cache", answer.cache.encode()))
+    if answer.cache_key is not None:
+        headers.append((b"x-gateway-cache-key", answer.cache_key.encode()))
     return headers
 
 

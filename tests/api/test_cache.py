@@ -217,3 +217,37 @@ def test_a_hit_on_a_streaming_request_is_replayed_as_a_stream(
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     usage = [c.usage for c in chunks if c.usage is not None]
     assert usage == ([plain.usage] if include_usage else [])
+
+
+def test_admins_invalidate_an_entry_a_team_or_everything(
+    upstreams: Callable[..., FakeOpenAIUpstream], gateway: Callable[..., RunningGateway], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    store = KeyStore(state / "keys.sqlite")
+    (_, alpha), (_, beta), (_, admin) = (
+        store.create("alpha", "client"),
+        store.create("beta", "client"),
+        store.create("ops", "admin"),
+    )
+    store.close()
+    gw = gateway(cached_spec(upstreams()), state_dir=state)
+    other = [{"role": "user", "content": "And of Italy?"}]
+
+    def drop(secret: str, **params: Any) -> httpx.Response:
+        return httpx.delete(
+            f"{gw.url}/admin/cache", params=params, headers={"authorization": f"Bearer {secret}"}
+        )
+
+    entry = ask(gw, alpha).headers["x-gateway-cache-key"]
+    ask(gw, alpha, messages=other)
+    ask(gw, beta)
+    assert drop(alpha, team="alpha").status_code == 403  # a client key may not
+    assert drop(admin).status_code == 400  # nothing named: refuse rather than empty everything
+    assert drop(admin, team="alpha", key=entry).json()["dropped"] == 1
+    assert ask(gw, alpha).headers["x-gateway-cache"] == "miss"
+    assert ask(gw, alpha, messages=other).headers["x-gateway-cache"] == "exact"
+    assert drop(admin, team="alpha").json()["dropped"] == 2
+    assert ask(gw, alpha, messages=other).headers["x-gateway-cache"] == "miss"
+    assert ask(gw, beta).headers["x-gateway-cache"] == "exact"  # another team's entries stay
+    assert drop(admin, all="true").json()["dropped"] == 2  # beta's, and alpha's kept again since
+    assert ask(gw, beta).headers["x-gateway-cache"] == "miss"

@@ -1,0 +1,43 @@
+"""The admin API for the answer cache: drop one entry, a team's or a shared namespace's entries, or
+everything. Role admin. An entry is named by the `x-gateway-cache-key` header its answers carried."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+
+from gateway.accounting.auth import require_role
+from gateway.errors import InvalidRequest
+from gateway.runtime import Runtime
+
+router = APIRouter(prefix="/admin/cache")
+Authorization = Annotated[str | None, Header()]
+
+
+@router.delete("")
+async def invalidate(
+    request: Request,
+    authorization: Authorization = None,
+    team: str | None = None,
+    namespace: str | None = None,
+    key: str | None = None,
+    all: bool = False,
+) -> dict[str, Any]:
+    runtime: Runtime = request.app.state.runtime
+    assert runtime.auth is not None and runtime.pipeline is not None
+    require_role(runtime.auth.principal(authorization), "admin")
+    cache = runtime.pipeline.cache
+    if cache is None:
+        return {"dropped": 0}
+    if team is not None and namespace is not None:
+        raise InvalidRequest("Name a team or a shared namespace, not both.", param="namespace")
+    scope = f"team:{team}" if team is not None else f"shared:{namespace}" if namespace is not None else None
+    if scope is None and not all:
+        raise InvalidRequest(
+            "Name a team, a namespace, or say all=true to empty the whole cache.", param="all"
+        )
+    if key is not None and scope is None:
+        raise InvalidRequest("An entry's key needs its team or namespace.", param="key")
+    dropped = await cache.store.invalidate(scope, key)
+    return {"dropped": dropped, "namespace": scope, "key": key}
