@@ -70,13 +70,16 @@ class Answer:
     upstream_seconds: float
     completion: Completion | None = None
     stream: ChatStream | None = None
-    # Known for answers whose usage came with them (not streams: their usage comes at the end).
-    spend: Spend | None = None
     ticket: Ticket | None = None
     # miss / exact when the rule caches, None when the cache was not asked.
     cache: str | None = None
     # The entry's key (for invalidation), when the cache was asked.
     cache_key: str | None = None
+
+    @property
+    def spend(self) -> Spend | None:
+        """Known for answers whose usage came with them (not streams: their usage comes at the end)."""
+        return self.ticket.spend if self.ticket is not None else None
 
     @property
     def log_bodies(self) -> bool:
@@ -203,7 +206,7 @@ class ChatPipeline:
                         keys, directive, answer.completion, answer.route, answer.deployment
                     )
             if accountant is not None and answer.completion is not None:
-                answer.spend = ticket.spend = accountant.spend(
+                ticket.spend = accountant.spend(
                     routing.policy.policy, answer.route, answer.deployment, answer.completion.usage
                 )
             return answer
@@ -264,7 +267,7 @@ class ChatPipeline:
         else:
             answer.completion = Completion(hit.body, usage, 0.0)
             if self.accountant is not None:
-                answer.spend = ticket.spend = self.accountant.spend(
+                ticket.spend = self.accountant.spend(
                     routing.policy.policy, routing.target.route, hit.deployment, usage, "exact"
                 )
         return answer

@@ -13,10 +13,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.accounting.budget_counters import BudgetLine
+from gateway.accounting.budget_counters import NANO_PER_USD, BudgetLine
 from gateway.accounting.pricing import TokenPrice
 
-NANO = 1_000_000_000
 # Each team (or key) without a budget of its own gets one like this (its own, not a shared pot).
 EVERY = "*"
 # The answer's worst-case length when neither the client nor the price map says.
@@ -89,7 +88,7 @@ def budget_lines(budgets: Budgets, team: str | None, key: str | None, now: float
             line = BudgetLine(
                 name=f"{kind} {name} {period} budget (${usd:g})",
                 key=f"{kind}:{name}:{period_id}",
-                limit_nano=round(usd * NANO),
+                limit_nano=round(usd * NANO_PER_USD),
                 resets_at=resets,
                 metric=f"{kind} {period} budget",
             )
@@ -100,11 +99,11 @@ def budget_lines(budgets: Budgets, team: str | None, key: str | None, now: float
 
 def worst_case_nano(price: TokenPrice, prompt_tokens: int, max_output_tokens: int) -> int:
     """What the request can cost at most: every prompt token uncached, the longest answer allowed."""
-    return round((prompt_tokens * price.input + max_output_tokens * price.output) * NANO)
+    return round((prompt_tokens * price.input + max_output_tokens * price.output) * NANO_PER_USD)
 
 
 def nano(usd: float | None) -> int:
-    return round((usd or 0.0) * NANO)
+    return round((usd or 0.0) * NANO_PER_USD)
 
 
 def _next_day(moment: datetime) -> float:

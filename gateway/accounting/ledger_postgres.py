@@ -11,12 +11,11 @@ from typing import Any
 
 import psycopg
 
-from gateway.accounting.ledger_schema import MIGRATIONS, insert_sql, report_sql, row_of
+from gateway.accounting.ledger_schema import MIGRATIONS, insert_sql, report_query, row_of
 from gateway.accounting.ledger_store import (
     MIGRATIONS_TABLE,
     LedgerRejected,
     LedgerUnavailable,
-    conditions,
     report_rows,
 )
 from gateway.accounting.record import SpendRecord
@@ -94,10 +93,8 @@ class PostgresLedgerStore:
         until: float | None = None,
         team: str | None = None,
     ) -> list[dict[str, Any]]:
-        sql = report_sql(
-            group_by, "%s", since=since is not None, until=until is not None, team=team is not None
-        )
-        rows = self._run(lambda conn: conn.execute(sql, conditions(since, until, team)).fetchall())
+        sql, params = report_query(group_by, "%s", since, until, team)
+        rows = self._run(lambda conn: conn.execute(sql, params).fetchall())
         return report_rows(group_by, rows)
 
     def schema_version(self) -> int:

@@ -98,23 +98,27 @@ REPORT_FIELDS = (
 )  # fmt: skip
 
 
-def report_sql(group_by: Sequence[str], placeholder: str, *, since: bool, until: bool, team: bool) -> str:
+def report_query(
+    group_by: Sequence[str],
+    placeholder: str,
+    since: float | None = None,
+    until: float | None = None,
+    team: str | None = None,
+) -> tuple[str, list[object]]:
     """`SELECT` of spend grouped by the given columns (checked against GROUPS), filtered by the
-    conditions asked for, with one placeholder per condition in the order since, until, team."""
+    conditions given, and its parameters."""
     unknown = [name for name in group_by if name not in GROUPS]
     if unknown:
         raise ValueError(f"cannot group spend by {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
-    where = [
-        condition
-        for condition, wanted in (
-            (f"at >= {placeholder}", since),
-            (f"at < {placeholder}", until),
-            (f"team = {placeholder}", team),
-        )
-        if wanted
+    filters = [
+        (f"at >= {placeholder}", since),
+        (f"at < {placeholder}", until),
+        (f"team = {placeholder}", team),
     ]
+    where = [condition for condition, value in filters if value is not None]
+    params: list[object] = [value for _, value in filters if value is not None]
     groups = ", ".join(group_by)
-    return (
+    sql = (
         f"SELECT {groups + ', ' if groups else ''}"
         "COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd), SUM(reference_usd),"
         " SUM(saved_usd), SUM(CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END), SUM(estimated),"
@@ -124,3 +128,4 @@ def report_sql(group_by: Sequence[str], placeholder: str, *, since: bool, until:
         # NULLS LAST: the same order on SQLite and PostgreSQL (their defaults differ).
         + (f" GROUP BY {groups} ORDER BY {', '.join(f'{g} NULLS LAST' for g in group_by)}" if groups else "")
     )
+    return sql, params

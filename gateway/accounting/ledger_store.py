@@ -18,7 +18,7 @@ from gateway.accounting.ledger_schema import (
     MIGRATIONS,
     REPORT_FIELDS,
     insert_sql,
-    report_sql,
+    report_query,
     row_of,
 )
 from gateway.accounting.record import SpendRecord
@@ -82,10 +82,6 @@ def _plain(value: Any) -> Any:
     return float(value) if type(value).__name__ == "Decimal" else value
 
 
-def conditions(since: float | None, until: float | None, team: str | None) -> list[object]:
-    return [value for value in (since, until, team) if value is not None]
-
-
 class SqliteLedgerStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -135,11 +131,9 @@ class SqliteLedgerStore:
         until: float | None = None,
         team: str | None = None,
     ) -> list[dict[str, Any]]:
-        sql = report_sql(
-            group_by, "?", since=since is not None, until=until is not None, team=team is not None
-        )
+        sql, params = report_query(group_by, "?", since, until, team)
         with self._lock:
-            rows = self._db.execute(sql, conditions(since, until, team)).fetchall()
+            rows = self._db.execute(sql, params).fetchall()
         return report_rows(group_by, rows)
 
     def schema_version(self) -> int:
