@@ -5,27 +5,17 @@ joined when it sends a `traceparent`."""
 from __future__ import annotations
 
 import secrets
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import openai
 import pytest
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-    ExportMetricsServiceResponse,
-)
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
 from tests.conftest import RunningGateway, openai_deployment
+from tests.otlp_collector import Collector, running_collector
 
 Gateway = Callable[..., RunningGateway]
 CLIENT_KEY = "sk-tracing-client"
@@ -33,79 +23,10 @@ PRICE = {"input_per_mtok": 1000, "output_per_mtok": 10000}
 MESSAGES: list[Any] = [{"role": "user", "content": "Describe the lighthouse at dawn"}]
 
 
-@dataclass
-class Collector:
-    """What an OpenTelemetry collector received over OTLP/HTTP (protobuf)."""
-
-    url: str = ""
-    traces: list[ExportTraceServiceRequest] = field(default_factory=list)
-    metrics: list[ExportMetricsServiceRequest] = field(default_factory=list)
-
-    def spans(self) -> list[Span]:
-        return [
-            span
-            for request in self.traces
-            for resource in request.resource_spans
-            for scope in resource.scope_spans
-            for span in scope.spans
-        ]
-
-    def service_names(self) -> set[str]:
-        return {
-            attribute.value.string_value
-            for request in self.traces
-            for resource in request.resource_spans
-            for attribute in resource.resource.attributes
-            if attribute.key == "service.name"
-        }
-
-    def metric_names(self) -> set[str]:
-        return {
-            metric.name
-            for request in self.metrics
-            for resource in request.resource_metrics
-            for scope in resource.scope_metrics
-            for metric in scope.metrics
-        }
-
-
 @pytest.fixture
 def collector() -> Iterator[Collector]:
-    received = Collector()
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            with lock:
-                if self.path == "/v1/traces":
-                    received.traces.append(ExportTraceServiceRequest.FromString(body))
-                    answer = ExportTraceServiceResponse().SerializeToString()
-                elif self.path == "/v1/metrics":
-                    received.metrics.append(ExportMetricsServiceRequest.FromString(body))
-                    answer = ExportMetricsServiceResponse().SerializeToString()
-                else:
-                    self.send_error(404)
-                    return
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    received.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with running_collector() as received:
         yield received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def attributes(span: Span) -> dict[str, Any]:
