@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gateway.accounting.commands import add_key_commands, run_key_command
 from gateway.accounting.spend_commands import add_spend_command, run_spend_command
+from gateway.cache.commands import add_cache_commands, run_cache_command
 from gateway.config import ConfigError, load_config
 from gateway.policy.commands import add_policy_commands, run_policy_command
 
@@ -36,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_policy_commands(commands)
     add_key_commands(commands)
     add_spend_command(commands)
+    add_cache_commands(commands)
 
     args = parser.parse_args(argv)
     if args.command == "policy":
@@ -44,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_key_command(args)
     if args.command == "spend":
         return run_spend_command(args)
+    if args.command == "cache":
+        return run_cache_command(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "check-config":
