@@ -16,10 +16,11 @@ from typing import Any
 
 from gateway.accountant import Accountant, Reroute, Ticket
 from gateway.accounting.pricing import Spend
-from gateway.cache.answer_cache import AnswerCache
+from gateway.cache.answer_cache import AnswerCache, CacheHit
+from gateway.cache.audit import CacheAudit
+from gateway.cache.capture import KeepingStream
 from gateway.cache.keys import CacheKeys
 from gateway.cache.replay import ReplayStream
-from gateway.cache.store import CachedAnswer
 from gateway.errors import BudgetExceeded, GatewayError
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.decide import Decision, decide
@@ -59,6 +60,8 @@ class Routing:
     rule: str
     decision: Decision | None
     policy: CompiledPolicy
+    # What the policy looked at; its memo (the question's embedding) is shared with the cache.
+    facts: RequestFacts | None = None
 
 
 @dataclass(slots=True)
@@ -71,10 +74,13 @@ class Answer:
     completion: Completion | None = None
     stream: ChatStream | None = None
     ticket: Ticket | None = None
-    # miss / exact when the rule caches, None when the cache was not asked.
+    # miss / exact / semantic when the rule caches, None when the cache was not asked.
     cache: str | None = None
     # The entry's key (for invalidation), when the cache was asked.
     cache_key: str | None = None
+    # Semantic hits: the questions' cosine and the verifier's probability that they mean the same.
+    similarity: float | None = None
+    verified: float | None = None
 
     @property
     def spend(self) -> Spend | None:
@@ -99,9 +105,11 @@ class ChatPipeline:
         shadows: ShadowCopies | None = None,
         accountant: Accountant | None = None,
         cache: AnswerCache | None = None,
+        audit: CacheAudit | None = None,
     ) -> None:
         self.accountant = accountant
         self.cache = cache
+        self.audit = audit
         self.catalog = catalog
         self.policies = policies
         self._records = records
@@ -132,9 +140,10 @@ class ChatPipeline:
         if request.body["model"] != AUTO:
             target = self.catalog.resolve(request.body["model"], compiled.policy, request.request_id)
             return Routing(target, EXPLICIT_RULE, None, compiled)
-        decision = decide(compiled, self.facts(request, caller, compiled.policy), explain=explain)
+        facts = self.facts(request, caller, compiled.policy)
+        decision = decide(compiled, facts, explain=explain)
         target = self.catalog.for_decision(decision, compiled.policy, request.request_id)
-        return Routing(target, decision.rule, decision, compiled)
+        return Routing(target, decision.rule, decision, compiled, facts)
 
     def explain(self, request: ChatRequest, caller: Caller) -> dict[str, Any]:
         """What `answer` would do with this request, and why, without calling any model: the same
@@ -180,9 +189,7 @@ class ChatPipeline:
             if keys is not None:
                 hit = await self._lookup(keys, routing)
                 if hit is not None:
-                    cached = self._from_cache(request, routing, ticket, hit)
-                    cached.cache_key = keys.exact
-                    return cached
+                    return self._from_cache(request, routing, ticket, hit)
             if accountant is not None:
                 reroute = await self._reserve(ticket, routing)
                 if reroute is not None:
@@ -200,11 +207,7 @@ class ChatPipeline:
             answer.ticket = ticket
             if keys is not None:
                 answer.cache, answer.cache_key = "miss", keys.exact
-                directive = routing.decision.cache if routing.decision is not None else None
-                if answer.completion is not None and directive is not None and self.cache is not None:
-                    await self.cache.remember(
-                        keys, directive, answer.completion, answer.route, answer.deployment
-                    )
+                await self._keep(answer, keys, routing)
             if accountant is not None and answer.completion is not None:
                 ticket.spend = accountant.spend(
                     routing.policy.policy, answer.route, answer.deployment, answer.completion.usage
@@ -244,33 +247,58 @@ class ChatPipeline:
         directive = routing.decision.cache
         return self.cache.keys(request.body, directive, caller.team, routing.target.route, caller.no_cache)
 
-    async def _lookup(self, keys: CacheKeys, routing: Routing) -> CachedAnswer | None:
-        assert self.cache is not None
-        hit = await self.cache.lookup(keys)
+    async def _lookup(self, keys: CacheKeys, routing: Routing) -> CacheHit | None:
+        assert self.cache is not None and routing.decision is not None and routing.decision.cache is not None
+        memo = routing.facts.memo if routing.facts is not None else {}
+        hit = await self.cache.lookup(keys, routing.decision.cache, memo)
         telemetry = self.accountant.telemetry if self.accountant is not None else None
         if telemetry is not None:
-            telemetry.count_cache_lookup("exact" if hit is not None else "miss", routing.target.route)
+            telemetry.count_cache_lookup(hit.kind if hit is not None else "miss", routing.target.route)
         return hit
 
-    def _from_cache(
-        self, request: ChatRequest, routing: Routing, ticket: Ticket, hit: CachedAnswer
-    ) -> Answer:
+    def _from_cache(self, request: ChatRequest, routing: Routing, ticket: Ticket, hit: CacheHit) -> Answer:
         """The cached answer, as a body or replayed as a stream; it costs nothing."""
-        ticket.cache = "exact"
-        ticket.route, ticket.deployment = routing.target.route, hit.deployment
-        usage = Usage(hit.prompt_tokens, hit.completion_tokens, hit.prompt_tokens + hit.completion_tokens)
-        answer = Answer(
-            routing.target.route, hit.deployment, routing.rule, None, 0.0, cache="exact", ticket=ticket
+        cached = hit.answer
+        ticket.cache = hit.kind
+        ticket.route, ticket.deployment = routing.target.route, cached.deployment
+        usage = Usage(
+            cached.prompt_tokens, cached.completion_tokens, cached.prompt_tokens + cached.completion_tokens
         )
+        answer = Answer(
+            routing.target.route, cached.deployment, routing.rule, None, 0.0, cache=hit.kind, ticket=ticket,
+            cache_key=hit.key, similarity=hit.similarity, verified=hit.verified,
+        )  # fmt: skip
         if request.stream:
-            answer.stream = ReplayStream(hit.body, request.include_usage)
+            answer.stream = ReplayStream(cached.body, request.include_usage)
         else:
-            answer.completion = Completion(hit.body, usage, 0.0)
+            answer.completion = Completion(cached.body, usage, 0.0)
             if self.accountant is not None:
                 ticket.spend = self.accountant.spend(
-                    routing.policy.policy, routing.target.route, hit.deployment, usage, "exact"
+                    routing.policy.policy, routing.target.route, cached.deployment, usage, hit.kind
                 )
+        directive = routing.decision.cache if routing.decision is not None else None
+        if hit.kind == "semantic" and self.audit is not None and directive is not None:
+            self.audit.maybe_check(
+                request, routing.target, routing.policy.policy, cached, directive.verify_sample
+            )
         return answer
+
+    async def _keep(self, answer: Answer, keys: CacheKeys, routing: Routing) -> None:
+        """Keep a fresh answer for the next time; a stream is kept once it has finished."""
+        cache = self.cache
+        directive = routing.decision.cache if routing.decision is not None else None
+        if cache is None or directive is None:
+            return
+        memo = routing.facts.memo if routing.facts is not None else {}
+        route, deployment = answer.route, answer.deployment
+        if answer.completion is not None:
+            await cache.remember(keys, directive, answer.completion, route, deployment, memo)
+        elif answer.stream is not None:
+
+            async def keep(body: bytes, usage: Usage | None) -> None:
+                await cache.remember(keys, directive, Completion(body, usage, 0.0), route, deployment, memo)
+
+            answer.stream = KeepingStream(answer.stream, keep)
 
     async def _reserve(self, ticket: Ticket, routing: Routing) -> Reroute | None:
         accountant = self.accountant

@@ -24,13 +24,16 @@ from gateway.accounting.rate_counters import InProcessRateCounters, RateCounters
 from gateway.accounting.spool import Spool
 from gateway.api.chat import ChatCompletionsEndpoint
 from gateway.cache.answer_cache import AnswerCache
-from gateway.cache.store import InProcessCacheStore
+from gateway.cache.audit import CacheAudit
+from gateway.cache.redis_store import RedisCacheStore
+from gateway.cache.store import CacheStore, InProcessCacheStore
+from gateway.cache.verifier import Verifier, VerifierMissing
 from gateway.config import GatewayConfig, load_config
 from gateway.pipeline import ChatPipeline
 from gateway.policy.compile import PolicyError
 from gateway.policy.history import PolicyHistory
 from gateway.policy.records import DecisionLog
-from gateway.policy.signals import load_signal_tools
+from gateway.policy.signals import SignalTools, load_signal_tools
 from gateway.policy.store import PolicyStore
 from gateway.providers.base import Provider
 from gateway.providers.factory import build_provider
@@ -70,6 +73,9 @@ class Runtime:
         self.accountant: Accountant | None = None
         self.telemetry: Telemetry | None = None
         self._redis: redis.asyncio.Redis | None = None
+        self._cache_store: RedisCacheStore | None = None
+        self.cache: AnswerCache | None = None
+        self.audit: CacheAudit | None = None
         self._local_start: asyncio.Task[None] | None = None
         self._background: list[asyncio.Task[None]] = []
 
@@ -120,6 +126,9 @@ class Runtime:
         self.accountant = await self._accountant(prices, tokens)
         executor = RouteExecutor(self.health)
         self.shadows = ShadowCopies(self.catalog, executor, self.records.add_shadow)
+        self.cache = await self._answer_cache(tools)
+        if tools.embedder is not None:
+            self.audit = CacheAudit(executor, tools.embedder, self.telemetry.count_cache_audit)
         self.pipeline = ChatPipeline(
             self.catalog,
             self.policies,
@@ -128,11 +137,32 @@ class Runtime:
             self.records,
             self.shadows,
             self.accountant,
-            AnswerCache(InProcessCacheStore(settings.cache_max_entries)),
+            self.cache,
+            self.audit,
         )
         self.chat = ChatCompletionsEndpoint(self.pipeline, self.auth, settings.max_body_bytes)
         if settings.policy_reload_interval > 0:
             self._background.append(asyncio.create_task(self.policies.watch(settings.policy_reload_interval)))
+
+    async def _answer_cache(self, tools: SignalTools) -> AnswerCache:
+        """The answer cache: in Redis when configured (shared by replicas), else in this process; with the
+        semantic layer when the embedder and the verifier are both there."""
+        settings = self.settings
+        store: CacheStore
+        if self._redis is not None:
+            self._cache_store = RedisCacheStore(
+                self._redis, f"{settings.redis_prefix}cache:", settings.cache_max_entries
+            )
+            await self._cache_store.start()
+            store = self._cache_store
+        else:
+            store = InProcessCacheStore(settings.cache_max_entries)
+        verifier = None
+        try:
+            verifier = Verifier()
+        except VerifierMissing as exc:
+            logger.warning("semantic cache off (exact matches only): %s", exc)
+        return AnswerCache(store, tools.embedder, verifier)
 
     def _count_policy_rejection(self, policy: str) -> None:
         if self.telemetry is not None:
@@ -217,6 +247,10 @@ class Runtime:
             self._local_start.cancel()
         if self.shadows is not None:
             await self.shadows.aclose()
+        if self.audit is not None:
+            await self.audit.aclose()
+        if self._cache_store is not None:
+            await self._cache_store.aclose()
         if self.local_model is not None:
             await self.local_model.stop()
         if self.catalog is not None:

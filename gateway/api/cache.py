@@ -1,5 +1,6 @@
 """The admin API for the answer cache: drop one entry, a team's or a shared namespace's entries, or
-everything. Role admin. An entry is named by the `x-gateway-cache-key` header its answers carried."""
+everything (an entry is named by the `x-gateway-cache-key` header its answers carried); and the live
+precision of semantic hits checked against fresh answers. Role admin."""
 
 from __future__ import annotations
 
@@ -41,3 +42,26 @@ async def invalidate(
         raise InvalidRequest("An entry's key needs its team or namespace.", param="key")
     dropped = await cache.store.invalidate(scope, key)
     return {"dropped": dropped, "namespace": scope, "key": key}
+
+
+@router.get("/audits")
+async def audits(request: Request, authorization: Authorization = None) -> dict[str, Any]:
+    """Semantic hits checked live (a rule's `verify_sample`), per route, since this replica started."""
+    runtime: Runtime = request.app.state.runtime
+    assert runtime.auth is not None
+    require_role(runtime.auth.principal(authorization), "admin")
+    audit = runtime.audit
+    if audit is None:
+        return {"routes": {}, "skipped": 0}
+    return {
+        "routes": {
+            route: {
+                "agree": totals.agree,
+                "disagree": totals.disagree,
+                "failed": totals.failed,
+                "precision": totals.precision,
+            }
+            for route, totals in audit.totals.items()
+        },
+        "skipped": audit.skipped,
+    }

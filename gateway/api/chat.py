@@ -184,6 +184,10 @@ def _routing_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
         headers.append((b"x-gateway-cache", answer.cache.encode()))
     if answer.cache_key is not None:
         headers.append((b"x-gateway-cache-key", answer.cache_key.encode()))
+    if answer.similarity is not None:
+        headers.append((b"x-gateway-cache-similarity", f"{answer.similarity:.4f}".encode()))
+    if answer.verified is not None:
+        headers.append((b"x-gateway-cache-verified", f"{answer.verified:.4f}".encode()))
     return headers
 
 

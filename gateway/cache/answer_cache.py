@@ -1,4 +1,4 @@
-"""The pipeline's cache step (exact layer): which requests may be answered from the cache, under
+"""The pipeline's cache step: which requests may be answered from the cache, under
 which keys, and which answers may be kept.
 
 Only what a policy rule marks cacheable is considered, only deterministic requests (temperature 0,
@@ -6,22 +6,33 @@ unless the rule allows any), and never for a client that sent `Cache-Control: no
 plain answers are kept: no errors, no answers cut at `max_tokens` and no tool calls unless the rule
 allows them. Every entry lives in its tenant's namespace (`team:NAME`), or in a shared one the
 rule names (`shared:NAME`): one team never receives another team's answer.
+
+Two layers: the exact key (the normalised request), then, when the rule sets `similarity`, the
+semantic layer: the nearest cached questions with the same context key (`SemanticIndex`), each
+checked by the verifier before it counts as a hit.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import orjson
 
 from gateway.cache.keys import CacheKeys, cache_keys
+from gateway.cache.semantic_index import Vectors
 from gateway.cache.store import CachedAnswer, CacheStore
+from gateway.cache.verifier import Verifier
 from gateway.policy.schema import CacheDirective
+from gateway.policy.signals import QUESTION_MEMO, TextEmbedder
 from gateway.providers.base import Completion
 
 DEFAULT_TTL_SECONDS = 3600
+# The nearest cached questions the verifier reads, at most (~3 ms each on this machine's CPU): the right
+# one is nearly always the nearest, and this bounds what a lookup can cost.
+VERIFIED_CANDIDATES = 2
 
 
 def namespace_of(directive: CacheDirective, team: str | None) -> str:
@@ -63,9 +74,31 @@ def keepable(completion: Completion, directive: CacheDirective) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class CacheHit:
+    answer: CachedAnswer
+    kind: Literal["exact", "semantic"]
+    # The entry's exact key (for invalidation).
+    key: str
+    # Semantic hits: the questions' cosine and the verifier's probability that they mean the same.
+    similarity: float | None = None
+    verified: float | None = None
+
+
 class AnswerCache:
-    def __init__(self, store: CacheStore) -> None:
+    """Exact lookups by key; semantic lookups by the last user turn's embedding (shared with the
+    policy's semantic signals through the request's memo), verified before they count."""
+
+    def __init__(
+        self, store: CacheStore, embedder: TextEmbedder | None = None, verifier: Verifier | None = None
+    ) -> None:
         self.store = store
+        self.embedder = embedder
+        self.verifier = verifier
+
+    @property
+    def semantic(self) -> bool:
+        return self.embedder is not None and self.verifier is not None
 
     def keys(
         self,
@@ -80,11 +113,43 @@ class AnswerCache:
             return None
         return cache_keys(body, namespace_of(directive, team), route)
 
-    async def lookup(self, keys: CacheKeys) -> CachedAnswer | None:
-        return await self.store.get(keys.namespace, keys.exact)
+    def question_vector(self, keys: CacheKeys, memo: dict[Any, Any]) -> Vectors | None:
+        """The last user turn's embedding, computed at most once per request."""
+        if self.embedder is None:
+            return None
+        if QUESTION_MEMO not in memo:
+            memo[QUESTION_MEMO] = self.embedder.embed([keys.question])[0]
+        vector: Vectors = memo[QUESTION_MEMO]
+        return vector
+
+    async def lookup(
+        self, keys: CacheKeys, directive: CacheDirective, memo: dict[Any, Any]
+    ) -> CacheHit | None:
+        exact = await self.store.get(keys.namespace, keys.exact)
+        if exact is not None:
+            return CacheHit(exact, "exact", keys.exact)
+        if directive.similarity is None or self.verifier is None:
+            return None
+        vector = self.question_vector(keys, memo)
+        if vector is None:
+            return None
+        for neighbour in self.store.nearest(keys.namespace, keys.context, vector, VERIFIED_CANDIDATES):
+            found = await self.store.get(keys.namespace, neighbour.key)
+            if found is None:
+                continue
+            verified = self.verifier.score(keys.question, found.question)
+            if verified >= directive.similarity:
+                return CacheHit(found, "semantic", neighbour.key, neighbour.cosine, verified)
+        return None
 
     async def remember(
-        self, keys: CacheKeys, directive: CacheDirective, completion: Completion, route: str, deployment: str
+        self,
+        keys: CacheKeys,
+        directive: CacheDirective,
+        completion: Completion,
+        route: str,
+        deployment: str,
+        memo: dict[Any, Any],
     ) -> bool:
         if not keepable(completion, directive):
             return False
@@ -97,6 +162,9 @@ class AnswerCache:
             route=route,
             deployment=deployment,
             expires_at=time.time() + ttl,
+            context=keys.context,
+            question=keys.question,
         )
-        await self.store.put(keys.namespace, keys.exact, answer)
+        vector = self.question_vector(keys, memo) if directive.similarity is not None else None
+        await self.store.put(keys.namespace, keys.exact, answer, vector)
         return True

@@ -124,6 +124,12 @@ def compile_policy(
             problems.append(
                 problem(("signals", signal_name), f"a semantic signal needs the local embedder: {exc}")
             )
+    if tools.embedder is None:
+        for index, rule in enumerate(policy.rules):
+            if rule.cache is not None and rule.cache.similarity is not None:
+                where = ("rules", index, "cache", "similarity")
+                needs = f"semantic caching needs the local embedder: {tools.embedder_missing}"
+                problems.append(problem(where, needs))
     if problems:
         raise PolicyError(problems)
     compiled = CompiledPolicy(

@@ -225,8 +225,13 @@ class CacheDirective(Strict):
     `namespace` names a namespace shared by every team the rule matches."""
 
     enabled: bool = True
-    # For the semantic layer (not yet built): how similar a question must be to count as the same.
+    # Also answer questions that mean the same as a cached one (the semantic layer): the least
+    # probability of "same intent" the verifier must give. `gateway cache calibrate` recommends one for
+    # a target precision. Unset: exact matches only.
     similarity: Annotated[float, Field(gt=0, le=1)] | None = None
+    # Share of semantic hits checked live: the route is called anyway and its answer compared with the
+    # cached one, so the cache's real precision on this traffic shows in the metrics.
+    verify_sample: Annotated[float, Field(ge=0, le=1)] = 0.0
     ttl_seconds: Annotated[int, Field(gt=0)] | None = None
     namespace: Annotated[str, Field(min_length=1)] | None = None
     # Cache requests with any temperature, not only temperature 0.

@@ -27,6 +27,8 @@ from gateway.settings import Settings
 from gateway.tokens import TokenCounter, content_text
 
 SignalValue = Scalar | list[str]
+# Where a request's memo keeps the last user turn's embedding; the semantic cache reads the same one.
+QUESTION_MEMO = ("embedding", "last_user")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +183,7 @@ def _semantic(signal: SemanticSignal, embedder: TextEmbedder) -> Evaluator:
     scope, floor = signal.scope, signal.min_similarity
 
     def nearest(facts: RequestFacts) -> SignalValue:
-        key = ("embedding", scope)
+        key = QUESTION_MEMO if scope == "last_user" else ("embedding", scope)
         if key not in facts.memo:
             facts.memo[key] = embedder.embed([facts.text(scope)])[0]
         similarities = exemplars @ facts.memo[key]

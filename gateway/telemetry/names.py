@@ -101,6 +101,8 @@ METRIC_COST: Final = "gateway.cost"  # counter, USD; requests with an unknown pr
 METRIC_SAVINGS: Final = "gateway.savings"  # counter, USD
 METRIC_OVERSPEND: Final = "gateway.overspend"  # counter, USD
 METRIC_CACHE_LOOKUPS: Final = "gateway.cache.lookups"  # counter, by outcome
+# Semantic hits checked live against a fresh answer: outcome agree, disagree or failed.
+METRIC_CACHE_AUDITS: Final = "gateway.cache.audits"  # counter, by outcome and route
 METRIC_POLICY_REJECTIONS: Final = "gateway.policy.rejections"  # counter, by rule
 METRIC_BUDGET_REJECTIONS: Final = "gateway.budget.rejections"  # counter, by budget
 METRIC_RATE_LIMIT_REJECTIONS: Final = "gateway.rate_limit.rejections"  # counter, by limit
@@ -120,6 +122,7 @@ PROMETHEUS_NAMES: Final[Mapping[str, str]] = MappingProxyType(
         METRIC_SAVINGS: "gateway_savings_USD_total",
         METRIC_OVERSPEND: "gateway_overspend_USD_total",
         METRIC_CACHE_LOOKUPS: "gateway_cache_lookups_total",
+        METRIC_CACHE_AUDITS: "gateway_cache_audits_total",
         METRIC_POLICY_REJECTIONS: "gateway_policy_rejections_total",
         METRIC_BUDGET_REJECTIONS: "gateway_budget_rejections_total",
         METRIC_RATE_LIMIT_REJECTIONS: "gateway_rate_limit_rejections_total",

@@ -61,6 +61,7 @@ _COUNTERS: Final = (
     (names.METRIC_SAVINGS, names.UNIT_USD, "Saved against the policy's reference route."),
     (names.METRIC_OVERSPEND, names.UNIT_USD, "Spent beyond the policy's reference route."),
     (names.METRIC_CACHE_LOOKUPS, names.UNIT_LOOKUP, "Cache lookups by outcome."),
+    (names.METRIC_CACHE_AUDITS, names.UNIT_LOOKUP, "Semantic hits checked against a fresh answer."),
     (
         names.METRIC_POLICY_REJECTIONS,
         names.UNIT_REQUEST,
@@ -82,6 +83,7 @@ class _Counters:
     savings: Totals
     overspend: Totals
     cache_lookups: Totals
+    cache_audits: Totals
     rejections: Mapping[str, tuple[Totals, str]]
 
     @classmethod
@@ -95,6 +97,7 @@ class _Counters:
             savings=totals[names.METRIC_SAVINGS],
             overspend=totals[names.METRIC_OVERSPEND],
             cache_lookups=totals[names.METRIC_CACHE_LOOKUPS],
+            cache_audits=totals[names.METRIC_CACHE_AUDITS],
             rejections=MappingProxyType(
                 {
                     "policy": (totals[names.METRIC_POLICY_REJECTIONS], names.LABEL_POLICY),
@@ -414,6 +417,12 @@ class Telemetry:
     def count_cache_lookup(self, outcome: Literal["miss", "exact", "semantic"], route: str | None) -> None:
         """Counts one cache lookup where it happens: a record's `cache` is "miss" also when none was made."""
         self._counters.cache_lookups.add(
+            (outcome, route), present({names.LABEL_OUTCOME: outcome, names.LABEL_ROUTE: route})
+        )
+
+    def count_cache_audit(self, outcome: Literal["agree", "disagree", "failed"], route: str) -> None:
+        """Counts one semantic hit checked live (see gateway.cache.audit)."""
+        self._counters.cache_audits.add(
             (outcome, route), present({names.LABEL_OUTCOME: outcome, names.LABEL_ROUTE: route})
         )
 

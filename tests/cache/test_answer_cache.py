@@ -69,3 +69,35 @@ def test_keys_separate_tenants_and_contexts_but_not_spacing() -> None:
     )
     assert follow_up is not None and follow_up.context != base.context
     assert cache_keys({"messages": [{"role": "assistant", "content": "hi"}]}, "team:a", "frontier") is None
+
+
+def test_the_question_is_embedded_once_for_the_policy_and_the_cache() -> None:
+    from gateway.cache.answer_cache import AnswerCache
+    from gateway.cache.store import InProcessCacheStore
+    from gateway.embedding.embedder import default_model_path
+    from gateway.policy.schema import SemanticSignal
+    from gateway.policy.signals import (
+        QUESTION_MEMO,
+        LazyEmbedder,
+        RequestFacts,
+        SignalTools,
+        build_evaluator,
+    )
+    from gateway.tokens import TokenCounter
+
+    embedder = LazyEmbedder(default_model_path())
+    signal = SemanticSignal.model_validate(
+        {"kind": "semantic", "categories": {"geo": ["What is the capital of Italy?"]}}
+    )
+    evaluate = build_evaluator(signal, SignalTools(TokenCounter(), embedder))
+    body = {"model": "auto", "messages": QUESTION, "temperature": 0}
+    facts = RequestFacts(body=body)
+    assert evaluate(facts) == "geo"
+    cache = AnswerCache(InProcessCacheStore(), embedder)
+    keys = cache.keys(body, CacheDirective(similarity=0.5), "alpha", "frontier", no_cache=False)
+    assert keys is not None
+    assert cache.question_vector(keys, facts.memo) is facts.memo[QUESTION_MEMO]
+    # Without the policy's embedding, the cache computes the same vector itself.
+    fresh: dict[object, object] = {}
+    vector = cache.question_vector(keys, fresh)
+    assert vector is not None and float(vector @ facts.memo[QUESTION_MEMO]) == pytest.approx(1.0, abs=1e-5)

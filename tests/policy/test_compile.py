@@ -139,13 +139,13 @@ rules:
   - name: r
     when: {signal: n, gte: 1}
     route: local
-    cache: {similarity: 0.97, ttl_seconds: 60}
+    cache: {ttl_seconds: 60, verify_sample: 0.1}
     overrides: {max_tokens: 64, timeout_seconds: 5}
     shadow: frontier
 """
     )
     decision = decide(policy, user("x"))
-    assert decision.cache is not None and decision.cache.similarity == 0.97
+    assert decision.cache is not None and decision.cache.verify_sample == 0.1
     assert decision.overrides is not None and decision.overrides.max_tokens == 64
     assert decision.shadow == "frontier"
     assert decision.deployments == ("small",)
@@ -158,6 +158,8 @@ rules:
          "test.yaml:6: rules.0.colour: unknown key 'colour'"),
         (BASE + "signals:\n  s: {kind: regex, pattern: '(unclosed'}\n",
          "test.yaml:6: signals.s.pattern: not a valid regular expression"),
+        (BASE + "signals: {s: {kind: size, of: messages}}\nrules:\n  - {name: r, route: local, when: {signal: s, eq: 1}, cache: {similarity: 0.9}}\n",
+         "test.yaml:7: rules.0.cache.similarity: semantic caching needs the local embedder"),
         (BASE + "signals: {s: {kind: size, of: messages}}\nrules:\n  - {name: r, route: nowhere, when: {signal: s, eq: 1}}\n",
          "test.yaml:7: rules.0.route: unknown route 'nowhere'"),
         ("routes:\n  frontier: {deployments: [big, ghost]}\ndefault_route: frontier\n",

@@ -86,6 +86,7 @@ def test_every_metric_is_on_metrics_under_its_prometheus_name(telemetry: Telemet
     telemetry.observe(make_record())
     telemetry.observe(make_record(cost_usd=2.0, reference_usd=1.0))  # over the reference: overspend
     telemetry.count_cache_lookup("miss", "cheap")
+    telemetry.count_cache_audit("agree", "cheap")
     telemetry.count_rejection("policy", "no-secrets", "search")
     telemetry.count_rejection("budget", "search-monthly", "search")
     telemetry.count_rejection("rate_limit", "search-rpm", "search")
@@ -119,6 +120,7 @@ def test_every_metric_is_on_metrics_under_its_prometheus_name(telemetry: Telemet
         "gateway_savings_USD_total{",
         "gateway_overspend_USD_total{",
         "gateway_cache_lookups_total{",
+        "gateway_cache_audits_total{",
         "gateway_policy_rejections_total{",
         "gateway_budget_rejections_total{",
         "gateway_rate_limit_rejections_total{",

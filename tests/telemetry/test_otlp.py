@@ -35,6 +35,7 @@ def test_spans_and_metrics_reach_the_collector(collector: Collector) -> None:
         telemetry.observe(record)
         telemetry.observe(make_record(cost_usd=2.0, reference_usd=1.0))
         telemetry.count_cache_lookup("miss", "cheap")
+        telemetry.count_cache_audit("agree", "cheap")
         kinds: tuple[RejectionKind, ...] = ("policy", "budget", "rate_limit")
         for kind in kinds:
             telemetry.count_rejection(kind, "some-rule", "search")

@@ -1,0 +1,121 @@
+"""Live precision of the semantic cache: a rule may have a share of its semantic hits checked
+(`verify_sample`). The route is called anyway, off the request's path, and its fresh answer compared
+with the cached one by embedding; agreement is counted per route, so admins see how often the cache
+is right on their own traffic (`gateway_cache_audits_total`, and `GET /admin/cache/audits`).
+
+Checks never hold up or change the answer the client got: they run in the background, within a bound
+on checks in flight (excess ones are skipped and counted), and a failed call counts as `failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+import orjson
+
+from gateway.cache.store import CachedAnswer
+from gateway.policy.schema import Policy
+from gateway.policy.signals import TextEmbedder
+from gateway.providers.base import ChatRequest, Completion, Deadline
+from gateway.routing.catalog import Target
+from gateway.routing.executor import RouteExecutor
+
+logger = logging.getLogger("gateway.cache")
+
+AuditOutcome = Literal["agree", "disagree", "failed"]
+# Two answers whose embeddings are at least this close say the same thing (MiniLM cosine; answers to
+# one question worded differently score 0.85-0.95, answers to different questions rarely above 0.7).
+AGREEMENT = 0.8
+
+
+@dataclass(slots=True)
+class AuditTotals:
+    agree: int = 0
+    disagree: int = 0
+    failed: int = 0
+
+    @property
+    def precision(self) -> float | None:
+        checked = self.agree + self.disagree
+        return self.agree / checked if checked else None
+
+
+class CacheAudit:
+    def __init__(
+        self,
+        executor: RouteExecutor,
+        embedder: TextEmbedder,
+        count: Callable[[AuditOutcome, str], None] | None = None,
+        *,
+        max_in_flight: int = 8,
+        timeout: float = 120.0,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self._executor = executor
+        self._embedder = embedder
+        self._count = count
+        self._max_in_flight = max_in_flight
+        self._timeout = timeout
+        self._draw = draw
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.totals: dict[str, AuditTotals] = {}
+        self.skipped = 0
+
+    def maybe_check(
+        self, request: ChatRequest, target: Target, policy: Policy, cached: CachedAnswer, share: float
+    ) -> None:
+        if share <= 0 or self._draw() >= share:
+            return
+        if len(self._tasks) >= self._max_in_flight:
+            self.skipped += 1
+            return
+        body = {k: v for k, v in request.body.items() if k not in ("stream", "stream_options")}
+        copy = replace(request, body=body, stream=False, include_usage=False)
+        task = asyncio.create_task(self._check(copy, target, cached))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _check(self, request: ChatRequest, target: Target, cached: CachedAnswer) -> None:
+        deadline = Deadline.after(self._timeout)
+        outcome: AuditOutcome = "failed"
+        try:
+            fresh = await self._executor.run(
+                target, lambda provider: provider.complete(request, deadline), deadline
+            )
+            outcome = self._compare(cached.body, fresh.result)
+        except Exception as error:  # an audit must never take anything else down
+            logger.info("cache audit of %s on %s failed: %r", request.request_id, target.route, error)
+        totals = self.totals.setdefault(target.route, AuditTotals())
+        setattr(totals, outcome, getattr(totals, outcome) + 1)
+        if self._count is not None:
+            self._count(outcome, target.route)
+
+    def _compare(self, cached_body: bytes, fresh: Completion) -> AuditOutcome:
+        cached_text, fresh_text = answer_text(cached_body), answer_text(fresh.body)
+        if cached_text is None or fresh_text is None:
+            return "failed"
+        if cached_text.strip() == fresh_text.strip():
+            return "agree"
+        vectors = np.asarray(self._embedder.embed([cached_text, fresh_text]))
+        return "agree" if float(vectors[0] @ vectors[1]) >= AGREEMENT else "disagree"
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def answer_text(body: bytes) -> str | None:
+    """The first choice's text of a `chat.completion` body, or None when there is none."""
+    try:
+        parsed = orjson.loads(body)
+        content = parsed["choices"][0]["message"]["content"]
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        return None
+    return content if isinstance(content, str) else None
