@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 # The local sentence embedder (built once by `make embedder`, see below).
 EMBEDDER_MODEL := .gateway/models/all-minilm-l6-v2-int8.onnx
 
-.PHONY: run test install install-dev lint typecheck pytest bench bench-accounting bench-ledger clean embedder
+.PHONY: run test install install-dev lint typecheck pytest bench bench-accounting bench-ledger bench-cache clean embedder
 
 run: $(VENV)/.installed-run $(EMBEDDER_MODEL)
 	$(BIN)/gateway serve
@@ -36,6 +36,13 @@ bench-accounting: $(VENV)/.installed-run
 bench-ledger: $(VENV)/.installed-run
 	@mkdir -p artifacts
 	$(BIN)/python -m gateway.bench.ledger --postgres-url $(POSTGRES_URL) --json artifacts/bench-ledger.json
+
+# The semantic cache at 100,000 entries on one core (targets in gateway/bench/cache.py), with stored
+# questions from labelled pairs at $(PAIRS).
+PAIRS ?= ../shared/data/qqp/pairs.jsonl
+bench-cache: $(VENV)/.installed-run $(EMBEDDER_MODEL)
+	@mkdir -p artifacts
+	$(BIN)/python -m gateway.bench.cache --pairs $(PAIRS) --json artifacts/bench-cache.json
 
 install: $(VENV)/.installed-run
 embedder: $(EMBEDDER_MODEL)

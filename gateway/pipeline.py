@@ -278,9 +278,7 @@ class ChatPipeline:
                 )
         directive = routing.decision.cache if routing.decision is not None else None
         if hit.kind == "semantic" and self.audit is not None and directive is not None:
-            self.audit.maybe_check(
-                request, routing.target, routing.policy.policy, cached, directive.verify_sample
-            )
+            self.audit.maybe_check(request, routing.target, cached, directive.verify_sample)
         return answer
 
     async def _keep(self, answer: Answer, keys: CacheKeys, routing: Routing) -> None:

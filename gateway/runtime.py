@@ -27,7 +27,7 @@ from gateway.cache.answer_cache import AnswerCache
 from gateway.cache.audit import CacheAudit
 from gateway.cache.redis_store import RedisCacheStore
 from gateway.cache.store import CacheStore, InProcessCacheStore
-from gateway.cache.verifier import Verifier, VerifierMissing
+from gateway.cache.verifier import LazyVerifier, VerifierMissing
 from gateway.config import GatewayConfig, load_config
 from gateway.pipeline import ChatPipeline
 from gateway.policy.compile import PolicyError
@@ -159,7 +159,7 @@ class Runtime:
             store = InProcessCacheStore(settings.cache_max_entries)
         verifier = None
         try:
-            verifier = Verifier()
+            verifier = LazyVerifier()
         except VerifierMissing as exc:
             logger.warning("semantic cache off (exact matches only): %s", exc)
         return AnswerCache(store, tools.embedder, verifier)

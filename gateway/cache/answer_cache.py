@@ -24,7 +24,7 @@ import orjson
 from gateway.cache.keys import CacheKeys, cache_keys
 from gateway.cache.semantic_index import Vectors
 from gateway.cache.store import CachedAnswer, CacheStore
-from gateway.cache.verifier import Verifier
+from gateway.cache.verifier import PairScorer
 from gateway.policy.schema import CacheDirective
 from gateway.policy.signals import QUESTION_MEMO, TextEmbedder
 from gateway.providers.base import Completion
@@ -90,15 +90,11 @@ class AnswerCache:
     policy's semantic signals through the request's memo), verified before they count."""
 
     def __init__(
-        self, store: CacheStore, embedder: TextEmbedder | None = None, verifier: Verifier | None = None
+        self, store: CacheStore, embedder: TextEmbedder | None = None, verifier: PairScorer | None = None
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.verifier = verifier
-
-    @property
-    def semantic(self) -> bool:
-        return self.embedder is not None and self.verifier is not None
 
     def keys(
         self,

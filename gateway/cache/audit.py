@@ -20,7 +20,6 @@ import numpy as np
 import orjson
 
 from gateway.cache.store import CachedAnswer
-from gateway.policy.schema import Policy
 from gateway.policy.signals import TextEmbedder
 from gateway.providers.base import ChatRequest, Completion, Deadline
 from gateway.routing.catalog import Target
@@ -67,9 +66,7 @@ class CacheAudit:
         self.totals: dict[str, AuditTotals] = {}
         self.skipped = 0
 
-    def maybe_check(
-        self, request: ChatRequest, target: Target, policy: Policy, cached: CachedAnswer, share: float
-    ) -> None:
+    def maybe_check(self, request: ChatRequest, target: Target, cached: CachedAnswer, share: float) -> None:
         if share <= 0 or self._draw() >= share:
             return
         if len(self._tasks) >= self._max_in_flight:

@@ -59,6 +59,11 @@ def run(args: argparse.Namespace) -> int:
             )
     if best is not None:
         print(f"recommended: `similarity: {best.threshold:.4f}` in the rule's cache directive")
+        if best.recall < 0.05:
+            print(
+                f"warning: precision {args.target_precision} is reached only at recall {best.recall:.3f}: "
+                "on these pairs the cache would almost never answer; consider a lower target"
+            )
     if args.json:
         args.json.write_bytes(
             orjson.dumps(

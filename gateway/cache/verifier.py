@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -63,6 +64,21 @@ class VerifierMissing(RuntimeError):
     pass
 
 
+class PairScorer(Protocol):
+    def score(self, query: str, candidate: str) -> float:
+        """The probability that `query` asks what `candidate` asked."""
+        ...
+
+
+def check_files(path: Path) -> None:
+    """The model, its tokenizer and its card are all there, or VerifierMissing says which is not."""
+    for needed in (path, tokenizer_path_for(path), card_path_for(path)):
+        if not needed.is_file():
+            raise VerifierMissing(
+                f"cache verifier file {needed} not found: run `gateway cache train-verifier`"
+            )
+
+
 def load_pair_tokenizer(path: Path) -> Tokenizer:
     tokenizer = Tokenizer.from_file(str(path))
     tokenizer.no_padding()
@@ -72,11 +88,7 @@ def load_pair_tokenizer(path: Path) -> Tokenizer:
 
 class Verifier:
     def __init__(self, path: Path = DEFAULT_PATH, *, threads: int = 1) -> None:
-        for needed in (path, tokenizer_path_for(path), card_path_for(path)):
-            if not needed.is_file():
-                raise VerifierMissing(
-                    f"cache verifier file {needed} not found: run `gateway cache train-verifier`"
-                )
+        check_files(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -102,3 +114,19 @@ class Verifier:
             feed["token_type_ids"] = np.array([encoding.type_ids], dtype=np.int64)
         (logits,) = self._session.run(None, feed)
         return float(1.0 / (1.0 + np.exp(-float(np.asarray(logits).reshape(-1)[0]))))
+
+
+class LazyVerifier:
+    """Loads the verifier on the first semantic lookup, so a gateway whose policy caches exactly (or
+    not at all) never pays for the model; its files are checked at once, so a missing one is reported
+    at start-up."""
+
+    def __init__(self, path: Path = DEFAULT_PATH) -> None:
+        check_files(path)
+        self.path = path
+        self._verifier: Verifier | None = None
+
+    def score(self, query: str, candidate: str) -> float:
+        if self._verifier is None:
+            self._verifier = Verifier(self.path)
+        return self._verifier.score(query, candidate)
