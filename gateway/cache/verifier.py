@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import onnxruntime as ort
 import orjson
 from tokenizers import Tokenizer
+
+from gateway.embedding.embedder import cpu_session
 
 # Bumped when the graph's inputs or outputs change, so an old artifact is refused rather than misread.
 FORMAT = "gateway-cache-verifier/2"
@@ -89,14 +90,7 @@ def load_pair_tokenizer(path: Path) -> Tokenizer:
 class Verifier:
     def __init__(self, path: Path = DEFAULT_PATH, *, threads: int = 1) -> None:
         check_files(path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        self._session = cpu_session(path, threads)
         found = self._session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if found != FORMAT:
             raise VerifierMissing(f"{path} is {found or 'not a verifier'}, not {FORMAT}: retrain it")

@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -157,7 +157,7 @@ def fine_tune(source: Path, pairs: list[Pair], checkpoint: Path, epochs: int) ->
         labels = torch.tensor([float(p.same) for p in batch])
         logits = model(**inputs).logits[:, 0]
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
-        loss.backward()  # type: ignore[no-untyped-call]
+        cast(Any, loss).backward()  # untyped in torch; Any when torch is not installed
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
         schedule.step()

@@ -47,6 +47,17 @@ def load_tokenizer(path: Path, max_tokens: int) -> Tokenizer:
     return tokenizer
 
 
+def cpu_session(path: Path, threads: int) -> ort.InferenceSession:
+    """An onnxruntime session on the CPU, sequential, fully optimised, with `threads` intra-op threads
+    (the gateway's models run one small input at a time: more threads only add synchronisation)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
 class EmbedderMissing(RuntimeError):
     """The model or its tokenizer has not been built; the message says how to build it."""
 
@@ -73,14 +84,7 @@ class Embedder:
 
         self._tokenizer = load_tokenizer(tokenizer_path, max_tokens)
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(
-            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        self._session = cpu_session(model_path, threads)
         self._input_names = frozenset(i.name for i in self._session.get_inputs())
         out = self._session.get_outputs()[0]
         if out.shape[-1] != DIMENSION:

@@ -47,6 +47,15 @@ def ask(gw: RunningGateway, key: str | None = None, **body: Any) -> httpx.Respon
     return httpx.post(f"{gw.base_url}/chat/completions", json=payload, headers=headers, timeout=30)
 
 
+def client_keys(state: Path, *teams: str) -> list[str]:
+    """A client key for each team, in the gateway's key store under `state`."""
+    store = KeyStore(state / "keys.sqlite")
+    try:
+        return [store.create(team, "client")[1] for team in teams]
+    finally:
+        store.close()
+
+
 def chats(upstream: FakeOpenAIUpstream) -> int:
     return len(upstream.requests)
 
@@ -80,9 +89,7 @@ def test_one_team_never_receives_another_teams_answer_unless_the_rule_shares_a_n
     upstreams: Callable[..., FakeOpenAIUpstream], gateway: Callable[..., RunningGateway], tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    store = KeyStore(state / "keys.sqlite")
-    (_, key_a), (_, key_b) = store.create("alpha", "client"), store.create("beta", "client")
-    store.close()
+    key_a, key_b = client_keys(state, "alpha", "beta")
     upstream = upstreams()
     gw = gateway(cached_spec(upstream), state_dir=state)
     assert ask(gw, key_a).headers["x-gateway-cache"] == "miss"

@@ -19,7 +19,7 @@ from gateway.embedding.embedder import Embedder, default_model_path
 from gateway.fakes.background import BackgroundLoop
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
-from tests.api.test_cache import PRICE, chats
+from tests.api.test_cache import PRICE, chats, client_keys
 from tests.conftest import RunningGateway, openai_deployment
 from tests.test_accountant import ledger_rows
 
@@ -103,9 +103,7 @@ def test_semantic_hits_stay_within_the_team_and_the_context(
     upstreams: Callable[..., FakeOpenAIUpstream], gateway: Callable[..., RunningGateway], tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    store = KeyStore(state / "keys.sqlite")
-    (_, key_a), (_, key_b) = store.create("alpha", "client"), store.create("beta", "client")
-    store.close()
+    key_a, key_b = client_keys(state, "alpha", "beta")
     upstream = upstreams()
     gw = gateway(semantic_spec(upstream), state_dir=state)
     assert ask(gw, ORIGINAL, key_a).headers["x-gateway-cache"] == "miss"
@@ -229,9 +227,7 @@ def test_replicas_on_one_redis_share_answers_but_never_across_teams(
     tmp_path: Path,
 ) -> None:
     state = tmp_path / "state"
-    store = KeyStore(state / "keys.sqlite")
-    (_, key_a), (_, key_b) = store.create("alpha", "client"), store.create("beta", "client")
-    store.close()
+    key_a, key_b = client_keys(state, "alpha", "beta")
     upstream = upstreams()
     shared = {"redis_url": redis_url, "redis_prefix": redis_prefix, "state_dir": state}
     one = gateway(semantic_spec(upstream), **shared)
