@@ -14,6 +14,7 @@ from gateway.accounting.spend_commands import add_spend_command, run_spend_comma
 from gateway.cache.commands import add_cache_commands, run_cache_command
 from gateway.config import ConfigError, load_config
 from gateway.policy.commands import add_policy_commands, run_policy_command
+from gateway.router.commands import add_eval_commands, run_eval_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_key_commands(commands)
     add_spend_command(commands)
     add_cache_commands(commands)
+    add_eval_commands(commands)
 
     args = parser.parse_args(argv)
     if args.command == "policy":
@@ -48,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_spend_command(args)
     if args.command == "cache":
         return run_cache_command(args)
+    if args.command == "eval":
+        return run_eval_command(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "check-config":

@@ -1,0 +1,167 @@
+"""`gateway eval routing DATA...`: how well the learned router sends to the strong model only what the
+weak one would get wrong, on held-out prompts, against random routing and the oracle.
+
+The router is logistic regression over the prompt's MiniLM embedding (the one the gateway already
+computes), predicting "the strong model does better here". Each data set is scored by k-fold
+cross-validation (`--folds`, 5 by default, folds fixed by a seed): every prompt's score comes from a
+model that never saw it. Prints a table per data set (`--json` writes the figures, `--png` the curves).
+Data: see `gateway.router.outcomes` for the accepted shapes; contaminated prompts are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from gateway.router.metrics import RouterFigures, curve, figures, oracle_curve, random_curve
+from gateway.router.outcomes import OutcomeSet, load_outcomes
+
+QUALITY_TARGET = 0.95
+FOLDS = 5
+SEED = 0
+# Router prompts are longer than chat questions (MMLU's choices, GSM8K's stories).
+EMBED_TOKENS = 256
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "data", type=Path, nargs="+", help="labelled outcomes (JSON lines, CSV, or a directory)"
+    )
+    parser.add_argument("--folds", type=int, default=FOLDS)
+    parser.add_argument(
+        "--target", type=float, default=QUALITY_TARGET, help="share of the strong model's score"
+    )
+    parser.add_argument("--weak-cost", type=float, default=0.0, help="a weak call's cost / a strong call's")
+    parser.add_argument("--limit", type=int, help="at most this many prompts per data set (a quick run)")
+    parser.add_argument("--embedder", type=Path, default=None)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--png", type=Path)
+
+
+def embed(prompts: list[str], embedder: Any, label: str) -> np.ndarray[Any, np.dtype[np.float32]]:
+    from gateway.cache.pair_scores import Progress
+
+    vectors = np.empty((len(prompts), 384), dtype=np.float32)
+    progress = Progress(f"embedding {label}", len(prompts))
+    for row, prompt in enumerate(prompts):
+        vectors[row] = embedder.embed_one(prompt)
+        progress.update(row + 1)
+    return vectors
+
+
+def cross_validated_scores(
+    vectors: np.ndarray[Any, np.dtype[np.float32]],
+    needs_strong: np.ndarray[Any, np.dtype[np.bool_]],
+    folds: int,
+) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """Each prompt's P(strong needed) from a model fitted on the other folds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold
+
+    scores = np.zeros(len(vectors))
+    for fit, held in KFold(n_splits=folds, shuffle=True, random_state=SEED).split(vectors):
+        if needs_strong[fit].all() or not needs_strong[fit].any():
+            scores[held] = float(needs_strong[fit].mean())
+            continue
+        model = LogisticRegression(C=1.0, max_iter=2000)
+        model.fit(vectors[fit], needs_strong[fit])
+        scores[held] = model.predict_proba(vectors[held])[:, 1]
+    return scores
+
+
+def run(args: argparse.Namespace) -> int:
+    from gateway.embedding.embedder import Embedder, default_model_path
+
+    embedder = Embedder(args.embedder or default_model_path(), max_tokens=EMBED_TOKENS)
+    results: dict[str, RouterFigures] = {}
+    curves: dict[str, dict[str, Any]] = {}
+    for path in args.data:
+        data: OutcomeSet = load_outcomes(path)
+        outcomes = data.outcomes[: args.limit] if args.limit else data.outcomes
+        weak = np.array([o.weak for o in outcomes])
+        strong = np.array([o.strong for o in outcomes])
+        vectors = embed([o.prompt for o in outcomes], embedder, data.name)
+        folds = min(args.folds, len(outcomes))
+        scores = cross_validated_scores(vectors, strong > weak, folds)
+        results[data.name] = figures(scores, weak, strong, args.target, args.weak_cost)
+        curves[data.name] = {
+            "router": curve(scores, weak, strong),
+            "random": random_curve(weak, strong),
+            "oracle": oracle_curve(weak, strong),
+            "excluded": data.excluded,
+        }
+    print(_table(results, args.target, args.folds))
+    if args.json:
+        args.json.write_bytes(
+            orjson.dumps(
+                {
+                    "target": args.target,
+                    "folds": args.folds,
+                    "weak_cost": args.weak_cost,
+                    "data": {
+                        name: {**asdict(result), "excluded": curves[name]["excluded"]}
+                        for name, result in results.items()
+                    },
+                },
+                option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
+            )
+        )
+    if args.png:
+        _plot(args.png, curves, args.target)
+        print(f"wrote {args.png}", file=sys.stderr)
+    return 0
+
+
+def _share(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1%}"
+
+
+def _table(results: dict[str, RouterFigures], target: float, folds: int) -> str:
+    lines = [
+        f"learned router (logistic regression on MiniLM embeddings, {folds}-fold cross-validation)",
+        f"strong-call share needed for {target:.0%} of the strong model's score, and APGR",
+        "",
+        f"{'data':<18} {'prompts':>8} {'weak':>6} {'strong':>7} {'oracle':>7} "
+        f"{'router':>8} {'random':>8} {'oracle%':>8} {'APGR':>6} {'rand.':>6} {'saved':>7}",
+    ]
+    for name, r in results.items():
+        saved = "-" if r.cost_saved_at_target is None else f"{r.cost_saved_at_target:.1%}"
+        lines.append(
+            f"{name:<18} {r.prompts:>8,} {r.weak:>6.3f} {r.strong:>7.3f} {r.oracle:>7.3f} "
+            f"{_share(r.share_at_target):>8} {_share(r.random_share_at_target):>8} "
+            f"{_share(r.oracle_share_at_target):>8} {r.apgr:>6.3f} {r.random_apgr:>6.3f} {saved:>7}"
+        )
+    return "\n".join(lines)
+
+
+def _plot(path: Path, curves: dict[str, dict[str, Any]], target: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), dpi=110, squeeze=False)
+    # Okabe-Ito colours: distinguishable with colour-blindness.
+    colours = {"router": "#0072B2", "random": "#E69F00", "oracle": "#009E73"}
+    for axis, (name, drawn) in zip(axes[0], curves.items(), strict=True):
+        for kind in ("router", "random", "oracle"):
+            line = drawn[kind]
+            axis.plot(line.shares, line.quality, color=colours[kind], label=kind)
+        strong = drawn["random"].quality[-1]
+        axis.axhline(
+            target * strong, color="#999999", linestyle="--", linewidth=1, label=f"{target:.0%} of strong"
+        )
+        axis.set_title(name)
+        axis.set_xlabel("share of calls to the strong model")
+        axis.set_ylabel("quality (mean score)")
+        axis.grid(alpha=0.3)
+        axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
