@@ -4,8 +4,6 @@ the verifier's probability for the pairs that pass it. Both report progress on s
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -14,28 +12,9 @@ import numpy.typing as npt
 from gateway.cache.pairs import Pair
 from gateway.cache.semantic_index import CANDIDATE_FLOOR, dequantise, quantise
 from gateway.embedding.embedder import Embedder
+from gateway.progress import Progress
 
 Scores = npt.NDArray[np.float32]
-
-
-class Progress:
-    """One line on stderr, rewritten at most every two seconds."""
-
-    def __init__(self, label: str, total: int) -> None:
-        self._label, self._total = label, total
-        self._started = self._shown = time.monotonic()
-
-    def update(self, done: int) -> None:
-        now = time.monotonic()
-        if now - self._shown < 2 and done < self._total:
-            return
-        self._shown = now
-        rate = done / max(now - self._started, 1e-9)
-        print(
-            f"\r{self._label}: {done:,}/{self._total:,} ({rate:,.0f}/s)", end="", file=sys.stderr, flush=True
-        )
-        if done >= self._total:
-            print(file=sys.stderr)
 
 
 def candidate_cosines(pairs: Sequence[Pair], embedder: Embedder) -> Scores:

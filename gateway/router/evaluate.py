@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from gateway.progress import Progress
 from gateway.router.metrics import RouterFigures, curve, figures, oracle_curve, random_curve
 from gateway.router.outcomes import OutcomeSet, load_outcomes
 
@@ -45,8 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def embed(prompts: list[str], embedder: Any, label: str) -> np.ndarray[Any, np.dtype[np.float32]]:
-    from gateway.cache.pair_scores import Progress
-
     vectors = np.empty((len(prompts), 384), dtype=np.float32)
     progress = Progress(f"embedding {label}", len(prompts))
     for row, prompt in enumerate(prompts):
