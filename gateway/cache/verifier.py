@@ -13,6 +13,7 @@ close (cosine at least `CANDIDATE_FLOOR`), so most misses never pay for it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +23,8 @@ import orjson
 from tokenizers import Tokenizer
 
 from gateway.embedding.embedder import cpu_session
+
+logger = logging.getLogger("gateway.cache")
 
 # Bumped when the graph's inputs or outputs change, so an old artifact is refused rather than misread.
 FORMAT = "gateway-cache-verifier/2"
@@ -119,8 +122,18 @@ class LazyVerifier:
         check_files(path)
         self.path = path
         self._verifier: Verifier | None = None
+        self._broken = False
 
     def score(self, query: str, candidate: str) -> float:
+        """As `Verifier.score`; 0 (never a hit) if the model cannot be loaded, which is logged once:
+        a broken verifier turns the semantic layer off, it does not fail requests."""
         if self._verifier is None:
-            self._verifier = Verifier(self.path)
+            if self._broken:
+                return 0.0
+            try:
+                self._verifier = Verifier(self.path)
+            except Exception as error:  # onnxruntime raises its own types for a bad file
+                self._broken = True
+                logger.error("semantic cache off: the verifier %s does not load: %s", self.path, error)
+                return 0.0
         return self._verifier.score(query, candidate)

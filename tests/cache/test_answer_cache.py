@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -101,3 +102,18 @@ def test_the_question_is_embedded_once_for_the_policy_and_the_cache() -> None:
     fresh: dict[object, object] = {}
     vector = cache.question_vector(keys, fresh)
     assert vector is not None and float(vector @ facts.memo[QUESTION_MEMO]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_verifier_that_does_not_load_turns_semantic_hits_off_instead_of_failing(tmp_path: Path) -> None:
+    from gateway.cache.verifier import DEFAULT_PATH, LazyVerifier, card_path_for, tokenizer_path_for
+
+    broken = tmp_path / "verifier-int8.onnx"
+    broken.write_bytes(b"not a model")
+    for copy in (tokenizer_path_for, card_path_for):
+        copy(broken).write_bytes(copy(DEFAULT_PATH).read_bytes())
+    verifier = LazyVerifier(broken)
+    assert verifier.score("a question", "the same question") == 0.0
+    assert verifier.score("a question", "the same question") == 0.0  # logged once, not retried
+    assert (
+        LazyVerifier(DEFAULT_PATH).score("How do I reset my password?", "How can I reset my password?") > 0.5
+    )
