@@ -14,7 +14,12 @@ from gateway.accounting.spend_commands import add_spend_command, run_spend_comma
 from gateway.cache.commands import add_cache_commands, run_cache_command
 from gateway.config import ConfigError, load_config
 from gateway.policy.commands import add_policy_commands, run_policy_command
-from gateway.router.commands import add_eval_commands, run_eval_command
+from gateway.router.commands import (
+    add_eval_commands,
+    add_router_commands,
+    run_eval_command,
+    run_router_command,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_spend_command(commands)
     add_cache_commands(commands)
     add_eval_commands(commands)
+    add_router_commands(commands)
 
     args = parser.parse_args(argv)
     if args.command == "policy":
@@ -52,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_cache_command(args)
     if args.command == "eval":
         return run_eval_command(args)
+    if args.command == "router":
+        return run_router_command(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "check-config":

@@ -33,6 +33,16 @@ FORBIDDEN = {
         "gateway.runtime",
         "gateway.app",
     ),
+    # The learned router is read by the policy; it knows nothing of the request path.
+    "gateway.router": (
+        "gateway.api",
+        "gateway.pipeline",
+        "gateway.routing",
+        "gateway.providers",
+        "gateway.policy",
+        "gateway.runtime",
+        "gateway.app",
+    ),
     # Telemetry reads finished records through its own Protocol; it knows nothing of the rest.
     "gateway.telemetry": (
         "gateway.accounting",

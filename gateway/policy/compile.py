@@ -39,6 +39,7 @@ from gateway.policy.source import (
     load_policy_file,
     load_policy_source,
 )
+from gateway.router.model import RouterMissing
 
 Loc = tuple[str | int, ...]
 ProblemAt = Callable[[Loc, str], str]
@@ -122,8 +123,10 @@ def compile_policy(
             )
         except EmbedderUnavailable as exc:
             problems.append(
-                problem(("signals", signal_name), f"a semantic signal needs the local embedder: {exc}")
+                problem(("signals", signal_name), f"a {signal.kind} signal needs the local embedder: {exc}")
             )
+        except RouterMissing as exc:
+            problems.append(problem(("signals", signal_name, "model"), str(exc)))
     if tools.embedder is None:
         for index, rule in enumerate(policy.rules):
             if rule.cache is not None and rule.cache.similarity is not None:

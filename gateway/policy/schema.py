@@ -108,9 +108,13 @@ class SemanticSignal(Strict):
 
 
 class LearnedScoreSignal(Strict):
-    """The probability that the strong model is needed, from the learned router (none yet: null)."""
+    """The probability that the strong model is needed for the request's last user turn, from the learned
+    router (`gateway router train`), over the embedding the policy and the cache share; null when the
+    request has no user text. Needs the local embedder."""
 
     kind: Literal["learned_score"]
+    # The router artifact; the one shipped with the gateway when unset.
+    model: Annotated[str, Field(min_length=1)] | None = None
 
 
 class BudgetSignal(Strict):

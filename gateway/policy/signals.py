@@ -167,7 +167,9 @@ def build_evaluator(signal: Signal, tools: SignalTools) -> Evaluator:
     if isinstance(signal, BudgetSignal):
         return lambda facts: facts.budget_spent() if facts.budget_spent else None
     if isinstance(signal, LearnedScoreSignal):
-        return lambda facts: None  # filled by the learned router when it exists
+        if tools.embedder is None:
+            raise EmbedderUnavailable(tools.embedder_missing)
+        return _learned(signal, tools.embedder)
     if isinstance(signal, RouteHealthSignal):
         route = signal.route
         return lambda facts: facts.route_healthy(route) if facts.route_healthy else None
@@ -191,6 +193,23 @@ def _semantic(signal: SemanticSignal, embedder: TextEmbedder) -> Evaluator:
         return labels[best] if float(similarities[best]) >= floor else None
 
     return nearest
+
+
+def _learned(signal: LearnedScoreSignal, embedder: TextEmbedder) -> Evaluator:
+    """The router's probability over the last user turn's embedding (shared through the memo)."""
+    from gateway.router.model import DEFAULT_PATH, RouterModel
+
+    model = RouterModel(Path(signal.model) if signal.model else DEFAULT_PATH)
+
+    def score(facts: RequestFacts) -> SignalValue:
+        text = facts.text("last_user")
+        if not text:
+            return None
+        if QUESTION_MEMO not in facts.memo:
+            facts.memo[QUESTION_MEMO] = embedder.embed([text])[0]
+        return round(model.score(facts.memo[QUESTION_MEMO]), 4)
+
+    return score
 
 
 def _size(signal: SizeSignal, tokens: TokenCounter) -> Evaluator:

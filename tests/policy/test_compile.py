@@ -67,8 +67,6 @@ def user(text: str, **body: Any) -> RequestFacts:
         ("{kind: metadata, of: role}", "{signal: s, eq: admin}", RequestFacts(body={}, role="admin"), True),
         ("{kind: metadata, of: user}", "{signal: s, contains: bot}", user("x", user="slack-bot-7"), True),
         ("{kind: metadata, of: tags}", "{signal: s, contains: batch}", RequestFacts(body={}, tags=("batch",)), True),
-        ("{kind: learned_score}", "{signal: s, gt: 0.5}", RequestFacts(body={}, given={"s": 0.7}), True),
-        ("{kind: learned_score}", "{signal: s, gt: 0.5}", RequestFacts(body={}), False),
         ("{kind: budget_spent}", "{signal: s, gte: 0.9}", RequestFacts(body={}, given={"s": 0.95}), True),
         ("{kind: route_healthy, route: frontier}", "{signal: s, eq: false}",
          RequestFacts(body={}, route_healthy=lambda route: route != "frontier"), True),
@@ -156,6 +154,8 @@ rules:
     [
         (BASE + "rules:\n  - {name: r, route: local, when: {signal: s, eq: 1}, colour: red}\n",
          "test.yaml:6: rules.0.colour: unknown key 'colour'"),
+        (BASE + "signals:\n  s: {kind: learned_score}\n",
+         "test.yaml:6: signals.s: a learned_score signal needs the local embedder"),
         (BASE + "signals:\n  s: {kind: regex, pattern: '(unclosed'}\n",
          "test.yaml:6: signals.s.pattern: not a valid regular expression"),
         (BASE + "signals: {s: {kind: size, of: messages}}\nrules:\n  - {name: r, route: local, when: {signal: s, eq: 1}, cache: {similarity: 0.9}}\n",

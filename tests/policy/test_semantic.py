@@ -11,6 +11,7 @@ import pytest
 from gateway.policy.compile import CompiledPolicy, PolicyError, compile_policy_text
 from gateway.policy.decide import decide
 from gateway.policy.signals import RequestFacts, SignalTools, load_signal_tools
+from gateway.router.model import RouterModel
 from gateway.settings import Settings
 from gateway.tokens import TokenCounter
 
@@ -89,3 +90,48 @@ def test_semantic_comparisons_are_checked(tools: SignalTools) -> None:
     with pytest.raises(PolicyError) as caught:
         compiled(tools, bad)
     assert "'gt' does not apply to 'topic' (semantic)" in caught.value.problems[0]
+
+
+LEARNED = """\
+routes:
+  frontier: {deployments: [big]}
+  local: {deployments: [small]}
+signals:
+  strong_needed: {kind: learned_score}
+rules:
+  - {name: hard, when: {signal: strong_needed, gt: 0.5}, route: frontier}
+default_route: local
+"""
+
+
+def test_the_learned_score_is_the_routers_probability_over_the_shared_embedding(tools: SignalTools) -> None:
+    policy = compiled(tools, LEARNED)
+    maths = ask(
+        "Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q. "
+        "A. 0 B. 4 C. 2 D. 6 Answer:"
+    )
+    chat = ask("Say hello to my friend in a cheerful way.")
+    decided = {
+        name: decide(policy, facts, explain=True) for name, facts in (("maths", maths), ("chat", chat))
+    }
+    scores = {name: decision.signals["strong_needed"] for name, decision in decided.items()}
+    assert all(isinstance(score, float) and 0 < score < 1 for score in scores.values())
+    assert scores["maths"] != scores["chat"]
+    assert tools.embedder is not None
+    model = RouterModel()
+    for name, facts in (("maths", maths), ("chat", chat)):
+        text = facts.body["messages"][-1]["content"]
+        assert scores[name] == pytest.approx(model.score(tools.embedder.embed([text])[0]), abs=1e-4)
+    # Computed over the request's shared embedding, which the cache reads from the memo too.
+    assert ("embedding", "last_user") in maths.memo
+    # A given value wins (replays, golden cases); a request with no user text scores null.
+    assert decide(policy, RequestFacts(body={}, given={"strong_needed": 0.9})).rule == "hard"
+    assert decide(policy, RequestFacts(body={"messages": []})).signals["strong_needed"] is None
+
+
+def test_a_learned_score_needs_a_router_model(tools: SignalTools, tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match=r"router model .* not found"):
+        compiled(
+            tools,
+            LEARNED.replace("{kind: learned_score}", f"{{kind: learned_score, model: {tmp_path}/x.npz}}"),
+        )
