@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     embedder = Embedder(default_model_path(), max_tokens=128)
     real = pairs[: min(len(pairs), args.entries, 3000)]
     progress(f"embedding {len(real):,} stored questions")
-    real_vectors = np.stack([embedder.embed_one(p.text_b) for p in real])
+    real_vectors = embedder.embed([p.text_b for p in real], progress="embedding stored questions")
     questions = [p.text_b for p in real]
     synthetic = args.entries - len(real)
     picks = rng.integers(0, len(real), synthetic)

@@ -21,11 +21,7 @@ def candidate_cosines(pairs: Sequence[Pair], embedder: Embedder) -> Scores:
     """Each pair's cosine as the index would compute it (each distinct text embedded once)."""
     texts = sorted({text for pair in pairs for text in (pair.text_a, pair.text_b)})
     row_of = {text: row for row, text in enumerate(texts)}
-    vectors = np.empty((len(texts), embedder.dimension), dtype=np.float32)
-    progress = Progress("embedding", len(texts))
-    for row, text in enumerate(texts):
-        vectors[row] = embedder.embed_one(text)
-        progress.update(row + 1)
+    vectors = embedder.embed(texts, progress="embedding")
     queries = vectors[[row_of[pair.text_a] for pair in pairs]]
     stored = dequantise(*quantise(vectors[[row_of[pair.text_b] for pair in pairs]]))
     cosines: Scores = np.einsum("ij,ij->i", queries, stored).astype(np.float32)

@@ -15,6 +15,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from gateway.progress import Progress
 from gateway.settings import Settings
 
 DIMENSION = 384
@@ -96,8 +97,9 @@ class Embedder:
         # Build provenance written by the exporter (format tag), for validity checks.
         self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
 
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Embed texts; returns shape (len(texts), 384), float32, rows unit-length.
+    def embed(self, texts: Sequence[str], progress: str | None = None) -> npt.NDArray[np.float32]:
+        """Embed texts; returns shape (len(texts), 384), float32, rows unit-length. With `progress`, a
+        long run reports on stderr under that label.
 
         Each text is its own session run, unpadded, on purpose. Dynamic int8 quantisation scales the
         activations per tensor, so in a padded batch a text's vector would depend on its neighbours and
@@ -108,8 +110,11 @@ class Embedder:
         if isinstance(texts, str):
             raise TypeError("embed() takes a sequence of texts; use embed_one() for a single string")
         out = np.empty((len(texts), DIMENSION), dtype=np.float32)
+        shown = Progress(progress, len(texts)) if progress is not None else None
         for row, text in enumerate(texts):
             out[row] = self.embed_one(text)
+            if shown is not None:
+                shown.update(row + 1)
         return out
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import orjson
 
-from gateway.progress import Progress
 from gateway.router.metrics import RouterFigures, curve, figures, oracle_curve, random_curve
 from gateway.router.outcomes import OutcomeSet, load_outcomes
 
@@ -43,15 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedder", type=Path, default=None)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--png", type=Path)
-
-
-def embed(prompts: list[str], embedder: Any, label: str) -> np.ndarray[Any, np.dtype[np.float32]]:
-    vectors = np.empty((len(prompts), 384), dtype=np.float32)
-    progress = Progress(f"embedding {label}", len(prompts))
-    for row, prompt in enumerate(prompts):
-        vectors[row] = embedder.embed_one(prompt)
-        progress.update(row + 1)
-    return vectors
 
 
 def cross_validated_scores(
@@ -85,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         outcomes = data.outcomes[: args.limit] if args.limit else data.outcomes
         weak = np.array([o.weak for o in outcomes])
         strong = np.array([o.strong for o in outcomes])
-        vectors = embed([o.prompt for o in outcomes], embedder, data.name)
+        vectors = embedder.embed([o.prompt for o in outcomes], progress=f"embedding {data.name}")
         folds = min(args.folds, len(outcomes))
         scores = cross_validated_scores(vectors, strong > weak, folds)
         results[data.name] = figures(scores, weak, strong, args.target, args.weak_cost)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.router.evaluate import embed
 from gateway.router.model import DEFAULT_PATH, save_router
 from gateway.router.outcomes import load_outcomes
 
@@ -39,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     for path in args.data:
         data = load_outcomes(path)
         names.append(data.name)
-        vectors.append(embed([o.prompt for o in data.outcomes], embedder, data.name))
+        vectors.append(embedder.embed([o.prompt for o in data.outcomes], progress=f"embedding {data.name}"))
         labels.append(np.array([o.strong > o.weak for o in data.outcomes]))
     x, y = np.concatenate(vectors), np.concatenate(labels)
     model = LogisticRegression(C=1.0, max_iter=2000).fit(x, y)
