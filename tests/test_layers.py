@@ -9,6 +9,16 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gateway"
 
+# What a side module (accounting, telemetry, the learned router) must never import: the request path.
+REQUEST_PATH = (
+    "gateway.api",
+    "gateway.pipeline",
+    "gateway.routing",
+    "gateway.providers",
+    "gateway.policy",
+    "gateway.runtime",
+    "gateway.app",
+)
 # module prefix -> prefixes it must never import
 FORBIDDEN = {
     "gateway.providers": (
@@ -24,36 +34,11 @@ FORBIDDEN = {
     "gateway.wire": ("gateway.api", "gateway.pipeline", "gateway.routing", "gateway.providers"),
     "gateway.errors": ("gateway.",),
     # A side module: it may use the configuration, never the request path's packages.
-    "gateway.accounting": (
-        "gateway.api",
-        "gateway.pipeline",
-        "gateway.routing",
-        "gateway.providers",
-        "gateway.policy",
-        "gateway.runtime",
-        "gateway.app",
-    ),
+    "gateway.accounting": REQUEST_PATH,
     # The learned router is read by the policy; it knows nothing of the request path.
-    "gateway.router": (
-        "gateway.api",
-        "gateway.pipeline",
-        "gateway.routing",
-        "gateway.providers",
-        "gateway.policy",
-        "gateway.runtime",
-        "gateway.app",
-    ),
+    "gateway.router": REQUEST_PATH,
     # Telemetry reads finished records through its own Protocol; it knows nothing of the rest.
-    "gateway.telemetry": (
-        "gateway.accounting",
-        "gateway.api",
-        "gateway.pipeline",
-        "gateway.routing",
-        "gateway.providers",
-        "gateway.policy",
-        "gateway.runtime",
-        "gateway.app",
-    ),
+    "gateway.telemetry": ("gateway.accounting", *REQUEST_PATH),
 }
 NEVER_ON_THE_SERVING_PATH = ("gateway.fakes", "gateway.bench")
 
