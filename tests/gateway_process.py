@@ -1,4 +1,4 @@
-"""The gateway as a separate process (`python -m gateway serve`), for tests that need two replicas or
+"""The gateway as a separate process: `python -m gateway serve`, for tests that need two replicas or
 a `kill -9`: started with GATEWAY_* settings, ready once /healthz answers."""
 
 from __future__ import annotations
@@ -81,3 +81,10 @@ def start_gateway(settings: dict[str, str], log: Path, timeout: float = 60.0) ->
         time.sleep(0.1)
     running.kill()
     raise RuntimeError(f"the gateway did not start within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def run_command(*args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+    """`gateway ARGS...` run to its end (a CLI command, not the server), its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
+
+from tests.gateway_process import run_command
 
 SAME = [
     ("How can I lose weight quickly?", "What is the fastest way to lose weight?"),
@@ -32,13 +32,9 @@ def test_calibrate_prints_the_curve_and_recommends_a_threshold(tmp_path: Path) -
     rows += [{"text_a": a, "text_b": b, "label": 0} for a, b in DIFFERENT]
     pairs.write_bytes(b"\n".join(orjson.dumps(row) for row in rows) + b"\n")
     report, plot = tmp_path / "calibration.json", tmp_path / "calibration.png"
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "gateway", "cache", "calibrate", str(pairs), "--split", "all"),
-            *("--target-precision", "0.95", "--json", str(report), "--png", str(plot)),
-        ],
-        capture_output=True,
-        text=True,
+    done = run_command(
+        *("cache", "calibrate", str(pairs), "--split", "all", "--target-precision", "0.95"),
+        *("--json", str(report), "--png", str(plot)),
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
@@ -55,11 +51,6 @@ def test_calibrate_prints_the_curve_and_recommends_a_threshold(tmp_path: Path) -
 def test_calibrate_refuses_a_file_that_is_not_pairs(tmp_path: Path) -> None:
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text('{"question": "no label"}\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway", "cache", "calibrate", str(pairs)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_command("cache", "calibrate", str(pairs), timeout=120)
     assert done.returncode != 0
     assert "pairs.jsonl:1" in done.stderr

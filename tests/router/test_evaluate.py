@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
+
+from tests.gateway_process import run_command
 
 # Maths questions the weak model gets wrong, chit-chat it gets right: a router can learn that.
 HARD = [
@@ -21,23 +21,7 @@ def test_eval_routing_beats_random_on_a_learnable_sample(tmp_path: Path) -> None
     rows += [{"prompt": p, "weak": 1, "strong": 1} for p in EASY]
     data.write_bytes(b"\n".join(orjson.dumps(row) for row in rows))
     report, plot = tmp_path / "routing.json", tmp_path / "routing.png"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "eval",
-            "routing",
-            str(data),
-            "--json",
-            str(report),
-            "--png",
-            str(plot),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_command("eval", "routing", str(data), "--json", str(report), "--png", str(plot))
     assert done.returncode == 0, done.stderr
     assert "outcomes" in done.stdout
     result = orjson.loads(report.read_bytes())["data"]["outcomes"]
@@ -50,10 +34,5 @@ def test_eval_routing_beats_random_on_a_learnable_sample(tmp_path: Path) -> None
 def test_eval_routing_refuses_what_is_not_outcomes(tmp_path: Path) -> None:
     data = tmp_path / "outcomes.txt"
     data.write_text("nothing")
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway", "eval", "routing", str(data)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_command("eval", "routing", str(data))
     assert done.returncode == 2 and "expected a .jsonl or .csv" in done.stderr

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from gateway.policy.decide import decide
 from gateway.policy.signals import RequestFacts, load_signal_tools
 from gateway.router.model import RouterModel
 from gateway.tokens import TokenCounter
+from tests.gateway_process import run_command
 from tests.router.test_evaluate import EASY, HARD
 
 
@@ -23,12 +22,7 @@ def test_a_trained_router_routes_what_it_learned(tmp_path: Path) -> None:
     rows += [{"prompt": p, "weak": 1, "strong": 1} for p in EASY]
     data.write_bytes(b"\n".join(orjson.dumps(row) for row in rows))
     model = tmp_path / "router.npz"
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway", "router", "train", str(data), "--output", str(model)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_command("router", "train", str(data), "--output", str(model))
     assert done.returncode == 0, done.stderr
     assert "40 prompts from outcomes, 50.0% needing the strong model" in done.stdout
     assert RouterModel(model).prompts == 40
