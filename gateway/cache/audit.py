@@ -9,11 +9,10 @@ on checks in flight (excess ones are skipped and counted), and a failed call cou
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -22,6 +21,7 @@ import orjson
 from gateway.cache.store import CachedAnswer
 from gateway.policy.signals import TextEmbedder
 from gateway.providers.base import ChatRequest, Completion, Deadline
+from gateway.routing.background import BoundedTasks, plain_copy
 from gateway.routing.catalog import Target
 from gateway.routing.executor import RouteExecutor
 
@@ -59,24 +59,19 @@ class CacheAudit:
         self._executor = executor
         self._embedder = embedder
         self._count = count
-        self._max_in_flight = max_in_flight
         self._timeout = timeout
         self._draw = draw
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BoundedTasks(max_in_flight)
         self.totals: dict[str, AuditTotals] = {}
         self.skipped = 0
 
     def maybe_check(self, request: ChatRequest, target: Target, cached: CachedAnswer, share: float) -> None:
         if share <= 0 or self._draw() >= share:
             return
-        if len(self._tasks) >= self._max_in_flight:
+        if self._tasks.full:
             self.skipped += 1
             return
-        body = {k: v for k, v in request.body.items() if k not in ("stream", "stream_options")}
-        copy = replace(request, body=body, stream=False, include_usage=False)
-        task = asyncio.create_task(self._check(copy, target, cached))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.start(self._check(plain_copy(request), target, cached))
 
     async def _check(self, request: ChatRequest, target: Target, cached: CachedAnswer) -> None:
         deadline = Deadline.after(self._timeout)
@@ -103,9 +98,7 @@ class CacheAudit:
         return "agree" if float(vectors[0] @ vectors[1]) >= AGREEMENT else "disagree"
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.aclose()
 
 
 def answer_text(body: bytes) -> str | None:

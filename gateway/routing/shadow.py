@@ -3,16 +3,15 @@ route does on real traffic. The copy runs beside the real request, is recorded, 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 from gateway.errors import GatewayError
 from gateway.policy.records import ShadowRecord
 from gateway.policy.schema import Policy
 from gateway.providers.base import ChatRequest, Completion, Deadline
+from gateway.routing.background import BoundedTasks, plain_copy
 from gateway.routing.catalog import Catalog
 from gateway.routing.executor import RouteExecutor
 
@@ -35,20 +34,15 @@ class ShadowCopies:
         self._catalog = catalog
         self._executor = executor
         self._record = record
-        self._max_in_flight = max_in_flight
         self._timeout = timeout
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BoundedTasks(max_in_flight)
         self.dropped = 0
 
     def send(self, request: ChatRequest, rule: str, route: str, policy: Policy) -> None:
-        if len(self._tasks) >= self._max_in_flight:
+        if self._tasks.full:
             self.dropped += 1
             return
-        body = {k: v for k, v in request.body.items() if k not in ("stream", "stream_options")}
-        copy = replace(request, body=body, stream=False, include_usage=False)
-        task = asyncio.create_task(self._run(copy, rule, route, policy))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.start(self._run(plain_copy(request), rule, route, policy))
 
     async def _run(self, request: ChatRequest, rule: str, route: str, policy: Policy) -> None:
         started = time.perf_counter()
@@ -68,9 +62,7 @@ class ShadowCopies:
         self._record(_record(request.request_id, rule, route, deployment, status, started, completion))
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.aclose()
 
 
 def _record(
