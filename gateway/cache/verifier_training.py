@@ -7,7 +7,8 @@
    training side of the fixed group split minus a tenth of its groups (a second, independent split)
    kept for validation, for `--epochs` epochs. The checkpoint is kept in `--work-dir`; `--checkpoint
    DIR` skips training, `--resume DIR` trains on from a checkpoint.
-2. Export it to ONNX, fuse the BERT subgraphs and quantise to int8 (as the embedder is built).
+2. Export it to ONNX, fuse the BERT subgraphs and quantise to int8 (as the embedder is built), in the
+   work directory; the verifier in `--output` is replaced only once steps 3 and 4 are done.
 3. Pick the threshold for the target precision on the validation pairs, with the int8 model.
 4. Score the held-out side once, at that threshold, for the card. Nothing is tuned on it.
 """
@@ -77,12 +78,16 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or fine_tune(
         args.resume or model_dir(), fitting, args.work_dir / "checkpoint", args.epochs
     )
-    export(checkpoint, model_dir() / "tokenizer.json", args.output, args.work_dir)
+    # Built and judged in the work directory; only a finished verifier, with its card, replaces the
+    # one in --output (a run that fails half-way leaves the installed verifier as it was).
+    staged = args.work_dir / args.output.name
+    export(checkpoint, model_dir() / "tokenizer.json", staged, args.work_dir)
 
     embedder = Embedder(args.embedder or default_model_path(), max_tokens=128)
+    # Verifier() reads a card; the figures are filled in below, once measured.
     card = VerifierCard(args.pairs.name, len(fitting), 0.0, args.target_precision, len(held_out), 0.0, 0.0)
-    card.write(card_path_for(args.output))
-    verifier = Verifier(args.output)
+    card.write(card_path_for(staged))
+    verifier = Verifier(staged)
     labels = np.array([pair.same for pair in validation])
     chosen = threshold_for(
         curve(verified_scores(validation, candidate_cosines(validation, embedder), verifier.score), labels),
@@ -108,12 +113,23 @@ def run(args: argparse.Namespace) -> int:
         held_out_precision=round(hits / max(int(accepted.sum()), 1), 4),
         held_out_recall=round(hits / max(int(labels.sum()), 1), 4),
     )
-    card.write(card_path_for(args.output))
+    card.write(card_path_for(staged))
+    install(staged, args.output)
     say(
         f"wrote {args.output}: held out, at threshold {card.recommended_threshold:.4f}: precision "
         f"{card.held_out_precision:.3f}, recall {card.held_out_recall:.3f} ({len(held_out):,} pairs)"
     )
     return 0
+
+
+def install(staged: Path, output: Path) -> None:
+    """Put the staged model, tokenizer and card in place of the installed ones, each file whole."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for name_of in (lambda path: path, tokenizer_path_for, card_path_for):
+        target = name_of(output)
+        partial = target.with_name(target.name + ".partial")
+        shutil.copyfile(name_of(staged), partial)
+        partial.replace(target)
 
 
 def say(message: str) -> None:
