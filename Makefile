@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 # The local sentence embedder (built once by `make embedder`, see below).
 EMBEDDER_MODEL := .gateway/models/all-minilm-l6-v2-int8.onnx
 
-.PHONY: run test install install-dev lint typecheck pytest bench bench-accounting bench-ledger bench-cache clean embedder
+.PHONY: run test install install-dev lint typecheck pytest bench bench-accounting bench-ledger bench-cache bench-router clean embedder
 
 run: $(VENV)/.installed-run $(EMBEDDER_MODEL)
 	$(BIN)/gateway serve
@@ -43,6 +43,10 @@ PAIRS ?= ../shared/data/qqp/pairs.jsonl
 bench-cache: $(VENV)/.installed-run $(EMBEDDER_MODEL)
 	@mkdir -p artifacts
 	$(BIN)/python -m gateway.bench.cache --pairs $(PAIRS) --json artifacts/bench-cache.json
+
+ROUTER_DATA ?= ../shared/data/routellm/mt_bench ../shared/data/routellm/gsm8k/gsm8k_responses.csv
+bench-router: $(VENV)/.installed-run $(EMBEDDER_MODEL)
+	taskset -c 0 $(BIN)/gateway router bench $(ROUTER_DATA) --json artifacts/bench-router.json
 
 install: $(VENV)/.installed-run
 embedder: $(EMBEDDER_MODEL)

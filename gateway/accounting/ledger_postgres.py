@@ -11,7 +11,23 @@ from typing import Any
 
 import psycopg
 
-from gateway.accounting.ledger_schema import MIGRATIONS, insert_sql, report_query, row_of
+from gateway.accounting.feedback import (
+    Feedback,
+    RatedRequest,
+    insert_feedback_sql,
+    latest_per_request,
+    rated_requests_sql,
+    request_known_sql,
+    row_of_feedback,
+)
+from gateway.accounting.ledger_schema import (
+    DECISION_COLUMNS,
+    MIGRATIONS,
+    decisions_sql,
+    insert_sql,
+    report_query,
+    row_of,
+)
 from gateway.accounting.ledger_store import (
     MIGRATIONS_TABLE,
     LedgerRejected,
@@ -96,6 +112,26 @@ class PostgresLedgerStore:
         sql, params = report_query(group_by, "%s", since, until, team)
         rows = self._run(lambda conn: conn.execute(sql, params).fetchall())
         return report_rows(group_by, rows)
+
+    def add_feedback(self, feedback: Feedback) -> bool:
+        known_sql, team = request_known_sql("%s", feedback.team)
+
+        def write(conn: psycopg.Connection[Any]) -> bool:
+            with conn.transaction():
+                if conn.execute(known_sql, [feedback.request_id, *team]).fetchone() is None:
+                    return False
+                conn.execute(insert_feedback_sql("%s"), row_of_feedback(feedback))
+                return True
+
+        return bool(self._run(write))
+
+    def rated_requests(self, since: float = 0.0) -> list[RatedRequest]:
+        rows = self._run(lambda conn: conn.execute(rated_requests_sql("%s"), [since]).fetchall())
+        return latest_per_request(rows)
+
+    def decisions(self, policy: str, since: float = 0.0) -> list[dict[str, Any]]:
+        rows = self._run(lambda conn: conn.execute(decisions_sql("%s"), [policy, since]).fetchall())
+        return [dict(zip(DECISION_COLUMNS, row, strict=True)) for row in rows]
 
     def schema_version(self) -> int:
         row = self._run(lambda conn: conn.execute("SELECT MAX(version) FROM ledger_migrations").fetchone())

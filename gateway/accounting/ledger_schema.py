@@ -67,8 +67,28 @@ CREATE INDEX IF NOT EXISTS ledger_at ON ledger (at);
 CREATE INDEX IF NOT EXISTS ledger_team_day ON ledger (team, day);
 """
 
+# Ratings and labels clients send for their requests (`POST /v1/feedback`), kept beside the ledger so
+# a team's own outcomes can become the learned router's training data. Several per request may exist.
+_FEEDBACK = """
+CREATE TABLE IF NOT EXISTS feedback (
+    id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    at {real} NOT NULL,
+    team TEXT,
+    key_id TEXT,
+    rating {real},
+    label TEXT,
+    comment TEXT
+);
+CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id);
+CREATE INDEX IF NOT EXISTS ledger_request ON ledger (request_id);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the ledger table", _TABLE.format(real="REAL"), _TABLE.format(real="DOUBLE PRECISION")),
+    Migration(
+        2, "feedback on requests", _FEEDBACK.format(real="REAL"), _FEEDBACK.format(real="DOUBLE PRECISION")
+    ),
 )
 
 # What a report may group by (the column names double as the allow-list: never interpolate input).
@@ -90,6 +110,20 @@ def row_of(record: SpendRecord) -> tuple[object, ...]:
 def insert_sql(placeholder: str) -> str:
     values = ", ".join([placeholder] * len(COLUMNS))
     return f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({values}) ON CONFLICT (id) DO NOTHING"
+
+
+# What a routed record says about its decision: enough to replay it under a candidate policy.
+DECISION_COLUMNS = (
+    "request_id", "at", "policy", "team", "rule", "route", "deployment", "status", "latency_ms", "signals",
+)  # fmt: skip
+
+
+def decisions_sql(placeholder: str) -> str:
+    """Routed records of one policy since a time, oldest first."""
+    return (
+        f"SELECT {', '.join(DECISION_COLUMNS)} FROM ledger"
+        f" WHERE policy = {placeholder} AND at >= {placeholder} AND rule IS NOT NULL ORDER BY at"
+    )
 
 
 REPORT_FIELDS = (

@@ -14,9 +14,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.accounting.feedback import (
+    Feedback,
+    RatedRequest,
+    insert_feedback_sql,
+    latest_per_request,
+    rated_requests_sql,
+    request_known_sql,
+    row_of_feedback,
+)
 from gateway.accounting.ledger_schema import (
+    DECISION_COLUMNS,
     MIGRATIONS,
     REPORT_FIELDS,
+    decisions_sql,
     insert_sql,
     report_query,
     row_of,
@@ -48,6 +59,16 @@ class LedgerStore(Protocol):
         until: float | None = None,
         team: str | None = None,
     ) -> list[dict[str, Any]]: ...
+
+    def add_feedback(self, feedback: Feedback) -> bool:
+        """Keep the feedback if the ledger holds its request (for its team); whether it did."""
+        ...
+
+    def rated_requests(self, since: float = 0.0) -> list[RatedRequest]: ...
+
+    def decisions(self, policy: str, since: float = 0.0) -> list[dict[str, Any]]:
+        """The routed records of a policy: DECISION_COLUMNS, `signals` as a JSON string."""
+        ...
 
     def schema_version(self) -> int: ...
 
@@ -135,6 +156,33 @@ class SqliteLedgerStore:
         with self._lock:
             rows = self._db.execute(sql, params).fetchall()
         return report_rows(group_by, rows)
+
+    def add_feedback(self, feedback: Feedback) -> bool:
+        known_sql, team = request_known_sql("?", feedback.team)
+        try:
+            with self._lock:
+                self._db.execute("BEGIN")
+                try:
+                    known = self._db.execute(known_sql, [feedback.request_id, *team]).fetchone()
+                    if known:
+                        self._db.execute(insert_feedback_sql("?"), row_of_feedback(feedback))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+        except sqlite3.OperationalError as exc:
+            raise LedgerUnavailable(f"{self.path}: {exc}") from exc
+        return known is not None
+
+    def rated_requests(self, since: float = 0.0) -> list[RatedRequest]:
+        with self._lock:
+            rows = self._db.execute(rated_requests_sql("?"), [since]).fetchall()
+        return latest_per_request(rows)
+
+    def decisions(self, policy: str, since: float = 0.0) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(decisions_sql("?"), [policy, since]).fetchall()
+        return [dict(zip(DECISION_COLUMNS, row, strict=True)) for row in rows]
 
     def schema_version(self) -> int:
         with self._lock:

@@ -4,17 +4,14 @@ ledger (after draining what the spool still holds), as a table, JSON or CSV."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from typing import Any
 
-from gateway.accounting.ledger import Ledger
+from gateway.accounting.ledger_reading import reading_ledger
 from gateway.accounting.ledger_schema import GROUPS
-from gateway.accounting.ledger_store import LedgerUnavailable, open_ledger_store
+from gateway.accounting.ledger_store import LedgerUnavailable
 from gateway.accounting.spend_report import BadReportQuery, as_csv, as_table, parse_groups, parse_moment
-from gateway.accounting.spool import Spool
-from gateway.settings import Settings
 
 
 def add_spend_command(commands: Any) -> None:
@@ -28,24 +25,17 @@ def add_spend_command(commands: Any) -> None:
 
 
 def run_spend_command(args: argparse.Namespace) -> int:
-    settings = Settings()
     try:
         groups = parse_groups(args.by)
         since, until = parse_moment(args.since, "since"), parse_moment(args.until, "until")
-        store = open_ledger_store(args.database_url or settings.database_url, settings.state_dir)
-    except (BadReportQuery, ValueError, LedgerUnavailable) as exc:
+        with reading_ledger(args.database_url) as ledger:
+            rows = ledger.report(groups, since, until, args.team)
+    except (BadReportQuery, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 1
-    ledger = Ledger(Spool(settings.state_dir / "spool"), store)
-    try:
-        # Segments a running gateway still writes are locked and left to it; the rest go in now.
-        asyncio.run(ledger.drain())
-        rows = ledger.report(groups, since, until, args.team)
     except LedgerUnavailable as exc:
         print(f"the ledger's database is unavailable: {exc}", file=sys.stderr)
         return 1
-    finally:
-        asyncio.run(ledger.close())
     if args.format == "csv":
         sys.stdout.write(as_csv(groups, rows))
     elif args.format == "json":

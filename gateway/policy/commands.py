@@ -5,18 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pydantic
 
+from gateway.accounting.ledger_reading import reading_ledger
+from gateway.accounting.ledger_store import LedgerUnavailable
 from gateway.config import ConfigError, load_config
 from gateway.policy.bench import run_policy_bench
 from gateway.policy.compile import CompiledPolicy, PolicyError, golden_failure, load_policy
 from gateway.policy.decide import decide
 from gateway.policy.diff import policy_diff
-from gateway.policy.records import open_records, read_records
+from gateway.policy.records import decision_of, open_records, read_records, since_time
 from gateway.policy.replay import format_report, replay
 from gateway.policy.schema import GoldenRequest, Policy
 from gateway.policy.signals import RequestFacts, load_signal_tools
@@ -58,7 +59,14 @@ def add_policy_commands(commands: Any) -> None:
         "--records",
         type=Path,
         default=Path(".gateway/decisions.sqlite"),
-        help="the gateway's recorded decisions",
+        help="the gateway's recorded decisions (this replica's)",
+    )
+    replay_cmd.add_argument(
+        "--ledger", action="store_true", help="replay the spend ledger's records instead (every replica's)"
+    )
+    replay_cmd.add_argument("--database-url", help="the ledger (default: $GATEWAY_DATABASE_URL or SQLite)")
+    replay_cmd.add_argument(
+        "--policy", help="with --ledger: replay the records of this policy (default: the candidate's name)"
     )
     replay_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
     _config_option(replay_cmd)
@@ -79,7 +87,7 @@ def run_policy_command(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 1
-    except (ConfigError, OSError, ValueError, pydantic.ValidationError) as exc:
+    except (ConfigError, OSError, ValueError, LedgerUnavailable, pydantic.ValidationError) as exc:
         print(exc, file=sys.stderr)
         return 1
 
@@ -121,12 +129,18 @@ def _validate(paths: list[Path], deployments: set[str], *, run_golden: bool) -> 
 
 def _replay(args: argparse.Namespace, deployments: set[str]) -> int:
     candidate = load_policy(args.candidate, deployments, load_signal_tools())
-    since = 0.0 if args.since == "all" else time.time() - _seconds(args.since)
-    db = open_records(args.records)
-    try:
-        report = replay(read_records(db, since), candidate, progress=not args.json)
-    finally:
-        db.close()
+    since = since_time(args.since)
+    if args.ledger:
+        # Every replica's traffic, from the spend ledger; only the records of the policy it would replace.
+        with reading_ledger(args.database_url) as ledger:
+            rows = ledger.store.decisions(args.policy or candidate.name, since)
+        report = replay([decision_of(row) for row in rows], candidate, progress=not args.json)
+    else:
+        db = open_records(args.records)
+        try:
+            report = replay(read_records(db, since), candidate, progress=not args.json)
+        finally:
+            db.close()
     print(json.dumps(report.as_json(), indent=2) if args.json else format_report(report))
     return 0
 
@@ -142,13 +156,6 @@ def _diff(old_path: Path, new_path: Path, deployments: set[str]) -> int:
     changes = policy_diff(old.policy, new.policy)
     print("\n".join(changes) if changes else "no change in meaning")
     return 1 if changes else 0
-
-
-def _seconds(span: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if len(span) < 2 or span[-1] not in units or not span[:-1].replace(".", "", 1).isdigit():
-        raise ValueError(f"--since {span!r}: use a number and a unit (s, m, h, d), e.g. 24h, or 'all'")
-    return float(span[:-1]) * units[span[-1]]
 
 
 def _report_golden(path: Path, compiled: CompiledPolicy) -> bool:

@@ -10,9 +10,11 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.policy.signals import SignalValue
 from gateway.state.sqlite import open_database
@@ -158,6 +160,25 @@ def read_records(
         yield DecisionRecord(
             request_id, at, policy, team, rule, route, deployment, status, latency_ms, json.loads(signals)
         )
+
+
+def decision_of(row: Mapping[str, Any]) -> DecisionRecord:
+    """A decision from a spend ledger row (`LedgerStore.decisions`), which keeps the same facts."""
+    return DecisionRecord(
+        str(row["request_id"]), float(row["at"]), str(row["policy"]), row["team"], str(row["rule"]),
+        str(row["route"]), row["deployment"], int(row["status"]), float(row["latency_ms"]),
+        json.loads(row["signals"]),
+    )  # fmt: skip
+
+
+def since_time(span: str, now: float | None = None) -> float:
+    """The unix time `span` (30m, 24h, 7d, or 'all') before now."""
+    if span == "all":
+        return 0.0
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if len(span) < 2 or span[-1] not in units or not span[:-1].replace(".", "", 1).isdigit():
+        raise ValueError(f"--since {span!r}: use a number and a unit (s, m, h, d), e.g. 24h, or 'all'")
+    return (time.time() if now is None else now) - float(span[:-1]) * units[span[-1]]
 
 
 def open_records(path: Path) -> sqlite3.Connection:
