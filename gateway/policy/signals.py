@@ -207,7 +207,7 @@ def _learned(signal: LearnedScoreSignal, embedder: TextEmbedder) -> Evaluator:
             return None
         if QUESTION_MEMO not in facts.memo:
             facts.memo[QUESTION_MEMO] = embedder.embed([text])[0]
-        return round(model.score(facts.memo[QUESTION_MEMO]), 4)
+        return round(model.score(facts.memo[QUESTION_MEMO], text), 4)
 
     return score
 

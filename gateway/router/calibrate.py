@@ -300,7 +300,7 @@ def _score_labelled(paths: Sequence[Path], signal: Any) -> tuple[list[float], li
     outcomes = [outcome for path in paths for outcome in load_outcomes(path).outcomes]
     vectors = embedder.embed([o.prompt for o in outcomes], progress="scoring the labelled prompts")
     return (
-        [model.score(vector) for vector in vectors],
+        [model.score(vector, o.prompt) for vector, o in zip(vectors, outcomes, strict=True)],
         [o.weak for o in outcomes],
         [o.strong for o in outcomes],
     )

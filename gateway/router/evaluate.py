@@ -2,7 +2,8 @@
 weak one would get wrong, on held-out prompts, against random routing and the oracle.
 
 The router is logistic regression over the prompt's MiniLM embedding (the one the gateway already
-computes), predicting "the strong model does better here". Each data set is scored by k-fold
+computes) and a few cheap counts of its text (`gateway.router.features`), predicting "the strong model
+does better here". Each data set is scored by k-fold
 cross-validation (`--folds`, 5 by default, folds fixed by a seed): every prompt's score comes from a
 model that never saw it. Prints a table per data set (`--json` writes the figures, `--png` the curves).
 Data: see `gateway.router.outcomes` for the accepted shapes; contaminated prompts are left out.
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from gateway.router.features import design, feature_matrix, standardiser
 from gateway.router.metrics import RouterFigures, curve, figures, oracle_curve, random_curve
 from gateway.router.outcomes import OutcomeSet, load_outcomes
 
@@ -46,21 +48,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cross_validated_scores(
     vectors: np.ndarray[Any, np.dtype[np.float32]],
+    prompts: list[str],
     needs_strong: np.ndarray[Any, np.dtype[np.bool_]],
     folds: int,
 ) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """Each prompt's P(strong needed) from a model fitted on the other folds."""
+    """Each prompt's P(strong needed) from a model fitted on the other folds (the text counts
+    standardised with those folds' statistics, as training does with all of its prompts)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import KFold
 
+    counts = feature_matrix(prompts)
     scores = np.zeros(len(vectors))
     for fit, held in KFold(n_splits=folds, shuffle=True, random_state=SEED).split(vectors):
         if needs_strong[fit].all() or not needs_strong[fit].any():
             scores[held] = float(needs_strong[fit].mean())
             continue
-        model = LogisticRegression(C=1.0, max_iter=2000)
-        model.fit(vectors[fit], needs_strong[fit])
-        scores[held] = model.predict_proba(vectors[held])[:, 1]
+        standardised = standardiser(counts[fit])
+        model = LogisticRegression(C=1.0, max_iter=3000)
+        model.fit(design(vectors[fit], counts[fit], *standardised), needs_strong[fit])
+        scores[held] = model.predict_proba(design(vectors[held], counts[held], *standardised))[:, 1]
     return scores
 
 
@@ -77,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         strong = np.array([o.strong for o in outcomes])
         vectors = embedder.embed([o.prompt for o in outcomes], progress=f"embedding {data.name}")
         folds = min(args.folds, len(outcomes))
-        scores = cross_validated_scores(vectors, strong > weak, folds)
+        scores = cross_validated_scores(vectors, [o.prompt for o in outcomes], strong > weak, folds)
         results[data.name] = figures(scores, weak, strong, args.target, args.weak_cost)
         curves[data.name] = {
             "router": curve(scores, weak, strong),
@@ -113,7 +119,7 @@ def _share(value: float | None) -> str:
 
 def _table(results: dict[str, RouterFigures], target: float, folds: int) -> str:
     lines = [
-        f"learned router (logistic regression on MiniLM embeddings, {folds}-fold cross-validation)",
+        f"learned router (logistic regression on MiniLM embeddings and text counts, {folds}-fold CV)",
         f"strong-call share needed for {target:.0%} of the strong model's score, and APGR",
         "",
         f"{'data':<18} {'prompts':>8} {'weak':>6} {'strong':>7} {'oracle':>7} "

@@ -1,9 +1,10 @@
 """The learned router at run time: the probability that the strong model is needed for a prompt, from
-the prompt's MiniLM embedding (the one the policy and the cache already share), by logistic
-regression. One dot product: microseconds, numpy only.
+the prompt's MiniLM embedding (the one the policy and the cache already share) and a few cheap counts
+of its text (`gateway.router.features`), by logistic regression. One dot product: microseconds, numpy
+only.
 
 The artifact is a small `.npz` written by `gateway router train` (`gateway.router.training`): the
-weights, the bias, a format tag and what it was trained on.
+weights, the bias, the text counts' mean and spread, a format tag and what it was trained on.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-FORMAT = "gateway-router/1"
+from gateway.router.features import FEATURES, text_features
+
+FORMAT = "gateway-router/2"
 DEFAULT_PATH = Path(__file__).with_name("models") / "router.npz"
 
 
@@ -29,31 +32,49 @@ class RouterModel:
         try:
             with np.load(path, allow_pickle=False) as saved:
                 found = str(saved["format"])
-                self.weights: npt.NDArray[np.float32] = saved["weights"].astype(np.float32)
+                if found != FORMAT:
+                    raise RouterMissing(f"{path} is {found}, not {FORMAT}: retrain it")
+                weights = saved["weights"].astype(np.float32)
                 self.bias = float(saved["bias"])
+                mean, spread = saved["feature_mean"], saved["feature_spread"]
                 self.trained_on = str(saved["trained_on"])
                 self.prompts = int(saved["prompts"])
         except (OSError, KeyError, ValueError) as error:
             raise RouterMissing(f"{path} is not a router model: {error}") from None
-        if found != FORMAT:
-            raise RouterMissing(f"{path} is {found}, not {FORMAT}: retrain it")
+        counted = len(FEATURES)
+        self.embedding_weights: npt.NDArray[np.float32] = weights[:-counted]
+        # Standardising folded into the weights and bias: w · (x - mean) / spread.
+        scaled = weights[-counted:].astype(np.float64) / spread
+        self.feature_weights = [float(w) for w in scaled]
+        self.bias -= float(scaled @ mean)
         self.path = path
 
-    def score(self, vector: npt.NDArray[np.float32]) -> float:
-        """P(the strong model does better on this prompt)."""
-        return 1.0 / (1.0 + math.exp(-(float(self.weights @ vector) + self.bias)))
+    def score(self, vector: npt.NDArray[np.float32], text: str) -> float:
+        """P(the strong model does better on this prompt), from its embedding and its text."""
+        counts = text_features(text)
+        logit = float(self.embedding_weights @ vector) + self.bias
+        logit += sum(w * x for w, x in zip(self.feature_weights, counts, strict=True))
+        return 1.0 / (1.0 + math.exp(-logit))
 
 
 def save_router(
-    path: Path, weights: npt.NDArray[np.float64], bias: float, trained_on: str, prompts: int
+    path: Path,
+    weights: npt.NDArray[np.float64],
+    bias: float,
+    standardised: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]],
+    trained_on: str,
+    prompts: int,
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial.npz")
+    mean, spread = standardised
     np.savez(
         partial,
         format=np.array(FORMAT),
         weights=weights.astype(np.float32),
         bias=np.array(bias),
+        feature_mean=mean,
+        feature_spread=spread,
         trained_on=np.array(trained_on),
         prompts=np.array(prompts),
     )

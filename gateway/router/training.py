@@ -1,7 +1,8 @@
 """`gateway router train DATA...`: fit the learned router on labelled outcomes and write its artifact.
 
 The same model `gateway eval routing` judges by cross-validation (logistic regression, C = 1, on the
-prompt's MiniLM embedding, target "the strong model does better"), fitted here on every prompt given.
+prompt's MiniLM embedding and cheap text counts, target "the strong model does better"), fitted here on
+every prompt given.
 Prompts are embedded as the policy embeds a request's last user turn (128 tokens), so the signal at
 run time reads exactly the vector the gateway already has.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gateway.router.features import design, feature_matrix, standardiser
 from gateway.router.model import DEFAULT_PATH, save_router
 from gateway.router.outcomes import load_outcomes
 
@@ -34,15 +36,20 @@ def run(args: argparse.Namespace) -> int:
     from gateway.embedding.embedder import Embedder, default_model_path
 
     embedder = Embedder(args.embedder or default_model_path(), max_tokens=SIGNAL_TOKENS)
-    vectors, labels, names = [], [], []
+    vectors, labels, names, prompts = [], [], [], []
     for path in args.data:
         data = load_outcomes(path)
         names.append(data.name)
+        prompts += [o.prompt for o in data.outcomes]
         vectors.append(embedder.embed([o.prompt for o in data.outcomes], progress=f"embedding {data.name}"))
         labels.append(np.array([o.strong > o.weak for o in data.outcomes]))
-    x, y = np.concatenate(vectors), np.concatenate(labels)
-    model = LogisticRegression(C=1.0, max_iter=2000).fit(x, y)
-    save_router(args.output, model.coef_[0], float(model.intercept_[0]), ", ".join(names), len(y))
+    counts = feature_matrix(prompts)
+    standardised = standardiser(counts)
+    x, y = design(np.concatenate(vectors), counts, *standardised), np.concatenate(labels)
+    model = LogisticRegression(C=1.0, max_iter=3000).fit(x, y)
+    save_router(
+        args.output, model.coef_[0], float(model.intercept_[0]), standardised, ", ".join(names), len(y)
+    )
     share, sources = f"{y.mean():.1%}", ", ".join(names)
     print(f"wrote {args.output}: {len(y):,} prompts from {sources}, {share} needing the strong model")
     return 0

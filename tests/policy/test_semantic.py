@@ -121,7 +121,7 @@ def test_the_learned_score_is_the_routers_probability_over_the_shared_embedding(
     model = RouterModel()
     for name, facts in (("maths", maths), ("chat", chat)):
         text = facts.body["messages"][-1]["content"]
-        assert scores[name] == pytest.approx(model.score(tools.embedder.embed([text])[0]), abs=1e-4)
+        assert scores[name] == pytest.approx(model.score(tools.embedder.embed([text])[0], text), abs=1e-4)
     # Computed over the request's shared embedding, which the cache reads from the memo too.
     assert ("embedding", "last_user") in maths.memo
     # A given value wins (replays, golden cases); a request with no user text scores null.
