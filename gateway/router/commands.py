@@ -9,22 +9,25 @@ from typing import Any
 
 
 def add_eval_commands(commands: Any) -> None:
-    from gateway.router import evaluate
+    from gateway.router import cascade, evaluate
 
     evaluation = commands.add_parser("eval", help="judge the gateway's learned parts on labelled data")
     kinds = evaluation.add_subparsers(dest="eval_command", required=True)
     evaluate.add_arguments(
         kinds.add_parser("routing", help="the learned router against random routing and the oracle")
     )
+    cascade.add_arguments(
+        kinds.add_parser("cascade", help="a local-first cascade against the router, with its added latency")
+    )
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
     from gateway.embedding.embedder import EmbedderMissing
-    from gateway.router import evaluate
+    from gateway.router import cascade, evaluate
     from gateway.router.outcomes import OutcomesError
 
     try:
-        return evaluate.run(args)
+        return {"routing": evaluate.run, "cascade": cascade.run}[args.eval_command](args)
     except (OutcomesError, EmbedderMissing, OSError) as error:
         print(f"gateway eval {args.eval_command}: {error}", file=sys.stderr)
         return 2

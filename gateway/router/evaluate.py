@@ -46,27 +46,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--png", type=Path)
 
 
+Vectors = np.ndarray[Any, np.dtype[np.float32]]
+
+
 def cross_validated_scores(
-    vectors: np.ndarray[Any, np.dtype[np.float32]],
-    prompts: list[str],
+    blocks: list[tuple[Vectors, list[str]]],
     needs_strong: np.ndarray[Any, np.dtype[np.bool_]],
     folds: int,
 ) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """Each prompt's P(strong needed) from a model fitted on the other folds (the text counts
-    standardised with those folds' statistics, as training does with all of its prompts)."""
+    """Each prompt's P(strong needed) from a model fitted on the other folds. Each block is texts and
+    their embeddings (the prompt; for a cascade also the weak answer), read as the router reads a prompt:
+    the embedding and the text counts, standardised with the fitting folds' statistics."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import KFold
 
-    counts = feature_matrix(prompts)
-    scores = np.zeros(len(vectors))
-    for fit, held in KFold(n_splits=folds, shuffle=True, random_state=SEED).split(vectors):
+    counted = [(vectors, feature_matrix(texts)) for vectors, texts in blocks]
+    scores = np.zeros(len(needs_strong))
+    for fit, held in KFold(n_splits=folds, shuffle=True, random_state=SEED).split(needs_strong):
         if needs_strong[fit].all() or not needs_strong[fit].any():
             scores[held] = float(needs_strong[fit].mean())
             continue
-        standardised = standardiser(counts[fit])
+        fitting, scoring = [], []
+        for vectors, counts in counted:
+            standardised = standardiser(counts[fit])
+            fitting.append(design(vectors[fit], counts[fit], *standardised))
+            scoring.append(design(vectors[held], counts[held], *standardised))
         model = LogisticRegression(C=1.0, max_iter=3000)
-        model.fit(design(vectors[fit], counts[fit], *standardised), needs_strong[fit])
-        scores[held] = model.predict_proba(design(vectors[held], counts[held], *standardised))[:, 1]
+        model.fit(np.hstack(fitting), needs_strong[fit])
+        scores[held] = model.predict_proba(np.hstack(scoring))[:, 1]
     return scores
 
 
@@ -83,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         strong = np.array([o.strong for o in outcomes])
         vectors = embedder.embed([o.prompt for o in outcomes], progress=f"embedding {data.name}")
         folds = min(args.folds, len(outcomes))
-        scores = cross_validated_scores(vectors, [o.prompt for o in outcomes], strong > weak, folds)
+        scores = cross_validated_scores([(vectors, [o.prompt for o in outcomes])], strong > weak, folds)
         results[data.name] = figures(scores, weak, strong, args.target, args.weak_cost)
         curves[data.name] = {
             "router": curve(scores, weak, strong),
@@ -108,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     if args.png:
-        _plot(args.png, curves, args.target)
+        plot_curves(args.png, curves, args.target)
         print(f"wrote {args.png}", file=sys.stderr)
     return 0
 
@@ -135,7 +142,8 @@ def _table(results: dict[str, RouterFigures], target: float, folds: int) -> str:
     return "\n".join(lines)
 
 
-def _plot(path: Path, curves: dict[str, dict[str, Any]], target: float) -> None:
+def plot_curves(path: Path, curves: dict[str, dict[str, Any]], target: float) -> None:
+    """One panel per data set: every curve it has (router, random, oracle, and cascade when judged)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,11 +151,12 @@ def _plot(path: Path, curves: dict[str, dict[str, Any]], target: float) -> None:
 
     figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), dpi=110, squeeze=False)
     # Okabe-Ito colours: distinguishable with colour-blindness.
-    colours = {"router": "#0072B2", "random": "#E69F00", "oracle": "#009E73"}
+    colours = {"router": "#0072B2", "cascade": "#CC79A7", "random": "#E69F00", "oracle": "#009E73"}
     for axis, (name, drawn) in zip(axes[0], curves.items(), strict=True):
-        for kind in ("router", "random", "oracle"):
-            line = drawn[kind]
-            axis.plot(line.shares, line.quality, color=colours[kind], label=kind)
+        for kind, colour in colours.items():
+            if kind in drawn:
+                line = drawn[kind]
+                axis.plot(line.shares, line.quality, color=colour, label=kind)
         strong = drawn["random"].quality[-1]
         axis.axhline(
             target * strong, color="#999999", linestyle="--", linewidth=1, label=f"{target:.0%} of strong"

@@ -6,8 +6,10 @@ they are:
 
 - **JSON lines** (the gateway's format): `{"prompt": "...", "weak": 0.0-1.0, "strong": 0.0-1.0}`, one
   prompt per line; the scores are any quality measure (correct = 1, a judge's score / 10, a rating).
+  An optional `"weak_answer"` holds the weak model's answer (for `gateway eval cascade`).
 - **a CSV** with a `prompt` column and two score columns (`True`/`False` or numbers): the weak model's
-  first, the strong model's second, as RouteLLM's MMLU and GSM8K files are laid out;
+  first, the strong model's second, as RouteLLM's MMLU and GSM8K files are laid out; a fourth column, when
+  there is one, is the weak model's answer (RouteLLM's GSM8K file);
 - **a directory** of such CSVs (MMLU's `responses/`), read as one set;
 - **an MT-Bench directory** (`question.jsonl` and `judgements.jsonl`): each question's turns joined as
   the prompt, each model's judge scores averaged over the turns and divided by 10. The weak model is
@@ -37,6 +39,8 @@ class Outcome:
     prompt: str
     weak: float
     strong: float
+    # What the weak model answered, when the data has it.
+    weak_answer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +98,14 @@ def _csv(path: Path) -> list[Outcome]:
         header = next(rows, None)
         if header is None or len(header) < 3 or header[0] != "prompt":
             raise OutcomesError(f"{path}: expected columns prompt, <weak model>, <strong model>")
+        answers = len(header) >= 4
         return [
-            Outcome(row[0], _score(row[1], f"{path}:{n}"), _score(row[2], f"{path}:{n}"))
+            Outcome(
+                row[0],
+                _score(row[1], f"{path}:{n}"),
+                _score(row[2], f"{path}:{n}"),
+                row[3] if answers and len(row) > 3 else None,
+            )
             for n, row in enumerate(rows, 2)
             if row
         ]
@@ -108,7 +118,15 @@ def _jsonl(path: Path) -> list[Outcome]:
             continue
         try:
             row = orjson.loads(line)
-            outcomes.append(Outcome(str(row["prompt"]), float(row["weak"]), float(row["strong"])))
+            answer = row.get("weak_answer")
+            outcomes.append(
+                Outcome(
+                    str(row["prompt"]),
+                    float(row["weak"]),
+                    float(row["strong"]),
+                    None if answer is None else str(answer),
+                )
+            )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise OutcomesError(f"{path}:{n}: expected prompt, weak, strong ({error})") from None
     return outcomes

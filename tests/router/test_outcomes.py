@@ -42,3 +42,12 @@ def test_the_shared_routellm_data_reads_as_the_paper_reports() -> None:
     mt_bench = load_outcomes(DATA / "mt_bench")
     assert (len(mt_bench.outcomes), mt_bench.excluded) == (72, 8)
     assert all(0 <= o.weak <= 1 and 0 <= o.strong <= 1 for o in mt_bench.outcomes)
+
+
+def test_the_weak_models_answer_is_kept_when_the_data_has_it(tmp_path: Path) -> None:
+    table = tmp_path / "answered.csv"
+    table.write_text("prompt,weak,strong,weak_response,strong_response\n2+2?,False,True,5,4\n")
+    assert load_outcomes(table).outcomes == [Outcome("2+2?", 0.0, 1.0, "5")]
+    own = tmp_path / "own.jsonl"
+    own.write_bytes(b'{"prompt": "2+2?", "weak": 0, "strong": 1, "weak_answer": "5"}\n')
+    assert load_outcomes(own).outcomes == [Outcome("2+2?", 0.0, 1.0, "5")]
