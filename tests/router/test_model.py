@@ -52,3 +52,13 @@ def test_an_old_or_broken_artifact_is_refused(tmp_path: Path) -> None:
         RouterModel(broken)
     with pytest.raises(RouterMissing, match="not found"):
         RouterModel(tmp_path / "missing.npz")
+
+
+def test_a_huge_prompt_is_counted_by_its_head_and_its_full_length() -> None:
+    from gateway.router.features import COUNTED_CHARS, text_features
+
+    line = "The 12 cats and 3.5 dogs cost 40%.\n"
+    huge = line * (3 * COUNTED_CHARS // len(line))
+    head = huge[:COUNTED_CHARS]
+    assert text_features(huge)[1:] == text_features(head)[1:]
+    assert text_features(huge)[0] > text_features(head)[0]
