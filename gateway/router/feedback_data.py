@@ -7,6 +7,7 @@ A rated request says how well the route that answered it did, not how the other 
 - a request the local route answered gives the weak model's score: its rating (0 bad … 1 good);
 - the frontier's score for it is unknown; the frontier's mean rating over the same period stands in
   (1.0, "the frontier would have done well", when no frontier answer was rated);
+- the local answer is kept as `weak_answer`, so `gateway eval cascade` can judge a cascade on it;
 - requests the frontier answered only feed that mean; requests without a logged prompt (the policy does
   not log bodies) or without a rating cannot be used and are counted.
 """
@@ -34,17 +35,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", help="the ledger (default: $GATEWAY_DATABASE_URL or SQLite)")
 
 
-def last_user_text(body: str) -> str | None:
+def logged_exchange(body: str) -> tuple[str | None, str | None]:
+    """The last user turn and the answer of a logged body (`accounting.redact.logged_body`)."""
     try:
         logged = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
-    users = [
-        m.get("content")
-        for m in logged.get("messages") or []
-        if isinstance(m, dict) and m.get("role") == "user"
-    ]
-    return str(users[-1]) if users and users[-1] else None
+        return None, None
+    if not isinstance(logged, dict):
+        return None, None
+    messages = logged.get("messages") or []
+    users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    answer = logged.get("answer")
+    return (str(users[-1]) if users and users[-1] else None), (str(answer) if answer else None)
 
 
 def outcomes_of(
@@ -56,7 +58,7 @@ def outcomes_of(
     rows: list[dict[str, object]] = []
     skipped: Counter[str] = Counter()
     for request in rated:
-        prompt = last_user_text(request.body) if request.body else None
+        prompt, answer = logged_exchange(request.body) if request.body else (None, None)
         if request.route != local_route:
             skipped[f"answered by {request.route or 'no route'}"] += 1
         elif request.rating is None:
@@ -64,9 +66,15 @@ def outcomes_of(
         elif prompt is None:
             skipped["prompt not logged"] += 1
         else:
-            rows.append(
-                {"prompt": prompt, "weak": request.rating, "strong": strong, "request_id": request.request_id}
-            )
+            row = {
+                "prompt": prompt,
+                "weak": request.rating,
+                "strong": strong,
+                "request_id": request.request_id,
+            }
+            if answer is not None:  # the local answer: `gateway eval cascade` can judge a cascade on it
+                row["weak_answer"] = answer
+            rows.append(row)
     return rows, skipped
 
 

@@ -148,6 +148,7 @@ def test_rated_local_answers_become_training_data_for_the_router(
         ("What is the capital of France?", 1.0, 0.75),
     ]
     assert "2 answered by frontier" in done.stdout and "1 labelled, not rated" in done.stdout
+    assert {r["weak_answer"] for r in rows} == {"Paris."}  # the local answers, for `gateway eval cascade`
 
     # The file is the format the router's commands read.
     from gateway.router.outcomes import load_outcomes
