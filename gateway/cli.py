@@ -13,6 +13,8 @@ from gateway.accounting.commands import add_key_commands, run_key_command
 from gateway.accounting.spend_commands import add_spend_command, run_spend_command
 from gateway.cache.commands import add_cache_commands, run_cache_command
 from gateway.config import ConfigError, load_config
+from gateway.policy.calibrate import add_arguments as add_calibrate_arguments
+from gateway.policy.calibrate import run_calibrate_command
 from gateway.policy.commands import add_policy_commands, run_policy_command
 from gateway.router.commands import (
     add_eval_commands,
@@ -45,7 +47,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_spend_command(commands)
     add_cache_commands(commands)
     add_eval_commands(commands)
-    add_router_commands(commands)
+    router_verbs = add_router_commands(commands)
+    # Calibration edits a policy, so it lives with the policy; admins find it beside the router.
+    add_calibrate_arguments(
+        router_verbs.add_parser(
+            "calibrate", help="set a policy's router threshold from a target, on recorded traffic"
+        )
+    )
 
     args = parser.parse_args(argv)
     if args.command == "policy":
@@ -59,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "eval":
         return run_eval_command(args)
     if args.command == "router":
+        if args.router_command == "calibrate":
+            return run_calibrate_command(args)
         return run_router_command(args)
     if args.command == "serve":
         return _serve(args)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,3 +26,13 @@ def reading_ledger(database_url: str | None = None) -> Iterator[Ledger]:
         yield ledger
     finally:
         asyncio.run(ledger.close())
+
+
+def since_time(span: str, now: float | None = None) -> float:
+    """The unix time `span` (30m, 24h, 7d, or 'all') before now."""
+    if span == "all":
+        return 0.0
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if len(span) < 2 or span[-1] not in units or not span[:-1].replace(".", "", 1).isdigit():
+        raise ValueError(f"--since {span!r}: use a number and a unit (s, m, h, d), e.g. 24h, or 'all'")
+    return (time.time() if now is None else now) - float(span[:-1]) * units[span[-1]]

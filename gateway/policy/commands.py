@@ -10,14 +10,14 @@ from typing import Any
 
 import pydantic
 
-from gateway.accounting.ledger_reading import reading_ledger
+from gateway.accounting.ledger_reading import reading_ledger, since_time
 from gateway.accounting.ledger_store import LedgerUnavailable
 from gateway.config import ConfigError, load_config
 from gateway.policy.bench import run_policy_bench
 from gateway.policy.compile import CompiledPolicy, PolicyError, golden_failure, load_policy
 from gateway.policy.decide import decide
 from gateway.policy.diff import policy_diff
-from gateway.policy.records import decision_of, open_records, read_records, since_time
+from gateway.policy.records import decision_of, open_records, read_records
 from gateway.policy.replay import format_report, replay
 from gateway.policy.schema import GoldenRequest, Policy
 from gateway.policy.signals import RequestFacts, load_signal_tools

@@ -10,7 +10,6 @@ import json
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,16 +168,6 @@ def decision_of(row: Mapping[str, Any]) -> DecisionRecord:
         str(row["route"]), row["deployment"], int(row["status"]), float(row["latency_ms"]),
         json.loads(row["signals"]),
     )  # fmt: skip
-
-
-def since_time(span: str, now: float | None = None) -> float:
-    """The unix time `span` (30m, 24h, 7d, or 'all') before now."""
-    if span == "all":
-        return 0.0
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if len(span) < 2 or span[-1] not in units or not span[:-1].replace(".", "", 1).isdigit():
-        raise ValueError(f"--since {span!r}: use a number and a unit (s, m, h, d), e.g. 24h, or 'all'")
-    return (time.time() if now is None else now) - float(span[:-1]) * units[span[-1]]
 
 
 def open_records(path: Path) -> sqlite3.Connection:

@@ -1,8 +1,8 @@
 """`gateway router bench DATA...`: what the learned-router signal costs per request beyond the embedding
-the policy and the cache already share, on real prompts, one core: the policy's evaluator for
-`{kind: learned_score}` with the request's embedding already in its memo (as in serving, where the
-first semantic signal or the cache computed it), and, for scale, the embedding itself. Prints a table
-and writes JSON; the target is <= 1 ms p99 beyond the embedding.
+the policy and the cache already share, on real prompts, one core: the router's score from the prompt's
+text and its embedding (computed once beforehand, as in serving, where the first semantic signal or the
+cache computed it), and, for scale, the embedding itself. Prints a table and writes JSON; the target is
+<= 1 ms p99 beyond the embedding.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gateway.progress import Progress
+from gateway.router.model import DEFAULT_PATH
 
 TARGET_P99_MS = 1.0
 
@@ -25,29 +26,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=1000, help="prompts to use")
     parser.add_argument("--rounds", type=int, default=20, help="timed evaluations of each prompt's score")
     parser.add_argument("--json", type=Path, default=Path("artifacts/bench-router.json"))
+    parser.add_argument("--model", type=Path, default=DEFAULT_PATH, help="the router artifact")
 
 
 def run(args: argparse.Namespace) -> int:
     from gateway.embedding.embedder import Embedder, default_model_path
-    from gateway.policy.schema import LearnedScoreSignal
-    from gateway.policy.signals import QUESTION_MEMO, RequestFacts, build_evaluator, load_signal_tools
+    from gateway.router.model import RouterModel
     from gateway.router.outcomes import load_outcomes
     from gateway.router.training import SIGNAL_TOKENS
 
     prompts = [o.prompt for path in args.data for o in load_outcomes(path).outcomes][: args.limit]
     embedder = Embedder(default_model_path(), max_tokens=SIGNAL_TOKENS)
-    evaluate = build_evaluator(LearnedScoreSignal(kind="learned_score"), load_signal_tools())
+    model = RouterModel(args.model)
     embed_ms, signal_ms = [], []
     progress = Progress("timing", len(prompts))
     for done, prompt in enumerate(prompts, 1):
         started = time.perf_counter()
         vector = embedder.embed([prompt])[0]
         embed_ms.append((time.perf_counter() - started) * 1000)
-        body = {"messages": [{"role": "user", "content": prompt}]}
         for _ in range(args.rounds):
-            facts = RequestFacts(body=body, memo={QUESTION_MEMO: vector})
             started = time.perf_counter()
-            evaluate(facts)
+            model.score(vector, prompt)
             signal_ms.append((time.perf_counter() - started) * 1000)
         progress.update(done)
     signal_p99 = _percentile(signal_ms, 99)

@@ -33,43 +33,31 @@ def run_eval_command(args: argparse.Namespace) -> int:
         return 2
 
 
-def add_router_commands(commands: Any) -> None:
-    from gateway.router import bench, calibrate, feedback_data, training
+def add_router_commands(commands: Any) -> Any:
+    """The `gateway router` verbs of this package; returns them, for `calibrate` (gateway.policy) to join."""
+    from gateway.router import bench, feedback_data, training
 
     router = commands.add_parser("router", help="the learned router")
     actions = router.add_subparsers(dest="router_command", required=True)
     training.add_arguments(actions.add_parser("train", help="fit the router on labelled outcomes"))
-    calibrate.add_arguments(
-        actions.add_parser(
-            "calibrate", help="set a policy's router threshold from a target, on recorded traffic"
-        )
-    )
     feedback_data.add_arguments(
         actions.add_parser("feedback", help="write the rated traffic in the ledger as labelled outcomes")
     )
     bench.add_arguments(actions.add_parser("bench", help="time the router signal beyond the embedding"))
+    return actions
 
 
 def run_router_command(args: argparse.Namespace) -> int:
     from gateway.accounting.ledger_store import LedgerUnavailable
     from gateway.config import ConfigError
     from gateway.embedding.embedder import EmbedderMissing
-    from gateway.policy.compile import PolicyError
-    from gateway.router import bench, calibrate, feedback_data, training
+    from gateway.router import bench, feedback_data, training
     from gateway.router.model import RouterMissing
     from gateway.router.outcomes import OutcomesError
 
-    command = {
-        "train": training.run,
-        "calibrate": calibrate.run,
-        "feedback": feedback_data.run,
-        "bench": bench.run,
-    }[args.router_command]
+    command = {"train": training.run, "feedback": feedback_data.run, "bench": bench.run}[args.router_command]
     try:
         return command(args)
-    except PolicyError as error:
-        print("\n".join(error.problems), file=sys.stderr)
-        return 2
     except (
         OutcomesError,
         EmbedderMissing,

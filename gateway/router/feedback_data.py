@@ -79,8 +79,7 @@ def outcomes_of(
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.accounting.ledger_reading import reading_ledger
-    from gateway.policy.records import since_time
+    from gateway.accounting.ledger_reading import reading_ledger, since_time
 
     with reading_ledger(args.database_url) as ledger:
         rated = ledger.store.rated_requests(since_time(args.since))

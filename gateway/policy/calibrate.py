@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -239,9 +240,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.accounting.ledger_reading import reading_ledger
+    from gateway.accounting.ledger_reading import reading_ledger, since_time
     from gateway.config import load_config
-    from gateway.policy.records import decision_of, since_time
+    from gateway.policy.records import decision_of
     from gateway.policy.signals import load_signal_tools
 
     document = PolicyDocument(args.policy)
@@ -330,3 +331,24 @@ def _summary(calibration: Calibration, output: Path, policy: Path) -> str:
         f"  gateway policy diff {policy} {output}",
     ]
     return "\n".join(lines)
+
+
+def run_calibrate_command(args: argparse.Namespace) -> int:
+    """`gateway router calibrate`: a bad policy, target, ledger or sample is reported in a line or two."""
+    from gateway.accounting.ledger_store import LedgerUnavailable
+    from gateway.config import ConfigError
+    from gateway.embedding.embedder import EmbedderMissing
+    from gateway.router.model import RouterMissing
+    from gateway.router.outcomes import OutcomesError
+
+    try:
+        return run(args)
+    except PolicyError as error:
+        print("\n".join(error.problems), file=sys.stderr)
+        return 2
+    except (
+        CalibrationError, OutcomesError, EmbedderMissing, RouterMissing, ConfigError, LedgerUnavailable,
+        ValueError, OSError,
+    ) as error:  # fmt: skip
+        print(f"gateway router calibrate: {error}", file=sys.stderr)
+        return 2

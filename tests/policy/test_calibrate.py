@@ -12,7 +12,7 @@ import pytest
 
 from gateway.accounting.ledger_store import SqliteLedgerStore
 from gateway.accounting.record import SpendRecord
-from gateway.router.calibrate import for_quality
+from gateway.policy.calibrate import for_quality
 from tests.gateway_process import run_command
 
 PROJECT = Path(__file__).resolve().parents[2]
