@@ -28,6 +28,7 @@ from gateway.router.evaluate import (
     QUALITY_TARGET,
     cross_validated_scores,
     plot_curves,
+    share_text,
 )
 from gateway.router.metrics import curve as quality_curve
 from gateway.router.metrics import figures, oracle_curve, random_curve
@@ -116,10 +117,6 @@ def _added_latency(scores: Any, seconds: Any, share: float | None) -> dict[str, 
     }
 
 
-def _share(value: float | None) -> str:
-    return "never" if value is None else f"{value:.1%}"
-
-
 def _table(report: dict[str, Any], target: float, folds: int) -> str:
     lines = [
         f"router (prompt only) vs cascade (prompt + the local answer), {folds}-fold cross-validation",
@@ -132,8 +129,8 @@ def _table(report: dict[str, Any], target: float, folds: int) -> str:
     for name, row in report.items():
         p50, p90 = row["escalated_wait_p50_s"], row["escalated_wait_p90_s"]
         lines.append(
-            f"{name:<18} {_share(row['router']['share_at_target']):>8} "
-            f"{_share(row['cascade']['share_at_target']):>8} {row['router']['apgr']:>8.3f} "
+            f"{name:<18} {share_text(row['router']['share_at_target']):>8} "
+            f"{share_text(row['cascade']['share_at_target']):>8} {row['router']['apgr']:>8.3f} "
             f"{row['cascade']['apgr']:>8.3f} {'-' if p50 is None else f'{p50:.1f} s':>9} "
             f"{'-' if p90 is None else f'{p90:.1f} s':>9} {row['added_mean_s']:>9.2f} s"
         )

@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _share(value: float | None) -> str:
+def share_text(value: float | None) -> str:
+    """A strong-call share for a table: a percentage, or `never` when the target is out of reach."""
     return "never" if value is None else f"{value:.1%}"
 
 
@@ -136,8 +137,8 @@ def _table(results: dict[str, RouterFigures], target: float, folds: int) -> str:
         saved = "-" if r.cost_saved_at_target is None else f"{r.cost_saved_at_target:.1%}"
         lines.append(
             f"{name:<18} {r.prompts:>8,} {r.weak:>6.3f} {r.strong:>7.3f} {r.oracle:>7.3f} "
-            f"{_share(r.share_at_target):>8} {_share(r.random_share_at_target):>8} "
-            f"{_share(r.oracle_share_at_target):>8} {r.apgr:>6.3f} {r.random_apgr:>6.3f} {saved:>7}"
+            f"{share_text(r.share_at_target):>8} {share_text(r.random_share_at_target):>8} "
+            f"{share_text(r.oracle_share_at_target):>8} {r.apgr:>6.3f} {r.random_apgr:>6.3f} {saved:>7}"
         )
     return "\n".join(lines)
 
