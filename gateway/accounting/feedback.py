@@ -18,7 +18,7 @@ class Feedback:
     id: str
     request_id: str
     at: float
-    # The rater's team; None for an admin of an open gateway, who may rate any request.
+    # The rater's team; None when an admin rated it (admins may rate any team's request).
     team: str | None
     key_id: str | None
     rating: float | None

@@ -147,7 +147,6 @@ def share_on_records(records: Sequence[DecisionRecord], policy: CompiledPolicy, 
 
 
 def for_frontier_share(
-    document: PolicyDocument,
     threshold: Threshold,
     records: Sequence[DecisionRecord],
     max_share: float,
@@ -263,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
         if not 0.0 <= args.max_frontier_share <= 1.0:
             raise CalibrationError("--max-frontier-share is a share between 0 and 1, e.g. 0.3")
         target = f"at most {args.max_frontier_share:.0%} of requests to {threshold.route!r}"
-        new_value = for_frontier_share(document, threshold, records, args.max_frontier_share, compile_at)
+        new_value = for_frontier_share(threshold, records, args.max_frontier_share, compile_at)
     else:
         if not args.labelled:
             raise CalibrationError("--quality needs --labelled DATA: the team's prompts with outcomes")
@@ -275,11 +274,11 @@ def run(args: argparse.Namespace) -> int:
         new_value, quality_after = for_quality(scores, weak, strong, args.quality, threshold.operator)
     share_before = share_on_records(records, original, threshold.route) if records else None
     final = compile_at(new_value, run_golden=True)  # the golden cases must still pass
-    share_after = share_on_records(records, final, threshold.route) if records else None
+    after = replay(records, final)
+    share_after = after.routes_after[threshold.route] / after.replayed if after.replayed else None
     calibration = Calibration(
-        threshold, new_value, share_before, share_after, len(records),
-        replay(records, final).replayed if records else 0, labelled, quality_after,
-    )  # fmt: skip
+        threshold, new_value, share_before, share_after, len(records), after.replayed, labelled, quality_after
+    )
     output = args.output or Path(".gateway/calibrated") / f"{name}.yaml"
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_suffix(".partial")
