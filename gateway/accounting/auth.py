@@ -71,6 +71,16 @@ class Authenticator:
             raise AuthenticationFailed("Incorrect API key provided.")
         return Principal(key.id, key.team, key.role)
 
+    def principal_of_key(self, key_id: str) -> Principal | None:
+        """The principal of an active key, by its id (a dashboard session names its key so); None when
+        the key is unknown or revoked. An open gateway (no keys at all) has no sessions."""
+        if time.monotonic() - self._loaded_at > self._refresh_seconds:
+            self.refresh()
+        for key in self._keys.values():
+            if key.id == key_id:
+                return Principal(key.id, key.team, key.role)
+        return None
+
 
 def require_role(principal: Principal, *roles: Role) -> None:
     if principal.role not in roles:

@@ -133,6 +133,12 @@ class PostgresLedgerStore:
         rows = self._run(lambda conn: conn.execute(decisions_sql("%s"), [policy, since]).fetchall())
         return [dict(zip(DECISION_COLUMNS, row, strict=True)) for row in rows]
 
+    def read(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self._run(
+            lambda conn: conn.execute(sql.format(p="%s"), list(params)).fetchall()
+        )
+        return rows
+
     def schema_version(self) -> int:
         row = self._run(lambda conn: conn.execute("SELECT MAX(version) FROM ledger_migrations").fetchone())
         return int(row[0] or 0)

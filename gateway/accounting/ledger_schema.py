@@ -9,6 +9,7 @@ from datetime import date, timedelta
 
 from orjson import dumps
 
+from gateway.accounting import ledger_rollup
 from gateway.accounting.record import SpendRecord
 
 # The columns in insert order; `day` (UTC) is derived from `at` so reports group without date maths.
@@ -89,6 +90,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         2, "feedback on requests", _FEEDBACK.format(real="REAL"), _FEEDBACK.format(real="DOUBLE PRECISION")
     ),
+    Migration(3, "spend by the hour, for dashboards", ledger_rollup.SQLITE, ledger_rollup.POSTGRES),
 )
 
 # What a report may group by (the column names double as the allow-list: never interpolate input).

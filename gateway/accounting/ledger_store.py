@@ -70,6 +70,10 @@ class LedgerStore(Protocol):
         """The routed records of a policy: DECISION_COLUMNS, `signals` as a JSON string."""
         ...
 
+    def read(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query written with `{p}` for each parameter (e.g. a dashboard view)."""
+        ...
+
     def schema_version(self) -> int: ...
 
     def close(self) -> None: ...
@@ -92,6 +96,18 @@ def open_ledger_store(database_url: str | None, state_dir: Path) -> LedgerStore:
         return PostgresLedgerStore(database_url)
     path = Path(database_url.removeprefix("sqlite:///")) if database_url else state_dir / "ledger.sqlite"
     return SqliteLedgerStore(path)
+
+
+def sqlite_statements(script: str) -> list[str]:
+    """A script's statements, one each, `;` inside a trigger's body kept where it belongs."""
+    statements, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    return statements
 
 
 def report_rows(group_by: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
@@ -117,9 +133,8 @@ class SqliteLedgerStore:
             done = {row[0] for row in self._db.execute("SELECT version FROM ledger_migrations")}
             for migration in MIGRATIONS:
                 if migration.version not in done:
-                    for statement in migration.sqlite.split(";"):
-                        if statement.strip():
-                            self._db.execute(statement)
+                    for statement in sqlite_statements(migration.sqlite):
+                        self._db.execute(statement)
                     self._db.execute(
                         "INSERT INTO ledger_migrations VALUES (?, ?, ?)",
                         (migration.version, migration.description, time.time()),
@@ -183,6 +198,10 @@ class SqliteLedgerStore:
         with self._lock:
             rows = self._db.execute(decisions_sql("?"), [policy, since]).fetchall()
         return [dict(zip(DECISION_COLUMNS, row, strict=True)) for row in rows]
+
+    def read(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql.format(p="?"), list(params)).fetchall()
 
     def schema_version(self) -> int:
         with self._lock:

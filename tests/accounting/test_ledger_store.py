@@ -4,6 +4,7 @@ module (created on the server at 127.0.0.1:5432, dropped at the end); each test 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -117,7 +118,7 @@ def postgres_url() -> Iterator[str]:
 
 def sqlite_query(path: Path) -> Callable[[str], list[tuple[Any, ...]]]:
     def query(sql: str) -> list[tuple[Any, ...]]:
-        db = sqlite3.connect(path)
+        db = sqlite3.connect(path, isolation_level=None)  # autocommit: a change is kept
         try:
             return db.execute(sql).fetchall()
         finally:
@@ -142,7 +143,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     else:
         url: str = request.getfixturevalue("postgres_url")
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("DROP TABLE IF EXISTS ledger, ledger_migrations, feedback")
+            conn.execute("DROP TABLE IF EXISTS ledger, ledger_migrations, feedback, spend_hourly")
+            conn.execute("DROP FUNCTION IF EXISTS ledger_rollup")
         chosen = Backend("postgresql", lambda: PostgresLedgerStore(url), postgres_query(url))
     yield chosen
     chosen.close_all()
@@ -163,19 +165,19 @@ def by(key: str, rows: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
     return keyed
 
 
-MIGRATED = [(1, "the ledger table"), (2, "feedback on requests")]
+MIGRATED = [(1, "the ledger table"), (2, "feedback on requests"), (3, "spend by the hour, for dashboards")]
 
 
 def test_migrations_are_applied_once(backend: Backend) -> None:
     first = backend.open()
-    assert first.schema_version() == 2
+    assert first.schema_version() == 3
     first.insert(RECORDS[:1])
     applied = backend.query("SELECT version, description, applied_at FROM ledger_migrations ORDER BY version")
     assert [(version, description) for version, description, _ in applied] == MIGRATED
     first.close()
 
     again = backend.open()
-    assert again.schema_version() == 2
+    assert again.schema_version() == 3
     assert (
         backend.query("SELECT version, description, applied_at FROM ledger_migrations ORDER BY version")
         == applied
@@ -312,8 +314,8 @@ def test_stores_opened_together_on_a_fresh_database_migrate_once(backend: Backen
     for thread in threads:
         thread.join(30)
     assert failures == []
-    assert versions == [2, 2, 2, 2]
-    assert backend.query("SELECT version FROM ledger_migrations ORDER BY version") == [(1,), (2,)]
+    assert versions == [3, 3, 3, 3]
+    assert backend.query("SELECT version FROM ledger_migrations ORDER BY version") == [(1,), (2,), (3,)]
 
 
 def test_sqlite_stores_opened_together_migrate_once(tmp_path: Path) -> None:
@@ -336,8 +338,9 @@ def test_sqlite_stores_opened_together_migrate_once(tmp_path: Path) -> None:
         thread.join(30)
     try:
         assert failures == []
-        assert [each.schema_version() for each in opened] == [2, 2, 2, 2]
-        assert sqlite_query(path)("SELECT version FROM ledger_migrations ORDER BY version") == [(1,), (2,)]
+        assert [each.schema_version() for each in opened] == [3, 3, 3, 3]
+        versions = sqlite_query(path)("SELECT version FROM ledger_migrations ORDER BY version")
+        assert versions == [(1,), (2,), (3,)]
     finally:
         for each in opened:
             each.close()
@@ -379,3 +382,41 @@ def test_decisions_are_a_policys_routed_records_with_their_signals(store: Ledger
     ]  # fmt: skip
     assert json.loads(decisions[-1]["signals"]) == {"score": 0.75, "long": True}
     assert store.decisions("other")[0]["request_id"] == "req-s1"
+
+
+ROLLUP_SUMS = (
+    "SELECT SUM(requests), SUM(errors), SUM(cached_answers), SUM(prompt_tokens), SUM(completion_tokens),"
+    " SUM(cost_usd), SUM(unpriced), SUM(reference_usd), SUM(saved_usd) FROM spend_hourly"
+)
+
+
+def test_the_hourly_rollup_sums_what_the_ledger_holds_once(backend: Backend, store: LedgerStore) -> None:
+    store.insert(RECORDS)  # drained again after a crash: no record and no sum counts twice
+    # requests, errors, cached, prompt, completion, cost, unpriced, reference, saved (as EVERYTHING)
+    [sums] = backend.query(ROLLUP_SUMS)
+    assert tuple(float(v) for v in sums) == (5, 1, 1, 540, 100, 2.25, 1, 4.5, 1.75)
+    # One row per hour and group; a request refused before routing is stored with '' for its route.
+    assert backend.query("SELECT COUNT(*) FROM spend_hourly WHERE route = '' AND team = 'beta'") == [(1,)]
+    [(latencies,)] = backend.query("SELECT SUM(latency_le_0) FROM spend_hourly")
+    assert latencies == 5  # every record in RECORDS took 0 ms
+
+
+def test_migration_3_backfills_what_the_ledger_held_before_it(backend: Backend, store: LedgerStore) -> None:
+    store.close()
+    # Back to the state before migration 3, with the records already in the ledger.
+    drop = ["DROP TRIGGER IF EXISTS ledger_rollup", "DROP TABLE spend_hourly"]
+    if backend.name == "postgresql":
+        drop = ["DROP TRIGGER IF EXISTS ledger_rollup ON ledger", "DROP TABLE spend_hourly"]
+    for statement in [*drop, "DELETE FROM ledger_migrations WHERE version = 3"]:
+        run_statement(backend, statement)
+    reopened = backend.open()
+    assert reopened.schema_version() == 3
+    [sums] = backend.query(ROLLUP_SUMS)
+    assert tuple(float(v) for v in sums) == (5, 1, 1, 540, 100, 2.25, 1, 4.5, 1.75)
+    reopened.insert([spend("f", prompt_tokens=10, cost_usd=0.5, reference_usd=1.0)])  # the trigger is back
+    assert backend.query("SELECT SUM(requests) FROM spend_hourly") == [(6,)]
+
+
+def run_statement(backend: Backend, statement: str) -> None:
+    with contextlib.suppress(psycopg.ProgrammingError):  # no rows to fetch: done all the same
+        backend.query(statement)
