@@ -29,6 +29,7 @@ from gateway.cache.redis_store import RedisCacheStore
 from gateway.cache.store import CacheStore, InProcessCacheStore
 from gateway.cache.verifier import LazyVerifier, VerifierMissing
 from gateway.config import GatewayConfig, load_config
+from gateway.dashboard.session import Sessions
 from gateway.pipeline import ChatPipeline
 from gateway.policy.compile import PolicyError
 from gateway.policy.history import PolicyHistory
@@ -69,6 +70,7 @@ class Runtime:
         self.local_model: ManagedLocalModel | None = None
         self.keys: KeyStore | None = None
         self.auth: Authenticator | None = None
+        self.sessions: Sessions | None = None
         self._session: aiohttp.ClientSession | None = None
         self.accountant: Accountant | None = None
         self.telemetry: Telemetry | None = None
@@ -88,6 +90,8 @@ class Runtime:
             [key.get_secret_value() for key in settings.admin_keys],
         )
         check_exposure(settings.host, has_keys=not self.auth.open)
+        secret = settings.session_secret.get_secret_value() if settings.session_secret else None
+        self.sessions = Sessions(secret)
         config = load_config(settings.config)
         self.config = config
         tokens = TokenCounter()

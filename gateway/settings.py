@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     # Bootstrap keys with role admin (comma-separated); more keys come from `gateway keys create`.
     # Without any keys at all the gateway is open on loopback only.
     admin_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Signs dashboard sessions; set the same value on every replica (random per process when unset).
+    session_secret: SecretStr | None = None
     # Bootstrap client keys of team `default` (comma-separated); more from `gateway keys create`.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     # The spend ledger's database: postgresql://… or sqlite:///path (default: SQLite in state_dir).

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 import redis
@@ -65,6 +66,7 @@ class RunningGateway:
     server: uvicorn.Server
     task: concurrent.futures.Future[Any] | None = None
     clients: list[openai.OpenAI] = field(default_factory=list)
+    browsers: list[httpx.Client] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
@@ -76,6 +78,12 @@ class RunningGateway:
         options.setdefault("max_retries", 0)
         created = openai.OpenAI(base_url=self.base_url, **options)
         self.clients.append(created)
+        return created
+
+    def browser(self) -> httpx.Client:
+        """An HTTP client that keeps cookies (a dashboard session); closed when the test ends."""
+        created = httpx.Client(base_url=self.url, timeout=30)
+        self.browsers.append(created)
         return created
 
 
@@ -149,6 +157,8 @@ def gateway(bg: BackgroundLoop, tmp_path: Path) -> Iterator[Callable[..., Runnin
     for gateway in running:
         for opened in gateway.clients:
             opened.close()
+        for browser in gateway.browsers:
+            browser.close()
         gateway.server.should_exit = True
         if gateway.task is not None:
             gateway.task.result(timeout=30)

@@ -1,0 +1,215 @@
+"""`/dashboard`: the finance dashboard, served by the gateway. A finance or admin key signs in once (the key
+is posted in a form, never put in a URL) and gets a session cookie; client keys are refused. Pages are
+rendered on the server from the hourly rollup; charts are drawn by plotly.js, served from the installed
+`plotly` package (nothing is loaded from the internet)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs, urlencode
+
+import orjson
+from fastapi import APIRouter, Cookie, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from gateway.accounting.auth import Principal
+from gateway.accounting.ledger_store import LedgerUnavailable
+from gateway.dashboard.session import COOKIE
+from gateway.dashboard.views import BadFilter, Filters, SpendView, as_csv, spend_view
+from gateway.errors import AuthenticationFailed
+from gateway.runtime import Runtime
+
+router = APIRouter(prefix="/dashboard")
+TEMPLATES = Environment(
+    loader=PackageLoader("gateway.dashboard", "templates"), autoescape=select_autoescape()
+)
+STATIC = Path(__file__).resolve().parents[1] / "dashboard" / "static"
+ROLES = ("finance", "admin")
+# plotly.js as the `plotly` package ships it (found without importing the Python library).
+_PLOTLY = importlib.util.find_spec("plotly")
+PLOTLY_JS = (
+    Path(_PLOTLY.origin).parent / "package_data" / "plotly.min.js" if _PLOTLY and _PLOTLY.origin else None
+)
+# Pages may run only the gateway's own scripts; plotly sets inline styles on what it draws.
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:;"
+    " frame-ancestors 'none'; form-action 'self'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+SessionCookie = Annotated[str | None, Cookie(alias=COOKIE)]
+
+
+def _page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    html = TEMPLATES.get_template(template).render(**context)
+    return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+
+def _signed_in(runtime: Runtime, cookie: str | None) -> Principal | None:
+    """The session's principal when it may read the dashboard; an open gateway needs no session."""
+    assert runtime.auth is not None and runtime.sessions is not None
+    if runtime.auth.open:
+        return runtime.auth.principal(None)
+    key_id = runtime.sessions.key_of(cookie)
+    principal = runtime.auth.principal_of_key(key_id) if key_id else None
+    return principal if principal is not None and principal.role in ROLES else None
+
+
+def _to_sign_in() -> RedirectResponse:
+    return RedirectResponse("/dashboard/login", status_code=303, headers=SECURITY_HEADERS)
+
+
+@router.get("/login", response_model=None)
+async def sign_in_page(request: Request, session: SessionCookie = None) -> Response:
+    if _signed_in(request.app.state.runtime, session) is not None:
+        return RedirectResponse("/dashboard", status_code=303)
+    return _page("login.html")
+
+
+@router.post("/login", response_model=None)
+async def sign_in(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    assert runtime.auth is not None and runtime.sessions is not None
+    form = parse_qs((await request.body())[:8192].decode("utf-8", "replace"))
+    key = (form.get("key") or [""])[0].strip()
+    try:
+        principal = runtime.auth.principal(f"Bearer {key}") if key else None
+    except AuthenticationFailed:
+        principal = None
+    if principal is None or principal.key_id is None:
+        return _page("login.html", status=401, error="That key is not valid.")
+    if principal.role not in ROLES:
+        return _page(
+            "login.html",
+            status=403,
+            error="This key may not read the dashboard: it needs role finance or admin.",
+        )
+    response = RedirectResponse("/dashboard", status_code=303, headers=SECURITY_HEADERS)
+    response.set_cookie(
+        COOKIE,
+        runtime.sessions.issue(principal.key_id),
+        max_age=runtime.sessions.max_age,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/dashboard",
+    )
+    return response
+
+
+@router.post("/logout", response_model=None)
+async def sign_out() -> Response:
+    response = _to_sign_in()
+    response.delete_cookie(COOKIE, path="/dashboard")
+    return response
+
+
+@router.get("", response_model=None)
+async def spend_page(
+    request: Request,
+    session: SessionCookie = None,
+    since: str | None = None,
+    until: str | None = None,
+    team: str | None = None,
+    group: str | None = None,
+) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    principal = _signed_in(runtime, session)
+    if principal is None:
+        return _to_sign_in()
+    started = time.perf_counter()
+    try:
+        view = await _view(runtime, since, until, team, group)
+    except BadFilter as error:
+        return _page("error.html", status=400, message=str(error))
+    except LedgerUnavailable:
+        return _page("error.html", status=503, message="The ledger's database is unavailable; try again.")
+    chart = {
+        "days": view.days,
+        "spend": view.spend_by_day,
+        "saved": view.saved_by_day,
+        "group": view.filters.group,
+    }
+    return _page(
+        "spend.html",
+        view=view,
+        principal=principal,
+        chart_json=_script_safe(orjson.dumps(chart).decode()),
+        export=f"/dashboard/export.csv?{urlencode(view.filters.query())}",
+        groups=("team", "route", "model", "rule", "deployment", "cache"),
+        audits=_audits(runtime),
+        rendered_ms=(time.perf_counter() - started) * 1000,
+    )
+
+
+@router.get("/export.csv", response_model=None)
+async def export(
+    request: Request,
+    session: SessionCookie = None,
+    since: str | None = None,
+    until: str | None = None,
+    team: str | None = None,
+    group: str | None = None,
+) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    if _signed_in(runtime, session) is None:
+        return _to_sign_in()
+    try:
+        view = await _view(runtime, since, until, team, group)
+    except BadFilter as error:
+        return _page("error.html", status=400, message=str(error))
+    name = f"spend-{view.filters.since}-{view.filters.until}-by-{view.filters.group}.csv"
+    return Response(
+        as_csv(view),
+        media_type="text/csv",
+        headers={**SECURITY_HEADERS, "content-disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.get("/static/{name}", response_model=None)
+async def static(name: str) -> Response:
+    """The dashboard's own files and plotly.js; only these names (an allow-list, never a path)."""
+    if name == "plotly.min.js":
+        path = PLOTLY_JS
+    elif name in ("dashboard.js", "dashboard.css"):
+        path = STATIC / name
+    else:
+        path = None
+    if path is None or not path.is_file():
+        return Response(status_code=404)
+    return FileResponse(
+        path, headers={"cache-control": "public, max-age=86400", "x-content-type-options": "nosniff"}
+    )
+
+
+async def _view(
+    runtime: Runtime, since: str | None, until: str | None, team: str | None, group: str | None
+) -> SpendView:
+    assert runtime.accountant is not None and runtime.accountant.ledger is not None
+    ledger = runtime.accountant.ledger
+    filters = Filters.parse(since, until, team, group, datetime.now(UTC).date())
+    await ledger.drain()  # what this replica answered so far counts too
+    budgets = runtime.policies.current.policy.budgets if runtime.policies is not None else None
+    return await asyncio.to_thread(spend_view, ledger.store, filters, budgets)
+
+
+def _audits(runtime: Runtime) -> list[dict[str, Any]]:
+    """The semantic cache's live precision per route, as this replica's shadow checks found it."""
+    if runtime.audit is None:
+        return []
+    return [
+        {"route": route, "agree": totals.agree, "disagree": totals.disagree, "precision": totals.precision}
+        for route, totals in sorted(runtime.audit.totals.items())
+    ]
+
+
+def _script_safe(text: str) -> str:
+    """JSON to embed in a <script> element: a team named `</script>` must not end it."""
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
