@@ -5,8 +5,11 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 # The local sentence embedder (built once by `make embedder`, see below).
 EMBEDDER_MODEL := .gateway/models/all-minilm-l6-v2-int8.onnx
+# The dashboard's browser tests drive Debian's Chromium (Playwright never downloads a browser).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install install-dev lint typecheck pytest bench bench-accounting bench-ledger bench-cache bench-router clean embedder
+.PHONY: run test install install-dev lint typecheck pytest bench bench-accounting bench-ledger bench-cache bench-router clean embedder browser
 
 run: $(VENV)/.installed-run $(EMBEDDER_MODEL)
 	$(BIN)/gateway serve
@@ -19,7 +22,7 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.installed-dev $(EMBEDDER_MODEL)
+pytest: $(VENV)/.installed-dev $(EMBEDDER_MODEL) $(CHROMIUM)
 	$(BIN)/pytest
 
 bench: $(VENV)/.installed-run
@@ -71,6 +74,11 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 $(EMBEDDER_MODEL): | $(VENV)/.installed-run
 	$(PIP) install --progress-bar on -e '.[local,embed-export]'
 	$(BIN)/python -m gateway.embedding.export --output $@
+
+browser: $(CHROMIUM)
+$(CHROMIUM):
+	$(SUDO) apt-get install -y --no-install-recommends chromium \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache artifacts
