@@ -9,7 +9,7 @@ EMBEDDER_MODEL := .gateway/models/all-minilm-l6-v2-int8.onnx
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install install-dev lint typecheck pytest bench bench-accounting bench-ledger bench-cache bench-router clean embedder browser
+.PHONY: run test install install-dev lint typecheck pytest bench bench-accounting bench-ledger bench-cache bench-router bench-dashboard clean embedder browser
 
 run: $(VENV)/.installed-run $(EMBEDDER_MODEL)
 	$(BIN)/gateway serve
@@ -46,6 +46,11 @@ PAIRS ?= ../shared/data/qqp/pairs.jsonl
 bench-cache: $(VENV)/.installed-run $(EMBEDDER_MODEL)
 	@mkdir -p artifacts
 	$(BIN)/python -m gateway.bench.cache --pairs $(PAIRS) --json artifacts/bench-cache.json
+
+# Each finance dashboard view with 1,000,000 ledger records, SQLite and PostgreSQL (target: <= 1 s).
+bench-dashboard: $(VENV)/.installed-run
+	@mkdir -p artifacts
+	$(BIN)/python -m gateway.bench.dashboard --postgres-url $(POSTGRES_URL) --json artifacts/bench-dashboard.json
 
 ROUTER_DATA ?= ../shared/data/routellm/mt_bench ../shared/data/routellm/gsm8k/gsm8k_responses.csv
 bench-router: $(VENV)/.installed-run $(EMBEDDER_MODEL)

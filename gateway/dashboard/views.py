@@ -105,7 +105,7 @@ def spend_view(store: Readable, filters: Filters, budgets: Budgets | None = None
     [total] = store.read(f"SELECT {sums} FROM spend_hourly WHERE {where}", params)
     group = filters.group
     per_day = store.read(
-        f"SELECT hour - (hour % 86400), {group}, SUM(cost_usd), SUM(saved_usd) FROM spend_hourly"
+        f"SELECT (hour / 86400) * 86400, {group}, SUM(cost_usd), SUM(saved_usd) FROM spend_hourly"
         f" WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2",
         params,
     )
