@@ -17,7 +17,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from gateway.api import admin, cache, dashboard, explain, feedback, health, keys, metrics, models, spend
+from gateway.api import (
+    admin,
+    cache,
+    dashboard,
+    dashboard_policies,
+    explain,
+    feedback,
+    health,
+    keys,
+    metrics,
+    models,
+    spend,
+)
 from gateway.api.http import CHAT_PATHS, request_id_of
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.runtime import Runtime
@@ -59,6 +71,7 @@ def create_app(settings: Settings | None = None, environ: dict[str, str] | None 
     api.include_router(spend.router)
     api.include_router(feedback.router)
     api.include_router(dashboard.router)
+    api.include_router(dashboard_policies.router)
     api.include_router(cache.router)
     api.include_router(metrics.router)
     api.add_exception_handler(GatewayError, _gateway_error)

@@ -29,6 +29,7 @@ router = APIRouter(prefix="/dashboard")
 TEMPLATES = Environment(
     loader=PackageLoader("gateway.dashboard", "templates"), autoescape=select_autoescape()
 )
+TEMPLATES.filters["datetime"] = lambda timestamp: _utc(float(timestamp))
 STATIC = Path(__file__).resolve().parents[1] / "dashboard" / "static"
 ROLES = ("finance", "admin")
 # plotly.js as the `plotly` package ships it (found without importing the Python library).
@@ -47,12 +48,22 @@ SECURITY_HEADERS = {
 SessionCookie = Annotated[str | None, Cookie(alias=COOKIE)]
 
 
-def _page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    html = TEMPLATES.get_template(template).render(**context)
+def page(
+    template: str, status: int = 200, principal: Principal | None = None, **context: Any
+) -> HTMLResponse:
+    """A page; with the signed-in principal, its header names them and links what they may open."""
+    if principal is not None:
+        who = " · ".join(part for part in (principal.team, principal.role) if part)
+        context |= {"signed": True, "who": who, "is_admin": principal.role == "admin"}
+    html = TEMPLATES.get_template(template).render(principal=principal, **context)
     return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
 
-def _signed_in(runtime: Runtime, cookie: str | None) -> Principal | None:
+def _utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def signed_in(runtime: Runtime, cookie: str | None) -> Principal | None:
     """The session's principal when it may read the dashboard; an open gateway needs no session."""
     assert runtime.auth is not None and runtime.sessions is not None
     if runtime.auth.open:
@@ -62,15 +73,15 @@ def _signed_in(runtime: Runtime, cookie: str | None) -> Principal | None:
     return principal if principal is not None and principal.role in ROLES else None
 
 
-def _to_sign_in() -> RedirectResponse:
+def to_sign_in() -> RedirectResponse:
     return RedirectResponse("/dashboard/login", status_code=303, headers=SECURITY_HEADERS)
 
 
 @router.get("/login", response_model=None)
-async def sign_in_page(request: Request, session: SessionCookie = None) -> Response:
-    if _signed_in(request.app.state.runtime, session) is not None:
+async def sign_inpage(request: Request, session: SessionCookie = None) -> Response:
+    if signed_in(request.app.state.runtime, session) is not None:
         return RedirectResponse("/dashboard", status_code=303)
-    return _page("login.html")
+    return page("login.html")
 
 
 @router.post("/login", response_model=None)
@@ -84,9 +95,9 @@ async def sign_in(request: Request) -> Response:
     except AuthenticationFailed:
         principal = None
     if principal is None or principal.key_id is None:
-        return _page("login.html", status=401, error="That key is not valid.")
+        return page("login.html", status=401, error="That key is not valid.")
     if principal.role not in ROLES:
-        return _page(
+        return page(
             "login.html",
             status=403,
             error="This key may not read the dashboard: it needs role finance or admin.",
@@ -106,13 +117,13 @@ async def sign_in(request: Request) -> Response:
 
 @router.post("/logout", response_model=None)
 async def sign_out() -> Response:
-    response = _to_sign_in()
+    response = to_sign_in()
     response.delete_cookie(COOKIE, path="/dashboard")
     return response
 
 
 @router.get("", response_model=None)
-async def spend_page(
+async def spendpage(
     request: Request,
     session: SessionCookie = None,
     since: str | None = None,
@@ -121,23 +132,23 @@ async def spend_page(
     group: str | None = None,
 ) -> Response:
     runtime: Runtime = request.app.state.runtime
-    principal = _signed_in(runtime, session)
+    principal = signed_in(runtime, session)
     if principal is None:
-        return _to_sign_in()
+        return to_sign_in()
     started = time.perf_counter()
     try:
         view = await _view(runtime, since, until, team, group)
     except BadFilter as error:
-        return _page("error.html", status=400, message=str(error))
+        return page("error.html", status=400, message=str(error))
     except LedgerUnavailable:
-        return _page("error.html", status=503, message="The ledger's database is unavailable; try again.")
+        return page("error.html", status=503, message="The ledger's database is unavailable; try again.")
     chart = {
         "days": view.days,
         "spend": view.spend_by_day,
         "saved": view.saved_by_day,
         "group": view.filters.group,
     }
-    return _page(
+    return page(
         "spend.html",
         view=view,
         principal=principal,
@@ -159,12 +170,12 @@ async def export(
     group: str | None = None,
 ) -> Response:
     runtime: Runtime = request.app.state.runtime
-    if _signed_in(runtime, session) is None:
-        return _to_sign_in()
+    if signed_in(runtime, session) is None:
+        return to_sign_in()
     try:
         view = await _view(runtime, since, until, team, group)
     except BadFilter as error:
-        return _page("error.html", status=400, message=str(error))
+        return page("error.html", status=400, message=str(error))
     name = f"spend-{view.filters.since}-{view.filters.until}-by-{view.filters.group}.csv"
     return Response(
         as_csv(view),

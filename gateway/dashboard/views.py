@@ -102,7 +102,6 @@ class SpendView:
 def spend_view(store: Readable, filters: Filters, budgets: Budgets | None = None) -> SpendView:
     where, params = filters.where()
     sums = ", ".join(f"SUM({name})" for name in TOTALS)
-    [total] = store.read(f"SELECT {sums} FROM spend_hourly WHERE {where}", params)
     group = filters.group
     per_day = store.read(
         f"SELECT (hour / 86400) * 86400, {group}, SUM(cost_usd), SUM(saved_usd) FROM spend_hourly"
@@ -122,14 +121,25 @@ def spend_view(store: Readable, filters: Filters, budgets: Budgets | None = None
         f" GROUP BY {group} ORDER BY SUM(cost_usd) DESC, {group}",
         params,
     )
-    teams = [str(team) for (team,) in store.read("SELECT DISTINCT team FROM spend_hourly ORDER BY team", [])]
+    # The teams to filter by: those with traffic in the period (not a scan of all time).
+    low, high = filters.bounds
+    teams = [
+        str(team)
+        for (team,) in store.read(
+            "SELECT DISTINCT team FROM spend_hourly WHERE hour >= {p} AND hour < {p} ORDER BY team",
+            [low, high],
+        )
+    ]
+    rows: list[dict[str, Any]] = [{group: _label(row[0]), **_numbers(row[1:])} for row in table]
+    # The table's groups add up to the period's totals: no query of their own.
+    totals = {name: float(sum(row[name] for row in rows)) for name in TOTALS}
     view = SpendView(
         filters,
-        {name: float(value or 0) for name, value in zip(TOTALS, total, strict=True)},
+        totals,
         days,
         spend,
         saved,
-        [{group: _label(row[0]), **_numbers(row[1:])} for row in table],
+        rows,
         [team for team in teams if team],
     )
     view.latency = _latency(store, where, params)

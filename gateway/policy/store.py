@@ -59,6 +59,11 @@ class PolicyStore:
     def _compile(self, text: str) -> CompiledPolicy:
         return compile_policy_text(text, str(self.path), self._deployments, self._tools, name=self.name)
 
+    async def check(self, text: str) -> CompiledPolicy:
+        """Compile `text` as `apply` would, golden cases included, without making it live. Raises
+        `PolicyError` with every problem."""
+        return await asyncio.to_thread(self._compile, text)
+
     async def apply(self, text: str, author: str, *, write_file: bool) -> int:
         """Compile `text` and make it live; its version number. Raises `PolicyError`, changing nothing."""
         async with self._lock:

@@ -140,3 +140,26 @@ def test_a_client_key_is_turned_away_at_the_sign_in(
     assert page.url.endswith("/dashboard/login")
     assert context.cookies() == []
     context.close()
+
+
+def test_an_admin_validates_the_live_policy_and_explains_a_request(
+    served: tuple[RunningGateway, str], browser: Browser
+) -> None:
+    gw, _ = served
+    admin_key, _ = create_key(gw, "platform", "admin")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    problems = problems_of(page)
+    page.goto(f"{gw.url}/dashboard/login")
+    page.fill("#key", admin_key)
+    page.click("button[type=submit]")
+    page.click("nav >> text=Policies")
+    page.wait_for_url(f"{gw.url}/dashboard/policies")
+    assert page.text_content("#live-version") == "v1"
+    page.click("button[value=validate]")
+    assert "Same meaning as the live version" in page.text_content("#check")
+    page.click("button[value=explain]")
+    assert '"route": "frontier"' in page.text_content("#explained")
+    page.screenshot(path=str(SCREENSHOTS / "dashboard-policies.png"), full_page=True)
+    assert problems == []
+    context.close()
