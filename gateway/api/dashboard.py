@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
 
 import orjson
-from fastapi import APIRouter, Cookie, Request
+from fastapi import APIRouter, Cookie, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
@@ -78,7 +79,7 @@ def to_sign_in() -> RedirectResponse:
 
 
 @router.get("/login", response_model=None)
-async def sign_inpage(request: Request, session: SessionCookie = None) -> Response:
+async def sign_in_page(request: Request, session: SessionCookie = None) -> Response:
     if signed_in(request.app.state.runtime, session) is not None:
         return RedirectResponse("/dashboard", status_code=303)
     return page("login.html")
@@ -122,22 +123,28 @@ async def sign_out() -> Response:
     return response
 
 
+@dataclass(frozen=True, slots=True)
+class ViewQuery:
+    """A view's filters as the query string gives them (checked by `Filters.parse`)."""
+
+    since: str | None = None
+    until: str | None = None
+    team: str | None = None
+    group: str | None = None
+
+
+Query = Annotated[ViewQuery, Depends()]
+
+
 @router.get("", response_model=None)
-async def spendpage(
-    request: Request,
-    session: SessionCookie = None,
-    since: str | None = None,
-    until: str | None = None,
-    team: str | None = None,
-    group: str | None = None,
-) -> Response:
+async def spend_page(request: Request, query: Query, session: SessionCookie = None) -> Response:
     runtime: Runtime = request.app.state.runtime
     principal = signed_in(runtime, session)
     if principal is None:
         return to_sign_in()
     started = time.perf_counter()
     try:
-        view = await _view(runtime, since, until, team, group)
+        view = await _view(runtime, query)
     except BadFilter as error:
         return page("error.html", status=400, message=str(error))
     except LedgerUnavailable:
@@ -161,19 +168,12 @@ async def spendpage(
 
 
 @router.get("/export.csv", response_model=None)
-async def export(
-    request: Request,
-    session: SessionCookie = None,
-    since: str | None = None,
-    until: str | None = None,
-    team: str | None = None,
-    group: str | None = None,
-) -> Response:
+async def export(request: Request, query: Query, session: SessionCookie = None) -> Response:
     runtime: Runtime = request.app.state.runtime
     if signed_in(runtime, session) is None:
         return to_sign_in()
     try:
-        view = await _view(runtime, since, until, team, group)
+        view = await _view(runtime, query)
     except BadFilter as error:
         return page("error.html", status=400, message=str(error))
     name = f"spend-{view.filters.since}-{view.filters.until}-by-{view.filters.group}.csv"
@@ -200,12 +200,10 @@ async def static(name: str) -> Response:
     )
 
 
-async def _view(
-    runtime: Runtime, since: str | None, until: str | None, team: str | None, group: str | None
-) -> SpendView:
+async def _view(runtime: Runtime, query: ViewQuery) -> SpendView:
     assert runtime.accountant is not None and runtime.accountant.ledger is not None
     ledger = runtime.accountant.ledger
-    filters = Filters.parse(since, until, team, group, datetime.now(UTC).date())
+    filters = Filters.parse(query.since, query.until, query.team, query.group, datetime.now(UTC).date())
     await ledger.drain()  # what this replica answered so far counts too
     budgets = runtime.policies.current.policy.budgets if runtime.policies is not None else None
     return await asyncio.to_thread(spend_view, ledger.store, filters, budgets)

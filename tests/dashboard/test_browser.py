@@ -9,6 +9,7 @@ import csv
 import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -51,6 +52,16 @@ def served(upstreams: Callable[..., FakeOpenAIUpstream], gateway: Gateway) -> tu
 def ledger_totals(gw: RunningGateway, key: str, **params: str) -> dict[str, float]:
     rows = httpx.get(f"{gw.url}/spend", params={"group_by": "", **params}, headers=bearer(key)).json()["rows"]
     return dict(rows[0])
+
+
+def signed_in_page(browser: Browser, gw: RunningGateway, key: str, **options: Any) -> tuple[Page, list[str]]:
+    """A page signed in through the form with `key`, and the console errors it will collect."""
+    page = browser.new_context(**options).new_page()
+    problems = problems_of(page)
+    page.goto(f"{gw.url}/dashboard/login")
+    page.fill("#key", key)
+    page.click("button[type=submit]")
+    return page, problems
 
 
 def problems_of(page: Page) -> list[str]:
@@ -122,7 +133,7 @@ def test_finance_signs_in_reads_the_ledgers_totals_filters_and_exports(
     assert wider == []
     assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
     assert problems == []
-    context.close()
+    page.context.close()
 
 
 def test_a_client_key_is_turned_away_at_the_sign_in(
@@ -130,16 +141,12 @@ def test_a_client_key_is_turned_away_at_the_sign_in(
 ) -> None:
     gw, _ = served
     client_key, _ = create_key(gw, "search", "client")
-    context = browser.new_context()
-    page = context.new_page()
-    page.goto(f"{gw.url}/dashboard/login")
-    page.fill("#key", client_key)
-    page.click("button[type=submit]")
+    page, _ = signed_in_page(browser, gw, client_key)
     assert "needs role finance or admin" in page.text_content("[role=alert]")
     page.goto(f"{gw.url}/dashboard")
     assert page.url.endswith("/dashboard/login")
-    assert context.cookies() == []
-    context.close()
+    assert page.context.cookies() == []
+    page.context.close()
 
 
 def test_an_admin_validates_the_live_policy_and_explains_a_request(
@@ -147,12 +154,7 @@ def test_an_admin_validates_the_live_policy_and_explains_a_request(
 ) -> None:
     gw, _ = served
     admin_key, _ = create_key(gw, "platform", "admin")
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    page = context.new_page()
-    problems = problems_of(page)
-    page.goto(f"{gw.url}/dashboard/login")
-    page.fill("#key", admin_key)
-    page.click("button[type=submit]")
+    page, problems = signed_in_page(browser, gw, admin_key, viewport={"width": 1280, "height": 800})
     page.click("nav >> text=Policies")
     page.wait_for_url(f"{gw.url}/dashboard/policies")
     assert page.text_content("#live-version") == "v1"
@@ -162,4 +164,4 @@ def test_an_admin_validates_the_live_policy_and_explains_a_request(
     assert '"route": "frontier"' in page.text_content("#explained")
     page.screenshot(path=str(SCREENSHOTS / "dashboard-policies.png"), full_page=True)
     assert problems == []
-    context.close()
+    page.context.close()
