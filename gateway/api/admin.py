@@ -11,12 +11,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request
 
 from gateway.accounting.auth import require_role
+from gateway.api.access import ADMIN_ONLY
 from gateway.errors import InvalidRequest, NotFound
 from gateway.policy.compile import PolicyError
 from gateway.policy.store import PolicyStore
 from gateway.runtime import Runtime
 
-router = APIRouter(prefix="/admin/policies")
+router = APIRouter(prefix="/admin/policies", dependencies=ADMIN_ONLY)
 Authorization = Annotated[str | None, Header()]
 
 

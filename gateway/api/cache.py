@@ -9,10 +9,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request
 
 from gateway.accounting.auth import require_role
+from gateway.api.access import ADMIN_ONLY
 from gateway.errors import InvalidRequest
 from gateway.runtime import Runtime
 
-router = APIRouter(prefix="/admin/cache")
+router = APIRouter(prefix="/admin/cache", dependencies=ADMIN_ONLY)
 Authorization = Annotated[str | None, Header()]
 
 

@@ -8,16 +8,16 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.accounting.feedback import Feedback
 from gateway.accounting.ledger_store import LedgerUnavailable
+from gateway.api.access import Caller
 from gateway.errors import NotFound, UpstreamUnavailable
 from gateway.runtime import Runtime
 
 router = APIRouter()
-Authorization = Annotated[str | None, Header()]
 
 
 class FeedbackBody(BaseModel):
@@ -37,12 +37,9 @@ class FeedbackBody(BaseModel):
 
 
 @router.post("/v1/feedback")
-async def give_feedback(
-    body: FeedbackBody, request: Request, authorization: Authorization = None
-) -> dict[str, Any]:
+async def give_feedback(principal: Caller, body: FeedbackBody, request: Request) -> dict[str, Any]:
     runtime: Runtime = request.app.state.runtime
-    assert runtime.auth is not None and runtime.accountant is not None
-    principal = runtime.auth.principal(authorization)
+    assert runtime.accountant is not None
     ledger = runtime.accountant.ledger
     assert ledger is not None
     feedback = Feedback(

@@ -9,10 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.accounting.auth import require_role
 from gateway.accounting.keys import KeyNotFound, KeyStore, Role
+from gateway.api.access import ADMIN_ONLY
 from gateway.errors import NotFound
 from gateway.runtime import Runtime
 
-router = APIRouter(prefix="/admin/keys")
+router = APIRouter(prefix="/admin/keys", dependencies=ADMIN_ONLY)
 Authorization = Annotated[str | None, Header()]
 
 

@@ -1,0 +1,28 @@
+"""Who may call an endpoint, as FastAPI dependencies. They run before the body is read and validated, so a
+caller without the right key learns nothing from validation errors: 401 or 403 comes first."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from gateway.accounting.auth import Principal, require_role
+from gateway.runtime import Runtime
+
+
+def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    """The principal of the bearer key (401 without a valid one, unless the gateway is open)."""
+    runtime: Runtime = request.app.state.runtime
+    assert runtime.auth is not None
+    return runtime.auth.principal(authorization)
+
+
+def admin(principal: Annotated[Principal, Depends(caller)]) -> Principal:
+    require_role(principal, "admin")
+    return principal
+
+
+Caller = Annotated[Principal, Depends(caller)]
+# For a router whose every route is for admins: `APIRouter(..., dependencies=ADMIN_ONLY)`.
+ADMIN_ONLY = [Depends(admin)]
