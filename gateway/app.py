@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
+from gateway.accounting.keys import KeysUnavailable
 from gateway.api import (
     admin,
     cache,
@@ -31,7 +32,7 @@ from gateway.api import (
     spend,
 )
 from gateway.api.http import CHAT_PATHS, request_id_of
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import GatewayError, InvalidRequest, UpstreamUnavailable
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None, environ: dict[str, str] | None 
     api.add_exception_handler(GatewayError, _gateway_error)
     api.add_exception_handler(HTTPException, _http_error)
     api.add_exception_handler(RequestValidationError, _validation_error)
+    api.add_exception_handler(KeysUnavailable, _keys_unavailable)
     api.add_exception_handler(Exception, _unexpected_error)
     return GatewayApp(api, runtime)
 
@@ -132,6 +134,10 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
     param = ".".join(str(part) for part in first["loc"])
     return _error_response(InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param))
+
+
+async def _keys_unavailable(request: Request, exc: Exception) -> Response:
+    return _error_response(UpstreamUnavailable(f"The key store is unavailable; try again: {exc}"))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 from gateway.accountant import Accountant
 from gateway.accounting.auth import Authenticator
 from gateway.accounting.budget_counters import BudgetCounters, InProcessBudgetCounters, RedisBudgetCounters
-from gateway.accounting.keys import KeyStore
+from gateway.accounting.keys import KeyStore, KeysUnavailable, open_key_store
 from gateway.accounting.ledger import Ledger
 from gateway.accounting.ledger_store import LedgerUnavailable, open_ledger_store
 from gateway.accounting.pricing import PriceBook, load_price_map
@@ -83,7 +83,7 @@ class Runtime:
 
     async def start(self) -> None:
         settings = self.settings
-        self.keys = KeyStore(settings.state_dir / "keys.sqlite")
+        self.keys = open_key_store(settings.database_url, settings.state_dir)
         self.auth = Authenticator(
             self.keys,
             [key.get_secret_value() for key in settings.api_keys],
@@ -279,12 +279,13 @@ def has_any_key(settings: Settings) -> bool:
     """Whether the gateway will ask for keys: bootstrap keys, or keys in its key store."""
     if settings.api_keys or settings.admin_keys:
         return True
-    path = settings.state_dir / "keys.sqlite"
-    if not path.exists():
+    if not settings.database_url and not (settings.state_dir / "keys.sqlite").exists():
         return False
-    store = KeyStore(path)
+    store = open_key_store(settings.database_url, settings.state_dir)
     try:
         return bool(store.active_by_digest())
+    except KeysUnavailable:
+        return True  # keys may well exist there: ask for them rather than serve openly
     finally:
         store.close()
 

@@ -1,6 +1,7 @@
 """Three gateway processes on one machine sharing one Redis and one PostgreSQL, as replicas behind a load
-balancer would: an answer cached through one is a hit on the others, a rate limit holds across all three,
-a policy applied on one is live on all within 2 s, and every replica's spend lands in the one ledger."""
+balancer would: a key made through one works on all, an answer cached through one is a hit on the others,
+a rate limit holds across all three, a policy applied on one is live on all within 2 s, and every
+replica's spend lands in the one ledger."""
 
 from __future__ import annotations
 
@@ -22,9 +23,7 @@ from tests.conftest import openai_deployment
 from tests.gateway_process import GatewayProcess, start_gateway, write_spec
 
 ADMIN_KEY = "sk-replicas-admin"
-# Keys given in the environment, as every replica of a deployment gets them. (Keys made through the admin
-# API live in one replica's state directory (SQLite) and are not shared between replicas yet.)
-SEARCH_KEY = "sk-replicas-search"
+# A key given in the environment, as every replica of a deployment gets it.
 LIMITED_KEY = "sk-replicas-limited"
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 REPLICAS = 3
@@ -59,7 +58,7 @@ def replicas(
         settings = {
             **write_spec(spec(upstream), tmp_path / "policy"),
             "GATEWAY_ADMIN_KEYS": ADMIN_KEY,
-            "GATEWAY_API_KEYS": f"{SEARCH_KEY},{LIMITED_KEY}",
+            "GATEWAY_API_KEYS": LIMITED_KEY,
             "GATEWAY_REDIS_URL": redis_url,
             "GATEWAY_REDIS_PREFIX": f"test:{uuid.uuid4().hex}:",
             "GATEWAY_DATABASE_URL": database,
@@ -89,8 +88,11 @@ def ask(replica: GatewayProcess, key: str, question: str) -> httpx.Response:
     )
 
 
-def test_a_cached_answer_a_rate_limit_and_the_ledger_are_shared(replicas: list[GatewayProcess]) -> None:
-    key = SEARCH_KEY
+def test_keys_cached_answers_rate_limits_and_the_ledger_are_shared(replicas: list[GatewayProcess]) -> None:
+    # A key made through one replica is known to all: keys live in the shared PostgreSQL.
+    made = httpx.post(f"{replicas[0].url}/admin/keys", json={"team": "search"}, headers=ADMIN)
+    key = str(made.json()["key"])
+    time.sleep(2.2)  # each replica re-reads the keys every 2 s
     first = ask(replicas[0], key, "What is the capital of France?")
     assert first.status_code == 200 and first.headers["x-gateway-cache"] == "miss"
     for replica in replicas[1:]:

@@ -8,14 +8,16 @@ secret itself is never compared or kept.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gateway.accounting.keys import ApiKey, KeyStore, Role, digest_of
+from gateway.accounting.keys import ApiKey, KeyStore, KeysUnavailable, Role, digest_of
 from gateway.errors import AuthenticationFailed, PermissionDenied
 
 REFRESH_SECONDS = 2.0
+logger = logging.getLogger("gateway.accounting.auth")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +49,27 @@ class Authenticator:
         self._refresh_seconds = refresh_seconds
         self._keys: dict[str, ApiKey] = {}
         self._loaded_at = 0.0
+        self._unavailable = False
         self.refresh()
 
     def refresh(self) -> None:
-        stored = self._store.active_by_digest() if self._store is not None else {}
-        self._keys = {**stored, **self._bootstrap}
+        """Re-read the stored keys; while their database is away, the keys last read stay in force."""
         self._loaded_at = time.monotonic()
+        try:
+            stored = self._store.active_by_digest() if self._store is not None else {}
+        except KeysUnavailable as exc:
+            if not self._unavailable:
+                logger.warning(
+                    "key store unavailable, keeping the %d keys last read: %s", len(self._keys), exc
+                )
+            self._unavailable = True
+            if not self._keys:
+                self._keys = dict(self._bootstrap)
+            return
+        if self._unavailable:
+            logger.warning("key store is back")
+        self._unavailable = False
+        self._keys = {**stored, **self._bootstrap}
 
     @property
     def open(self) -> bool:

@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from gateway.accounting.keys import ROLES, KeyNotFound, KeyStore
+from gateway.accounting.keys import ROLES, KeyNotFound, KeysUnavailable, open_key_store
 from gateway.settings import Settings
 
 
@@ -29,7 +29,8 @@ def add_key_commands(commands: Any) -> None:
 
 
 def run_key_command(args: argparse.Namespace) -> int:
-    store = KeyStore(Settings().state_dir / "keys.sqlite")
+    settings = Settings()
+    store = open_key_store(settings.database_url, settings.state_dir)
     try:
         if args.keys_command == "create":
             key, secret = store.create(args.team, args.role, args.name)
@@ -41,7 +42,7 @@ def run_key_command(args: argparse.Namespace) -> int:
         else:
             key, secret = store.rotate(args.key_id)
             print(json.dumps({**key.public(), "key": secret}, indent=2))
-    except (KeyNotFound, ValueError) as exc:
+    except (KeyNotFound, KeysUnavailable, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 1
     finally:

@@ -2,6 +2,9 @@
 
 The plaintext is shown once, when a key is created or rotated. Rotating keeps the key's id (so its
 history stays one line) and replaces its secret; revoking stops it at once.
+
+Keys live where the ledger does: in PostgreSQL when `GATEWAY_DATABASE_URL` names one (so every replica
+knows a key made through any of them), else in SQLite in the state directory.
 """
 
 from __future__ import annotations
@@ -10,9 +13,10 @@ import hashlib
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from gateway.state.sqlite import open_database
 
@@ -62,66 +66,101 @@ class KeyNotFound(LookupError):
     pass
 
 
-class KeyStore:
+class KeysUnavailable(RuntimeError):
+    """The key database cannot be reached now."""
+
+
+class KeyDatabase(Protocol):
+    """Where keys are kept. SQL is written with `{p}` for each parameter."""
+
+    def execute(self, sql: str, params: Sequence[object]) -> int:
+        """Run a change; the number of rows it changed."""
+        ...
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteKeys:
     def __init__(self, path: Path) -> None:
         self._db = open_database(path, SCHEMA)
         self._lock = threading.Lock()
+
+    def execute(self, sql: str, params: Sequence[object]) -> int:
+        with self._lock:
+            return self._db.execute(sql.format(p="?"), list(params)).rowcount
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql.format(p="?"), list(params)).fetchall()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def open_key_store(database_url: str | None, state_dir: Path) -> KeyStore:
+    """PostgreSQL when the ledger is there (keys shared by every replica), else SQLite in `state_dir`."""
+    if database_url and database_url.startswith(("postgres://", "postgresql://")):
+        from gateway.accounting.keys_postgres import PostgresKeys
+
+        return KeyStore(PostgresKeys(database_url))
+    return KeyStore(SqliteKeys(state_dir / "keys.sqlite"))
+
+
+class KeyStore:
+    def __init__(self, database: KeyDatabase) -> None:
+        self._db = database
 
     def create(self, team: str, role: Role, name: str = "") -> tuple[ApiKey, str]:
         _check(team, role)
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey("key_" + secrets.token_hex(6), team, role, name, time.time())
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                (key.id, key.team, key.role, key.name, digest_of(secret), key.created_at),
-            )
+        self._db.execute(
+            "INSERT INTO api_keys VALUES ({p}, {p}, {p}, {p}, {p}, {p}, NULL)",
+            (key.id, key.team, key.role, key.name, digest_of(secret), key.created_at),
+        )
         return key, secret
 
     def rotate(self, key_id: str) -> tuple[ApiKey, str]:
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
-        with self._lock:
-            updated = self._db.execute(
-                "UPDATE api_keys SET digest = ? WHERE id = ? AND revoked_at IS NULL",
-                (digest_of(secret), key_id),
-            ).rowcount
+        updated = self._db.execute(
+            "UPDATE api_keys SET digest = {p} WHERE id = {p} AND revoked_at IS NULL",
+            (digest_of(secret), key_id),
+        )
         if not updated:
             raise KeyNotFound(f"no active key {key_id!r}")
         return self.get(key_id), secret
 
     def revoke(self, key_id: str) -> ApiKey:
-        with self._lock:
-            updated = self._db.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                (time.time(), key_id),
-            ).rowcount
+        updated = self._db.execute(
+            "UPDATE api_keys SET revoked_at = {p} WHERE id = {p} AND revoked_at IS NULL",
+            (time.time(), key_id),
+        )
         if not updated:
             raise KeyNotFound(f"no active key {key_id!r}")
         return self.get(key_id)
 
     def get(self, key_id: str) -> ApiKey:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT id, team, role, name, created_at, revoked_at FROM api_keys WHERE id = ?", (key_id,)
-            ).fetchone()
-        if row is None:
+        rows = self._db.query(
+            "SELECT id, team, role, name, created_at, revoked_at FROM api_keys WHERE id = {p}", (key_id,)
+        )
+        if not rows:
             raise KeyNotFound(f"no key {key_id!r}")
-        return ApiKey(*row)
+        return ApiKey(*rows[0])
 
     def list(self, *, include_revoked: bool = False) -> list[ApiKey]:
         query = "SELECT id, team, role, name, created_at, revoked_at FROM api_keys"
         if not include_revoked:
             query += " WHERE revoked_at IS NULL"
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY created_at").fetchall()
+        rows = self._db.query(query + " ORDER BY created_at")
         return [ApiKey(*row) for row in rows]
 
     def active_by_digest(self) -> dict[str, ApiKey]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT digest, id, team, role, name, created_at, revoked_at FROM api_keys"
-                " WHERE revoked_at IS NULL"
-            ).fetchall()
+        rows = self._db.query(
+            "SELECT digest, id, team, role, name, created_at, revoked_at FROM api_keys"
+            " WHERE revoked_at IS NULL"
+        )
         return {row[0]: ApiKey(*row[1:]) for row in rows}
 
     def close(self) -> None:

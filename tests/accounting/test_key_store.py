@@ -1,0 +1,71 @@
+"""The key store on SQLite and on PostgreSQL (shared by replicas): create, rotate, revoke, list, digests
+only at rest; and on PostgreSQL, an outage that neither breaks authentication nor loses a key."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from gateway.accounting.auth import Authenticator
+from gateway.accounting.keys import KeyNotFound, KeyStore, KeysUnavailable, SqliteKeys, digest_of
+from gateway.accounting.keys_postgres import PostgresKeys
+from gateway.errors import AuthenticationFailed
+from tests.accounting.private_postgres import private_postgres
+
+ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyStore]:
+    if request.param == "sqlite":
+        opened = KeyStore(SqliteKeys(tmp_path / "keys.sqlite"))
+        yield opened
+        opened.close()
+        return
+    name = f"gw_keys_{uuid.uuid4().hex}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+        opened = KeyStore(PostgresKeys(f"postgresql://postgres@127.0.0.1:5432/{name}"))
+        try:
+            yield opened
+        finally:
+            opened.close()
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_keys_are_created_rotated_revoked_and_kept_as_digests(store: KeyStore) -> None:
+    key, secret = store.create("search", "client", "batch jobs")
+    assert store.get(key.id) == key and digest_of(secret) in store.active_by_digest()
+    rotated, new_secret = store.rotate(key.id)
+    assert rotated.id == key.id and new_secret != secret
+    assert set(store.active_by_digest()) == {digest_of(new_secret)}
+    store.revoke(key.id)
+    assert store.active_by_digest() == {} and store.list() == []
+    assert [k.id for k in store.list(include_revoked=True)] == [key.id]
+    with pytest.raises(KeyNotFound):
+        store.revoke(key.id)
+    with pytest.raises(ValueError, match="role"):
+        store.create("search", "owner")  # type: ignore[arg-type]
+
+
+def test_on_postgresql_an_outage_keeps_the_keys_last_read_and_loses_none() -> None:
+    with private_postgres() as server:
+        store = KeyStore(PostgresKeys(server.url))
+        key, secret = store.create("search", "client")
+        auth = Authenticator(store, refresh_seconds=0.0)
+        assert auth.principal(f"Bearer {secret}").key_id == key.id
+        server.stop()
+        with pytest.raises(KeysUnavailable):
+            store.create("search", "client")
+        # Authentication goes on with the keys last read; an unknown key is still refused.
+        assert auth.principal(f"Bearer {secret}").team == "search"
+        with pytest.raises(AuthenticationFailed):
+            auth.principal("Bearer gw-not-a-key")
+        server.start()
+        later, later_secret = store.create("support", "client")  # reconnects by itself
+        assert auth.principal(f"Bearer {later_secret}").key_id == later.id
+        store.close()
