@@ -1,0 +1,42 @@
+"""deploy/Dockerfile passes hadolint (installed from PyPI with the dev tools; no Docker engine needed),
+and keeps the properties the deployment relies on: two stages, a non-root numeric user, a health check,
+the graceful stop signal."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+DOCKERFILE = Path(__file__).resolve().parents[2] / "deploy" / "Dockerfile"
+
+
+def hadolint() -> str:
+    found = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    assert Path(found).exists(), "hadolint is missing: `make test` installs it with the dev tools"
+    return found
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    linted = subprocess.run(
+        [hadolint(), "--no-color", "--failure-threshold", "info", str(DOCKERFILE)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+def test_hadolint_does_catch_a_root_image(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:3.11-slim\nRUN pip install gateway\nUSER root\n")
+    linted = subprocess.run([hadolint(), "--no-color", str(bad)], capture_output=True, text=True, timeout=60)
+    assert linted.returncode != 0 and "DL3002" in linted.stdout  # last USER should not be root
+
+
+def test_the_image_runs_as_a_numeric_non_root_user_with_a_health_check() -> None:
+    text = DOCKERFILE.read_text()
+    stages = [line for line in text.splitlines() if line.startswith("FROM ")]
+    assert len(stages) == 2 and stages[-1].endswith("AS runtime")
+    users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
+    assert users and users[-1].isdigit() and users[-1] != "0"
+    assert "HEALTHCHECK" in text and "/healthz" in text and "STOPSIGNAL SIGTERM" in text
