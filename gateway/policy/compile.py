@@ -3,7 +3,6 @@ that can replace the live one. Every problem names the file, the line and the fi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import pydantic
 
 from gateway.policy.conditions import CompiledCondition, comparisons, compile_condition
 from gateway.policy.decide import decide
+from gateway.policy.patterns import PatternError
 from gateway.policy.schema import (
     DEFAULT_RULE,
     BudgetSignal,
@@ -117,9 +117,9 @@ def compile_policy(
     for signal_name, signal in policy.signals.items():
         try:
             evaluators[signal_name] = build_evaluator(signal, tools)
-        except re.error as exc:
+        except PatternError as exc:
             problems.append(
-                problem(("signals", signal_name, "pattern"), f"not a valid regular expression: {exc}")
+                problem(("signals", signal_name, "pattern"), f"not a usable regular expression: {exc}")
             )
         except EmbedderUnavailable as exc:
             problems.append(

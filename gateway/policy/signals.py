@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.policy.patterns import compile_pattern
 from gateway.policy.schema import (
     BudgetSignal,
     FeatureSignal,
@@ -160,7 +161,7 @@ def build_evaluator(signal: Signal, tools: SignalTools) -> Evaluator:
         keyword_pattern = re.compile(rf"(?<!\w)(?:{words})(?!\w)", flags)
         return lambda facts: keyword_pattern.search(facts.text(signal.scope)) is not None
     if isinstance(signal, RegexSignal):
-        regex = re.compile(signal.pattern, 0 if signal.case_sensitive else re.IGNORECASE)
+        regex = compile_pattern(signal.pattern, case_sensitive=signal.case_sensitive)
         return lambda facts: regex.search(facts.text(signal.scope)) is not None
     if isinstance(signal, MetadataSignal):
         return _metadata(signal)

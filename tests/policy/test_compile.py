@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 from typing import Any
 
 import pytest
@@ -157,7 +158,13 @@ rules:
         (BASE + "signals:\n  s: {kind: learned_score}\n",
          "test.yaml:6: signals.s: a learned_score signal needs the local embedder"),
         (BASE + "signals:\n  s: {kind: regex, pattern: '(unclosed'}\n",
-         "test.yaml:6: signals.s.pattern: not a valid regular expression"),
+         "test.yaml:6: signals.s.pattern: not a usable regular expression: missing ): (unclosed"),
+        (BASE + "signals:\n  s: {kind: regex, pattern: '(\\w)\\1'}\n",
+         "signals.s.pattern: not a usable regular expression: invalid escape sequence: \\1 (patterns run on RE2"),
+        (BASE + "signals:\n  s: {kind: regex, pattern: '(?<!x)y'}\n",
+         "no backreferences or lookaround"),
+        (BASE + "signals:\n  s: {kind: regex, pattern: '(" + "|".join(f"w{n}" for n in range(4000)) + "){1000}'}\n",
+         "signals.s.pattern: not a usable regular expression"),
         (BASE + "signals: {s: {kind: size, of: messages}}\nrules:\n  - {name: r, route: local, when: {signal: s, eq: 1}, cache: {similarity: 0.9}}\n",
          "test.yaml:7: rules.0.cache.similarity: semantic caching needs the local embedder"),
         (BASE + "signals: {s: {kind: size, of: messages}}\nrules:\n  - {name: r, route: nowhere, when: {signal: s, eq: 1}}\n",
@@ -180,3 +187,16 @@ rules:
 )  # fmt: skip
 def test_bad_policies_are_rejected_naming_the_place(text: str, expected: str) -> None:
     assert any(expected in problem for problem in problems(text)), problems(text)
+
+
+def test_a_pattern_that_backtracks_forever_in_python_decides_at_once() -> None:
+    """`(a|aa)+$` on 100,000 a's and a b: exponential for Python's `re`, linear for RE2. A time bound,
+    not a benchmark: the old engine would not finish in a lifetime."""
+    text = BASE + "signals:\n  s: {kind: regex, in: user, pattern: '(a|aa)+$'}\n"
+    text += "rules:\n  - {name: r, route: local, when: {signal: s, eq: true}}\n"
+    policy = compile_policy_text(text, "test.yaml", DEPLOYMENTS, TOOLS, name="test")
+    started = time.perf_counter()
+    decided = decide(policy, user("a" * 100_000 + "b"))
+    assert time.perf_counter() - started < 2.0
+    assert decided.route == "frontier"
+    assert decide(policy, user("aaaa")).route == "local"
