@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.accounting.keys import KeyStore
+from gateway.accounting.keys import KeyStore, SqliteKeys
 from gateway.fakes.background import BackgroundLoop
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
@@ -49,7 +49,7 @@ def ask(gw: RunningGateway, key: str | None = None, **body: Any) -> httpx.Respon
 
 def client_keys(state: Path, *teams: str) -> list[str]:
     """A client key for each team, in the gateway's key store under `state`."""
-    store = KeyStore(state / "keys.sqlite")
+    store = KeyStore(SqliteKeys(state / "keys.sqlite"))
     try:
         return [store.create(team, "client")[1] for team in teams]
     finally:
@@ -230,7 +230,7 @@ def test_admins_invalidate_an_entry_a_team_or_everything(
     upstreams: Callable[..., FakeOpenAIUpstream], gateway: Callable[..., RunningGateway], tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    store = KeyStore(state / "keys.sqlite")
+    store = KeyStore(SqliteKeys(state / "keys.sqlite"))
     (_, alpha), (_, beta), (_, admin) = (
         store.create("alpha", "client"),
         store.create("beta", "client"),

@@ -12,7 +12,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.accounting.keys import KeyStore
+from gateway.accounting.keys import KeyStore, SqliteKeys
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
 from gateway.telemetry.names import LATENCY_BUCKETS_S
@@ -223,7 +223,7 @@ def test_no_metric_label_names_a_key(
     upstreams: Callable[..., FakeOpenAIUpstream], gateway: Gateway, tmp_path: Path
 ) -> None:
     state = tmp_path / "keyed-state"
-    store = KeyStore(state / "keys.sqlite")
+    store = KeyStore(SqliteKeys(state / "keys.sqlite"))
     key, secret = store.create("search", "client")
     store.close()
     # Budgets name keys by id (no `*` for keys), rate limits take `*` too.

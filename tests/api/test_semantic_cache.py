@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.accounting.keys import KeyStore
+from gateway.accounting.keys import KeyStore, SqliteKeys
 from gateway.cache.semantic_index import CANDIDATE_FLOOR
 from gateway.cache.verifier import Verifier
 from gateway.embedding.embedder import Embedder, default_model_path
@@ -182,7 +182,7 @@ def test_a_sample_of_semantic_hits_is_checked_against_a_fresh_answer(
 ) -> None:
     upstream = upstreams()
     state = tmp_path / "state"
-    store = KeyStore(state / "keys.sqlite")
+    store = KeyStore(SqliteKeys(state / "keys.sqlite"))
     _, admin = store.create("ops", "admin")
     store.close()
     gw = gateway(semantic_spec(upstream, verify_sample=1.0), state_dir=state)
