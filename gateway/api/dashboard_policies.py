@@ -53,7 +53,7 @@ async def policies_action(request: Request, session: SessionCookie = None) -> Re
         return _forbidden(principal)
     form = await _form(request)
     if form is None:
-        return page("error.html", status=413, message="The form is larger than 1 MB.")
+        return page("error.html", status=413, principal=principal, message="The form is larger than 1 MB.")
     action = _field(form, "action")
     text = _field(form, "text") or _live_source(runtime)
     sample = _field(form, "sample") or SAMPLE
@@ -73,9 +73,8 @@ async def policies_action(request: Request, session: SessionCookie = None) -> Re
         version_text = _field(form, "version")
         source = runtime.history.source_of(store.name, int(version_text)) if version_text.isdigit() else None
         if source is None:
-            return page(
-                "error.html", status=404, message=f"There is no version {version_text!r} to roll back to."
-            )
+            message = f"There is no version {version_text!r} to roll back to."
+            return page("error.html", status=404, principal=principal, message=message)
         try:
             applied = await store.apply(source, f"{author} (rollback to v{version_text})", write_file=True)
         except PolicyError as error:  # e.g. a deployment it names is gone
@@ -84,7 +83,7 @@ async def policies_action(request: Request, session: SessionCookie = None) -> Re
         return RedirectResponse(f"/dashboard/policies?applied={applied}", status_code=303)
     if action == "explain":
         return _render(runtime, principal, text, sample, explained=_explain(runtime, sample))
-    return page("error.html", status=400, message="Unknown action.")
+    return page("error.html", status=400, principal=principal, message="Unknown action.")
 
 
 async def _check(runtime: Runtime, text: str) -> dict[str, Any]:
