@@ -43,6 +43,7 @@ from gateway.routing.catalog import Catalog
 from gateway.routing.executor import RouteExecutor
 from gateway.routing.health import DeploymentHealth
 from gateway.routing.shadow import ShadowCopies
+from gateway.routing.shared_circuits import SharedCircuits
 from gateway.settings import Settings
 from gateway.telemetry.telemetry import Telemetry
 from gateway.tokens import TokenCounter
@@ -120,14 +121,20 @@ class Runtime:
             if not provider.available and provider.deployment.provider != "managed-local":
                 logger.warning("deployment %s unavailable: %s", name, provider.unavailable_reason)
         self._warm_up(providers)
-        self.health = DeploymentHealth(providers, config.circuit_breaker)
-        self.catalog = Catalog(providers, self.health)
         self.records = DecisionLog(settings.state_dir / "decisions.sqlite")
         self._background.append(asyncio.create_task(self.records.run()))
         prices = PriceBook(config.deployments, load_price_map())
         for name in prices.unpriced():
             logger.warning("deployment %s has no known price: its cost will be unknown (set `price`)", name)
         self.accountant = await self._accountant(prices, tokens)
+        # With Redis, a circuit one replica opens is open on all of them.
+        circuits = SharedCircuits(self._redis, f"{settings.redis_prefix}circuit:") if self._redis else None
+        self.health = DeploymentHealth(
+            providers, config.circuit_breaker, circuits.opened if circuits else None
+        )
+        if circuits is not None:
+            self._background.append(asyncio.create_task(circuits.run(self.health, list(providers))))
+        self.catalog = Catalog(providers, self.health)
         executor = RouteExecutor(self.health)
         self.shadows = ShadowCopies(self.catalog, executor, self.records.add_shadow)
         self.cache = await self._answer_cache(tools)

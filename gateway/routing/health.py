@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
 from enum import StrEnum
@@ -19,9 +20,15 @@ class CircuitBreaker:
     """Opens after `failure_threshold` consecutive failures; after `cooldown_seconds` lets one probe
     through (half-open); the probe's success closes it, its failure opens it again."""
 
-    def __init__(self, config: CircuitBreakerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: CircuitBreakerConfig,
+        clock: Callable[[], float] = time.monotonic,
+        on_open: Callable[[], None] | None = None,
+    ) -> None:
         self._config = config
         self._clock = clock
+        self._on_open = on_open
         self._failures = 0
         self._opened_at = 0.0
         self._probe_in_flight = False
@@ -57,6 +64,17 @@ class CircuitBreaker:
         if self.state is CircuitState.HALF_OPEN or self._failures >= self._config.failure_threshold:
             self.state = CircuitState.OPEN
             self._opened_at = self._clock()
+            if self._on_open is not None:
+                self._on_open()
+
+    def open_from_elsewhere(self, remaining_seconds: float) -> None:
+        """Another replica opened this deployment's circuit; its cooldown ends in `remaining_seconds`.
+        A circuit already open here keeps its own timing."""
+        if self.state is CircuitState.OPEN:
+            return
+        self.state = CircuitState.OPEN
+        self._probe_in_flight = False
+        self._opened_at = self._clock() - max(0.0, self._config.cooldown_seconds - remaining_seconds)
 
     def release_probe(self) -> None:
         """The probe ended without a verdict (e.g. the client went away)."""
@@ -64,10 +82,20 @@ class CircuitBreaker:
 
 
 class DeploymentHealth:
-    """The circuit breaker of every deployment, by name."""
+    """The circuit breaker of every deployment, by name. `on_open(name)` hears of each circuit this process
+    opens (to tell other replicas, `routing.shared_circuits`)."""
 
-    def __init__(self, names: Iterable[str], config: CircuitBreakerConfig) -> None:
-        self._breakers = {name: CircuitBreaker(config) for name in names}
+    def __init__(
+        self,
+        names: Iterable[str],
+        config: CircuitBreakerConfig,
+        on_open: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self._breakers = {
+            name: CircuitBreaker(config, on_open=functools.partial(on_open, name) if on_open else None)
+            for name in names
+        }
 
     def breaker(self, name: str) -> CircuitBreaker:
         return self._breakers[name]

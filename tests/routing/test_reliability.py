@@ -220,3 +220,26 @@ def test_auto_falls_back_to_the_local_route_when_frontier_has_no_key(
     assert caught.value.status_code == 503
     assert "OPENAI_API_KEY is not set" in caught.value.message
     assert frontier.requests == []
+
+
+def test_a_circuit_opened_by_one_replica_is_open_on_the_others(
+    upstreams: Upstreams, gateway: Gateway, redis_url: str, redis_prefix: str
+) -> None:
+    """Two replicas on one Redis: the one that met the failures opens the circuit, and the other skips the
+    failing deployment from then on without trying it itself; after the cooldown each probes it again."""
+    first, second = upstreams(Behaviour(status=500)), upstreams()
+    spec = two_deployments(first, second, retries=0)
+    spec["circuit_breaker"] = {"failure_threshold": 3, "cooldown_seconds": 3.0}
+    shared = {"redis_url": redis_url, "redis_prefix": redis_prefix}
+    one, other = gateway(spec, **shared), gateway(spec, **shared)
+    for _ in range(3):
+        one.client().chat.completions.create(model="auto", messages=MESSAGES)
+    assert len(first.requests) == 3
+    assert httpx.get(f"{one.url}/readyz").json()["deployments"]["first"]["circuit"] == "open"
+    deadline = time.monotonic() + 2.0
+    while httpx.get(f"{other.url}/readyz").json()["deployments"]["first"]["circuit"] != "open":
+        assert time.monotonic() < deadline, "the other replica never heard of the open circuit"
+        time.sleep(0.05)
+    raw = other.client().chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
+    assert raw.headers["x-gateway-deployment"] == "second"
+    assert len(first.requests) == 3  # the other replica did not pay a failure of its own
