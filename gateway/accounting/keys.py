@@ -100,12 +100,24 @@ class SqliteKeys:
 
 
 def open_key_store(database_url: str | None, state_dir: Path) -> KeyStore:
-    """PostgreSQL when the ledger is there (keys shared by every replica), else SQLite in `state_dir`."""
+    """PostgreSQL when the ledger is there (keys shared by every replica), else SQLite in `state_dir`.
+    Keys a replica kept in its own SQLite before (earlier versions did) are copied into PostgreSQL once:
+    an upgrade loses no key."""
+    local = state_dir / "keys.sqlite"
     if database_url and database_url.startswith(("postgres://", "postgresql://")):
         from gateway.accounting.keys_postgres import PostgresKeys
 
-        return KeyStore(PostgresKeys(database_url))
-    return KeyStore(SqliteKeys(state_dir / "keys.sqlite"))
+        shared = KeyStore(PostgresKeys(database_url))
+        if local.exists():
+            earlier = KeyStore(SqliteKeys(local))
+            try:
+                shared.import_keys(earlier)
+            except KeysUnavailable:
+                pass  # copied at the next start; until then, those keys are not known
+            finally:
+                earlier.close()
+        return shared
+    return KeyStore(SqliteKeys(local))
 
 
 class KeyStore:
@@ -162,6 +174,17 @@ class KeyStore:
             " WHERE revoked_at IS NULL"
         )
         return {row[0]: ApiKey(*row[1:]) for row in rows}
+
+    def import_keys(self, other: KeyStore) -> int:
+        """Copy the keys `other` holds that this store lacks (by id); how many were copied."""
+        rows = other._db.query("SELECT id, team, role, name, digest, created_at, revoked_at FROM api_keys")
+        copied = 0
+        for row in rows:
+            copied += self._db.execute(
+                "INSERT INTO api_keys VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (id) DO NOTHING",
+                row,
+            )
+        return copied
 
     def close(self) -> None:
         self._db.close()

@@ -69,3 +69,22 @@ def test_on_postgresql_an_outage_keeps_the_keys_last_read_and_loses_none() -> No
         later, later_secret = store.create("support", "client")  # reconnects by itself
         assert auth.principal(f"Bearer {later_secret}").key_id == later.id
         store.close()
+
+
+def test_keys_a_replica_kept_in_sqlite_are_copied_into_postgresql_once(tmp_path: Path) -> None:
+    """An upgrade to shared keys loses none: the old per-replica SQLite keys move into PostgreSQL."""
+    from gateway.accounting.keys import open_key_store
+
+    earlier = KeyStore(SqliteKeys(tmp_path / "keys.sqlite"))
+    kept, secret = earlier.create("search", "client")
+    gone, _ = earlier.create("ads", "client")
+    earlier.revoke(gone.id)
+    earlier.close()
+    with private_postgres() as server:
+        shared = open_key_store(server.url, tmp_path)
+        assert digest_of(secret) in shared.active_by_digest()
+        assert {k.id for k in shared.list(include_revoked=True)} == {kept.id, gone.id}
+        shared.close()
+        again = open_key_store(server.url, tmp_path)  # a restart copies nothing twice
+        assert len(again.list(include_revoked=True)) == 2
+        again.close()
