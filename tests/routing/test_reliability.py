@@ -138,6 +138,22 @@ def test_a_stream_broken_after_bytes_ends_with_an_error_event_and_no_done(
         list(gw.client().chat.completions.create(model="auto", messages=MESSAGES, stream=True))
 
 
+def test_a_stream_that_trickles_for_ever_is_cut_at_the_deadline_with_an_error_event(
+    upstreams: Upstreams, gateway: Gateway
+) -> None:
+    """Bytes keep coming, slowly (a chunk every 0.2 s for 40 s): the request's deadline still ends it."""
+    first, second = upstreams(Behaviour(chunks=200, chunk_delay=0.2)), upstreams()
+    gw = gateway(two_deployments(first, second), request_timeout=1.5)
+    body = {"model": "auto", "messages": MESSAGES, "stream": True}
+    started = time.monotonic()
+    with httpx.stream("POST", f"{gw.base_url}/chat/completions", json=body, timeout=30) as response:
+        raw = response.read()
+    assert time.monotonic() - started < 5
+    assert b"[DONE]" not in raw
+    assert raw.count(b"data: {") >= 3  # some of the answer came through before the cut
+    assert raw.rstrip().splitlines()[-1].startswith(b'data: {"error":')
+
+
 def test_garbage_from_upstream_is_a_clean_502(upstreams: Upstreams, gateway: Gateway) -> None:
     first = upstreams(Behaviour(garbage=True))
     gw = gateway(
