@@ -36,7 +36,7 @@ from gateway.accounting.rate_counters import RateCounters
 from gateway.accounting.rate_limits import RateCheck, rate_lines
 from gateway.accounting.record import CacheOutcome, SpendRecord
 from gateway.accounting.redact import answer_text, logged_body
-from gateway.errors import BudgetExceeded, RateLimited
+from gateway.errors import BudgetExceeded, CountersDown, RateLimited
 from gateway.policy.schema import Policy
 from gateway.providers.base import ChatRequest, Usage
 from gateway.telemetry.spans import ChildSpan, RequestSpan
@@ -116,7 +116,12 @@ class Accountant:
         amounts = [1] * len(check.requests) + [prompt] * len(check.tokens)
         try:
             limited = await self._rates.admit(lines, amounts)
-        except CountersUnavailable as exc:  # fail open: an outage of Redis must not stop all traffic
+        except CountersUnavailable as exc:
+            if policy.rate_limits.when_unavailable == "closed":
+                raise CountersDown(
+                    "Rate limits cannot be checked now and the policy fails closed; retry."
+                ) from exc
+            # fail open: an outage of Redis must not stop all traffic
             logger.error("rate limits not enforced for request %s: %s", ticket.request.request_id, exc)
             return
         if limited is not None:
@@ -156,6 +161,10 @@ class Accountant:
         try:
             outcome = await self._budgets.reserve(check.lines, worst)
         except CountersUnavailable as exc:
+            if policy.budgets.when_unavailable == "closed":
+                raise CountersDown(
+                    "Budgets cannot be checked now and the policy fails closed; retry."
+                ) from exc
             logger.error("budgets not enforced for request %s: %s", ticket.request.request_id, exc)
             return None
         if isinstance(outcome, Exhausted):

@@ -9,6 +9,7 @@
     ├── ModelNotFound                 404 invalid_request_error (code model_not_found)
     ├── RateLimited                   429 rate_limit_error (the gateway's limits, or an upstream's)
     │   └── BudgetExceeded            429 insufficient_quota (code budget_exceeded)
+    ├── CountersDown                  503 server_error (limits_unavailable: Redis away, policy fails closed)
     └── UpstreamError                 502 upstream_error
         ├── UpstreamRejected          the upstream's own 4xx, passed on with its status
         ├── UpstreamUnavailable       503 (no deployment available, circuits open, missing provider key)
@@ -132,6 +133,18 @@ class UpstreamRejected(UpstreamError):
 class UpstreamUnavailable(UpstreamError):
     status = 503
     code: str | None = "upstream_unavailable"
+
+
+class CountersDown(GatewayError):
+    """Budgets or rate limits cannot be counted (Redis away) and the policy says to refuse meanwhile."""
+
+    status = 503
+    error_type = "server_error"
+    code: str | None = "limits_unavailable"
+
+    @property
+    def retryable(self) -> bool:
+        return True
 
 
 class UpstreamTimeout(UpstreamError):

@@ -348,6 +348,30 @@ def test_with_redis_unreachable_requests_are_still_served_and_recorded(
     assert [row["status"] for row in ledger_rows(gw, bg, tmp_path / "state")] == [200, 200]
 
 
+@pytest.mark.parametrize("limits", ["budgets", "rate_limits"])
+def test_a_policy_that_fails_closed_refuses_with_503_while_redis_is_unreachable(
+    upstreams: Callable[..., FakeOpenAIUpstream],
+    gateway: Callable[..., RunningGateway],
+    bg: BackgroundLoop,
+    tmp_path: Path,
+    limits: str,
+) -> None:
+    """`when_unavailable: closed`: while the counters are away, nothing is answered uncounted."""
+    upstream = upstreams()
+    spec = budgeted(upstream, daily_usd=1.0)
+    if limits == "budgets":
+        spec["budgets"]["when_unavailable"] = "closed"
+    else:
+        spec["rate_limits"] = {"teams": {"*": {"requests_per_minute": 100}}, "when_unavailable": "closed"}
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    gw = gateway(spec, api_keys=[CLIENT_KEY], redis_url=dead, state_dir=tmp_path / "state")
+    refused = ask(gw)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "limits_unavailable"
+    assert upstream.requests == []
+    assert [row["error"] for row in ledger_rows(gw, bg, tmp_path / "state")] == ["limits_unavailable"]
+
+
 # ---- rate limits ---------------------------------------------------------------------------------
 
 

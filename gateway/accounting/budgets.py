@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,6 +39,9 @@ class Budgets(BaseModel):
 
     teams: dict[str, SpendLimit] = {}
     keys: dict[str, SpendLimit] = {}
+    # When the counters cannot be reached (Redis down): `open` serves requests uncounted (logged),
+    # `closed` refuses those that count against a budget with a 503 until the counters are back.
+    when_unavailable: Literal["open", "closed"] = "open"
 
     def limits_for(self, team: str | None, key: str | None) -> list[tuple[str, str, SpendLimit]]:
         """(kind, name, limit) for every budget the caller counts against."""

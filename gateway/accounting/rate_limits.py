@@ -4,7 +4,7 @@ request counts against. The counting (sliding window, in-process or in Redis) is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,6 +28,9 @@ class RateLimits(BaseModel):
 
     teams: dict[str, RateLimit] = {}
     keys: dict[str, RateLimit] = {}
+    # When the counters cannot be reached (Redis down): `open` admits requests uncounted (logged),
+    # `closed` refuses those a limit applies to with a 503 until the counters are back.
+    when_unavailable: Literal["open", "closed"] = "open"
 
     @property
     def empty(self) -> bool:
