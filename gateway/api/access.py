@@ -24,5 +24,7 @@ def admin(principal: Annotated[Principal, Depends(caller)]) -> Principal:
 
 
 Caller = Annotated[Principal, Depends(caller)]
+# The admin acting (FastAPI resolves it once per request, however many times a route names it).
+Admin = Annotated[Principal, Depends(admin)]
 # For a router whose every route is for admins: `APIRouter(..., dependencies=ADMIN_ONLY)`.
 ADMIN_ONLY = [Depends(admin)]
