@@ -32,11 +32,10 @@ import numpy as np
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
-from gateway.policy.compile import CompiledPolicy, PolicyError, compile_policy
+from gateway.policy.compile import CompiledPolicy, PolicyError, compile_policy_text
 from gateway.policy.records import DecisionRecord
 from gateway.policy.replay import replay
 from gateway.policy.signals import SignalTools
-from gateway.policy.source import PolicySourceError, load_policy_source
 
 THRESHOLD_OPERATORS = ("gt", "gte")
 # The signal's values are rounded to this many places (gateway.policy.signals), and so are thresholds.
@@ -93,11 +92,9 @@ class PolicyDocument:
     def compile(
         self, deployments: Sequence[str], tools: SignalTools, *, name: str, run_golden: bool
     ) -> CompiledPolicy:
-        try:
-            source = load_policy_source(self.text(), str(self.path))
-        except PolicySourceError as exc:
-            raise PolicyError([str(exc)]) from exc
-        return compile_policy(source, deployments, tools, name=name, run_golden=run_golden)
+        return compile_policy_text(
+            self.text(), str(self.path), deployments, tools, name=name, run_golden=run_golden
+        )
 
     def threshold(self, signal: str | None) -> Threshold:
         """The policy's one `gt`/`gte` comparison of a learned-score signal (of `signal`, when named)."""

@@ -82,14 +82,20 @@ def load_policy(
 
 
 def compile_policy_text(
-    text: str, path: str, deployments: Collection[str], tools: SignalTools, *, name: str
+    text: str,
+    path: str,
+    deployments: Collection[str],
+    tools: SignalTools,
+    *,
+    name: str,
+    run_golden: bool = True,
 ) -> CompiledPolicy:
     """A policy from text (an upload, an edit), checked exactly like one from a file."""
     try:
         source = load_policy_source(text, path)
     except PolicySourceError as exc:
         raise PolicyError([str(exc)]) from exc
-    return compile_policy(source, deployments, tools, name=name)
+    return compile_policy(source, deployments, tools, name=name, run_golden=run_golden)
 
 
 def compile_policy(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.accounting.ledger_schema import DECISION_COLUMNS
 from gateway.policy.signals import SignalValue
 from gateway.state.sqlite import open_database
 
@@ -151,18 +152,15 @@ def read_records(
 ) -> Iterator[DecisionRecord]:
     with lock if lock is not None else contextlib.nullcontext():
         rows = db.execute(
-            "SELECT request_id, at, policy, team, rule, route, deployment, status, latency_ms, signals"
-            " FROM decisions WHERE at >= ? ORDER BY at",
-            (since,),
+            f"SELECT {', '.join(DECISION_COLUMNS)} FROM decisions WHERE at >= ? ORDER BY at", (since,)
         ).fetchall()
-    for request_id, at, policy, team, rule, route, deployment, status, latency_ms, signals in rows:
-        yield DecisionRecord(
-            request_id, at, policy, team, rule, route, deployment, status, latency_ms, json.loads(signals)
-        )
+    for row in rows:
+        yield decision_of(dict(zip(DECISION_COLUMNS, row, strict=True)))
 
 
 def decision_of(row: Mapping[str, Any]) -> DecisionRecord:
-    """A decision from a spend ledger row (`LedgerStore.decisions`), which keeps the same facts."""
+    """A decision from a row of DECISION_COLUMNS: of this file's `decisions` table, or of the spend
+    ledger (`LedgerStore.decisions`), which keeps the same facts."""
     return DecisionRecord(
         str(row["request_id"]), float(row["at"]), str(row["policy"]), row["team"], str(row["rule"]),
         str(row["route"]), row["deployment"], int(row["status"]), float(row["latency_ms"]),
