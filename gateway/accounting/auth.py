@@ -75,10 +75,14 @@ class Authenticator:
     def open(self) -> bool:
         return not self._keys
 
-    def principal(self, authorization: str | None) -> Principal:
+    def _current(self) -> dict[str, ApiKey]:
+        """The active keys by digest, re-read when older than the refresh interval."""
         if time.monotonic() - self._loaded_at > self._refresh_seconds:
             self.refresh()
-        if not self._keys:
+        return self._keys
+
+    def principal(self, authorization: str | None) -> Principal:
+        if not self._current():
             return OPEN
         if not authorization:
             raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'.")
@@ -91,9 +95,7 @@ class Authenticator:
     def principal_of_key(self, key_id: str) -> Principal | None:
         """The principal of an active key, by its id (a dashboard session names its key so); None when
         the key is unknown or revoked. An open gateway (no keys at all) has no sessions."""
-        if time.monotonic() - self._loaded_at > self._refresh_seconds:
-            self.refresh()
-        for key in self._keys.values():
+        for key in self._current().values():
             if key.id == key_id:
                 return Principal(key.id, key.team, key.role)
         return None

@@ -31,14 +31,23 @@ SAMPLE = '{"messages": [{"role": "user", "content": "Write a Python function tha
 Form = dict[str, list[str]]
 
 
+def _admin_session(request: Request, session: str | None, *, posting: bool) -> Principal | Response:
+    """The signed-in admin, or the page to answer instead: sign in first, or 403 for other roles and
+    for posts from another site."""
+    principal = signed_in(request.app.state.runtime, session)
+    if principal is None:
+        return to_sign_in()
+    if principal.role != "admin" or (posting and not _same_origin(request)):
+        return _forbidden(principal)
+    return principal
+
+
 @router.get("", response_model=None)
 async def policies_page(request: Request, session: SessionCookie = None) -> Response:
     runtime: Runtime = request.app.state.runtime
-    principal = signed_in(runtime, session)
-    if principal is None:
-        return to_sign_in()
-    if principal.role != "admin":
-        return _forbidden(principal)
+    principal = _admin_session(request, session, posting=False)
+    if isinstance(principal, Response):
+        return principal
     applied = request.query_params.get("applied")
     return _render(runtime, principal, _live_source(runtime), SAMPLE, applied=applied)
 
@@ -46,11 +55,9 @@ async def policies_page(request: Request, session: SessionCookie = None) -> Resp
 @router.post("", response_model=None)
 async def policies_action(request: Request, session: SessionCookie = None) -> Response:
     runtime: Runtime = request.app.state.runtime
-    principal = signed_in(runtime, session)
-    if principal is None:
-        return to_sign_in()
-    if principal.role != "admin" or not _same_origin(request):
-        return _forbidden(principal)
+    principal = _admin_session(request, session, posting=True)
+    if isinstance(principal, Response):
+        return principal
     form = await _form(request)
     if form is None:
         return page("error.html", status=413, principal=principal, message="The form is larger than 1 MB.")
