@@ -23,6 +23,10 @@ from gateway.router.commands import (
     run_router_command,
 )
 
+# How long a replica told to stop (SIGTERM) lets requests and streams in flight finish before it flushes
+# its spend records and exits; a pod's termination grace period must exceed it (deploy/helm).
+DRAIN_SECONDS = 30
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="A multi-model routing gateway.")
@@ -124,7 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
             access_log=False,
             proxy_headers=False,  # the client address is not trusted from headers, and it costs time
             log_level=settings.log_level,
-            timeout_graceful_shutdown=30,
+            timeout_graceful_shutdown=DRAIN_SECONDS,
         )
     )
     # uvicorn re-raises SIGTERM after its graceful shutdown, which would end the process with -15;

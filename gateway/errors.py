@@ -84,6 +84,12 @@ class NotFound(GatewayError):
     code: str | None = "not_found"
 
 
+class Conflict(GatewayError):
+    status = 409
+    error_type = "invalid_request_error"
+    code: str | None = "conflict"
+
+
 class ModelNotFound(GatewayError):
     status = 404
     error_type = "invalid_request_error"

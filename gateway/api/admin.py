@@ -12,9 +12,9 @@ from fastapi import APIRouter, Request
 
 from gateway.accounting.auth import Principal
 from gateway.api.access import ADMIN_ONLY, Admin
-from gateway.errors import InvalidRequest, NotFound
+from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.policy.compile import PolicyError
-from gateway.policy.store import PolicyStore
+from gateway.policy.store import PolicyNotWritable, PolicyStore
 from gateway.runtime import Runtime
 
 router = APIRouter(prefix="/admin/policies", dependencies=ADMIN_ONLY)
@@ -94,6 +94,10 @@ async def roll_back(name: str, version: int, request: Request, principal: Admin)
 async def _apply(store: PolicyStore, text: str, author: str) -> int:
     try:
         return await store.apply(text, author, write_file=True)
+    except PolicyNotWritable as exc:
+        raise Conflict(
+            "The policy was not applied.\n" + "\n".join(exc.problems), code="policy_read_only"
+        ) from exc
     except PolicyError as exc:
         error = InvalidRequest(
             "The policy was not applied; the running one stays.\n" + "\n".join(exc.problems)

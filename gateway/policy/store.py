@@ -22,6 +22,11 @@ from gateway.policy.signals import SignalTools
 logger = logging.getLogger("gateway.policy")
 
 
+class PolicyNotWritable(PolicyError):
+    """The text compiled, but the policy file cannot be rewritten (a read-only mount, such as a
+    Kubernetes ConfigMap): the policy is managed where that file comes from, and nothing changed."""
+
+
 class PolicyStore:
     """Holds the compiled policy every request reads (`current`).
 
@@ -77,7 +82,17 @@ class PolicyStore:
                     self._on_rejected(self.name)
                 raise
             if write_file:
-                await asyncio.to_thread(_write_atomically, self.path, text)
+                try:
+                    await asyncio.to_thread(_write_atomically, self.path, text)
+                except OSError as exc:
+                    reason = exc.strerror or str(exc)
+                    raise PolicyNotWritable(
+                        [
+                            f"{self.path} cannot be written ({reason}): it is managed where it is mounted "
+                            "from (a Kubernetes ConfigMap: edit the chart's policyFiles and upgrade), "
+                            "and the running policy stays"
+                        ]
+                    ) from exc
             version = 0
             if self._history is not None:
                 version = await asyncio.to_thread(self._history.record, self.name, text, author)
@@ -111,7 +126,15 @@ def _digest(text: str) -> str:
 def _write_atomically(path: Path, text: str) -> None:
     """Readers (the watcher, an editor) see the old file or the new one, never half of it."""
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
+        try:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except OSError:
+            os.unlink(handle.name)
+            raise
+    try:
+        os.replace(handle.name, path)
+    except OSError:
+        os.unlink(handle.name)
+        raise

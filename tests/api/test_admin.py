@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +102,60 @@ def route_of_with(gw: RunningGateway, key: str) -> str:
     return httpx.post(f"{gw.base_url}/chat/completions", json=body, headers=headers).headers[
         "x-gateway-route"
     ]
+
+
+def configmap_volume(directory: Path, files: dict[str, str], generation: str) -> None:
+    """Lay `files` out as the kubelet mounts a ConfigMap: each name a symlink through `..data` to a
+    timestamped directory; an update writes a new directory and swaps `..data` in one rename."""
+    data = directory / f"..{generation}"
+    data.mkdir()
+    for name, text in files.items():
+        (data / name).write_text(text)
+        if not (directory / name).is_symlink():
+            (directory / name).symlink_to(Path("..data") / name)
+    (directory / "..data_tmp").symlink_to(data.name)
+    (directory / "..data_tmp").replace(directory / "..data")
+
+
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    """No file can be created in `directory`, even by root (as on a ConfigMap's read-only mount)."""
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        undo = ["chmod", "755", str(directory)]
+    else:
+        subprocess.run(["chattr", "+i", str(directory)], check=True)
+        undo = ["chattr", "-i", str(directory)]
+    try:
+        yield
+    finally:
+        subprocess.run(undo, check=True)
+
+
+def test_a_policy_mounted_from_a_configmap_reloads_and_refuses_api_edits_clearly(
+    tmp_path: Path, upstreams: Callable[..., FakeOpenAIUpstream], gateway: Gateway
+) -> None:
+    setup = files(tmp_path, upstreams)
+    mount = tmp_path / "policies"
+    mount.mkdir()
+    configmap_volume(mount, {"policy.yaml": FRONTIER_FIRST}, "2026_11_26_1")
+    gw = gateway(**{**setup, "policy": mount / "policy.yaml"}, policy_reload_interval=0.2)
+    admin = f"{gw.url}/admin/policies/policy"
+    assert route_of(gw) == "frontier"
+
+    with read_only(mount):
+        refused = httpx.put(admin, content=LOCAL_FIRST)
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "policy_read_only" and "ConfigMap" in error["message"]
+    assert route_of(gw) == "frontier"
+    assert [v["version"] for v in httpx.get(f"{admin}/versions").json()["versions"]] == [1]
+    assert sorted(path.name for path in mount.iterdir()) == ["..2026_11_26_1", "..data", "policy.yaml"]
+
+    configmap_volume(mount, {"policy.yaml": LOCAL_FIRST}, "2026_11_26_2")  # `helm upgrade`
+    deadline = time.monotonic() + 5
+    while route_of(gw) != "local":
+        assert time.monotonic() < deadline, "the swapped ConfigMap was not picked up"
+        time.sleep(0.1)
+    latest = httpx.get(f"{admin}/versions").json()["versions"][-1]
+    assert (latest["version"], latest["author"]) == (2, "file")
