@@ -29,6 +29,7 @@ from gateway.api import (
     keys,
     metrics,
     models,
+    openapi,
     spend,
 )
 from gateway.api.http import CHAT_PATHS, request_id_of
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, environ: dict[str, str] | None 
     api.include_router(dashboard_policies.router)
     api.include_router(cache.router)
     api.include_router(metrics.router)
+    openapi.describe(api)
     api.add_exception_handler(GatewayError, _gateway_error)
     api.add_exception_handler(HTTPException, _http_error)
     api.add_exception_handler(RequestValidationError, _validation_error)

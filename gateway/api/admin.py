@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 
 from gateway.accounting.auth import Principal
 from gateway.api.access import ADMIN_ONLY, Admin
+from gateway.api.openapi import POLICY_BODY
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.policy.compile import PolicyError
 from gateway.policy.store import PolicyNotWritable, PolicyStore
@@ -48,7 +49,7 @@ async def list_policies(request: Request) -> dict[str, Any]:
     }
 
 
-@router.put("/{name}")
+@router.put("/{name}", openapi_extra={"requestBody": POLICY_BODY})
 async def apply_policy(name: str, request: Request, principal: Admin) -> dict[str, Any]:
     store = _store(request.app.state.runtime, name)
     try:

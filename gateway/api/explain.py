@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request
 
 from gateway.api.http import caller_of, request_id_of
+from gateway.api.openapi import CHAT_BODY
 from gateway.errors import BodyTooLarge
 from gateway.providers.base import ChatRequest
 from gateway.routing.catalog import AUTO
@@ -19,7 +20,7 @@ from gateway.wire import parse_chat_request
 router = APIRouter()
 
 
-@router.post("/v1/route/explain")
+@router.post("/v1/route/explain", openapi_extra={"requestBody": CHAT_BODY})
 async def explain_route(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:
