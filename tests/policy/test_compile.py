@@ -200,3 +200,28 @@ def test_a_pattern_that_backtracks_forever_in_python_decides_at_once() -> None:
     assert time.perf_counter() - started < 2.0
     assert decided.route == "frontier"
     assert decide(policy, user("aaaa")).route == "local"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "refused"),
+    [
+        (r"((a{100}){100}){100}", "invalid repetition size"),  # a billion-state automaton
+        (r"(\w{1000}){1000}", "invalid repetition size"),
+        ("(" * 5_000 + "a" + ")" * 5_000, None),  # deep, but linear
+        ("(a|b|c|d|e)" * 5_000, None),  # 55 KB of pattern, 15,000 instructions
+        ("(a|b|c|d|e)" * 20_000, "pattern too large: 60,004 instructions"),  # 6.4 s a search, unlimited
+        (r"[\p{L}\p{N}]{1000}" * 50, "pattern too large - compile failed"),  # past RE2's memory budget
+    ],
+)
+def test_a_huge_pattern_is_refused_or_compiled_and_run_in_bounded_time(
+    pattern: str, refused: str | None
+) -> None:
+    text = BASE + f"signals:\n  s: {{kind: regex, in: user, pattern: '{pattern}'}}\n"
+    text += "rules:\n  - {name: r, route: local, when: {signal: s, eq: true}}\n"
+    started = time.perf_counter()
+    if refused is not None:
+        assert any(refused in problem for problem in problems(text))
+    else:
+        policy = compile_policy_text(text, "test.yaml", DEPLOYMENTS, TOOLS, name="test")
+        decide(policy, user("ab1" * 40_000))
+    assert time.perf_counter() - started < 3.0
