@@ -30,6 +30,7 @@ from gateway.accounting.budgets import (
     nano,
     worst_case_nano,
 )
+from gateway.accounting.fallback_counters import LocalFallback
 from gateway.accounting.ledger import Ledger
 from gateway.accounting.pricing import FREE, PriceBook, Spend, TokenPrice, per_million, spend_of
 from gateway.accounting.rate_counters import RateCounters
@@ -65,6 +66,9 @@ class Ticket:
     upstream_seconds: float | None = None
     reservation: Reservation | None = None
     rates: RateCheck | None = None
+    # Counted by this replica alone, Redis being away (a policy that fails open): settled there too.
+    reserved_locally: bool = False
+    rates_locally: bool = False
     record: SpendRecord | None = None
     settled: bool = False
     span: RequestSpan | None = None
@@ -92,8 +96,11 @@ class Accountant:
         rates: RateCounters,
         ledger: Ledger | None = None,
         telemetry: Telemetry | None = None,
+        fallback: LocalFallback | None = None,
     ) -> None:
         self.telemetry = telemetry
+        # With shared (Redis) counters: this replica's own, for while Redis is away.
+        self._fallback = fallback
         self.prices = prices
         self.tokens = tokens
         self._budgets = budgets
@@ -121,9 +128,15 @@ class Accountant:
                 raise CountersDown(
                     "Rate limits cannot be checked now and the policy fails closed; retry."
                 ) from exc
-            # fail open: an outage of Redis must not stop all traffic
-            logger.error("rate limits not enforced for request %s: %s", ticket.request.request_id, exc)
-            return
+            # fail open: an outage of Redis must not stop all traffic; this replica counts on its own
+            if self._fallback is None:
+                logger.error("rate limits not enforced for request %s: %s", ticket.request.request_id, exc)
+                return
+            logger.warning(
+                "rate limits counted by this replica alone (request %s): %s", ticket.request.request_id, exc
+            )
+            limited = await self._fallback.rates.admit(lines, amounts)
+            ticket.rates_locally = True
         if limited is not None:
             if self.telemetry is not None:
                 self.telemetry.count_rejection("rate_limit", limited.line.metric, ticket.team)
@@ -159,14 +172,22 @@ class Accountant:
         limit *= choices if isinstance(choices, int) and choices > 1 else 1
         worst = worst_case_nano(costliest, self._prompt_tokens(ticket), limit)
         try:
+            if self._fallback is not None and self._fallback.owes:
+                await self._fallback.pay()  # Redis is back: first what was spent while it was away
             outcome = await self._budgets.reserve(check.lines, worst)
         except CountersUnavailable as exc:
             if policy.budgets.when_unavailable == "closed":
                 raise CountersDown(
                     "Budgets cannot be checked now and the policy fails closed; retry."
                 ) from exc
-            logger.error("budgets not enforced for request %s: %s", ticket.request.request_id, exc)
-            return None
+            if self._fallback is None:
+                logger.error("budgets not enforced for request %s: %s", ticket.request.request_id, exc)
+                return None
+            logger.warning(
+                "budgets counted by this replica alone (request %s): %s", ticket.request.request_id, exc
+            )
+            outcome = await self._fallback.reserve(check.lines, worst)
+            ticket.reserved_locally = True
         if isinstance(outcome, Exhausted):
             if self.telemetry is not None:
                 self.telemetry.count_rejection("budget", outcome.line.metric, ticket.team)
@@ -284,15 +305,29 @@ class Accountant:
 
     async def _settle(self, ticket: Ticket) -> None:
         record = ticket.record
+        fallback = self._fallback
         try:
             if ticket.reservation is not None:
                 actual = nano(record.cost_usd) if record is not None else 0
-                await self._budgets.settle(ticket.reservation, actual)
+                if ticket.reserved_locally and fallback is not None:
+                    await fallback.settle(ticket.reservation, actual)
+                else:
+                    await self._settle_shared(ticket.reservation, actual)
             if ticket.rates is not None and ticket.rates.tokens and record is not None:
                 lines = ticket.rates.tokens
-                await self._rates.add(lines, [record.completion_tokens] * len(lines))
+                rates = fallback.rates if ticket.rates_locally and fallback is not None else self._rates
+                await rates.add(lines, [record.completion_tokens] * len(lines))
         except CountersUnavailable as exc:
             logger.error("could not settle request %s: %s", ticket.request.request_id, exc)
+
+    async def _settle_shared(self, reservation: Reservation, actual: int) -> None:
+        try:
+            await self._budgets.settle(reservation, actual)
+        except CountersUnavailable:
+            if self._fallback is None:
+                raise
+            # Reserved in Redis, which left before the answer ended: settled once it is back.
+            self._fallback.owe(reservation.lines, actual - reservation.amount_nano)
 
     async def aclose(self) -> None:
         if self._settling:

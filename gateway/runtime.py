@@ -16,6 +16,7 @@ from redis.backoff import NoBackoff
 from gateway.accountant import Accountant
 from gateway.accounting.auth import Authenticator
 from gateway.accounting.budget_counters import BudgetCounters, InProcessBudgetCounters, RedisBudgetCounters
+from gateway.accounting.fallback_counters import LocalFallback
 from gateway.accounting.keys import KeyStore, KeysUnavailable, open_key_store
 from gateway.accounting.ledger import Ledger
 from gateway.accounting.ledger_store import LedgerUnavailable, open_ledger_store
@@ -196,8 +197,9 @@ class Runtime:
         self._background.append(asyncio.create_task(ledger.run()))
         budgets: BudgetCounters
         rates: RateCounters
+        fallback = None
         if settings.redis_url:
-            # Fail fast: a slow Redis must not hold requests (counters then fail open, logged).
+            # Fail fast: a slow Redis must not hold requests (counters then fall back as the policy says).
             self._redis = redis.asyncio.Redis.from_url(
                 settings.redis_url,
                 socket_timeout=1.0,
@@ -207,9 +209,10 @@ class Runtime:
             prefix = settings.redis_prefix
             budgets = RedisBudgetCounters(self._redis, f"{prefix}budget:")
             rates = RedisRateCounters(self._redis, f"{prefix}rate:")
+            fallback = LocalFallback(budgets)
         else:
             budgets, rates = InProcessBudgetCounters(), InProcessRateCounters()
-        return Accountant(prices, tokens, budgets, rates, ledger, self.telemetry)
+        return Accountant(prices, tokens, budgets, rates, ledger, self.telemetry, fallback)
 
     def _warm_up(self, providers: Mapping[str, Provider]) -> None:
         """Providers with a costly first call (litellm's 3 s import) pay it in the background now."""

@@ -5,7 +5,9 @@ the spool after a `kill -9`."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import sqlite3
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +18,7 @@ import httpx
 import openai
 import orjson
 import pytest
+import redis
 
 from gateway.accountant import Accountant, Ticket
 from gateway.accounting.budget_counters import InProcessBudgetCounters
@@ -32,7 +35,7 @@ from gateway.fakes.script import Behaviour
 from gateway.policy.schema import Policy
 from gateway.providers.base import ChatRequest, Usage
 from gateway.tokens import TokenCounter
-from tests.conftest import RunningGateway, free_port, openai_deployment
+from tests.conftest import RunningGateway, answers_ping, free_port, openai_deployment
 from tests.gateway_process import start_gateway, write_spec
 
 ANTHROPIC_KEY = "sk-ant-test-0123456789"
@@ -333,19 +336,97 @@ def test_two_replicas_sharing_redis_hold_a_budget_under_200_concurrent_requests(
     assert {row["error"] for row in rows if row["status"] == 429} == {"budget_exceeded"}
 
 
-def test_with_redis_unreachable_requests_are_still_served_and_recorded(
+def test_with_redis_unreachable_requests_are_served_and_counted_by_the_replica_alone(
     upstreams: Callable[..., FakeOpenAIUpstream],
     gateway: Callable[..., RunningGateway],
     bg: BackgroundLoop,
     tmp_path: Path,
 ) -> None:
-    """Budgets and limits fail open (and say so in the log) rather than stopping all traffic."""
-    spec = budgeted(upstreams(), daily_usd=1.0)
-    spec["rate_limits"] = {"teams": {"*": {"requests_per_minute": 100}}}
+    """Budgets and limits fail open (by default) rather than stopping all traffic: open, not unlimited,
+    for this replica then counts on its own."""
+    spec = budgeted(upstreams(Behaviour(content="one two three four five six seven eight nine ten")))
+    spec["rate_limits"] = {"teams": {"*": {"requests_per_minute": 3}}}
     dead = f"redis://127.0.0.1:{free_port()}/0"
     gw = gateway(spec, api_keys=[CLIENT_KEY], redis_url=dead, state_dir=tmp_path / "state")
-    assert [ask(gw).status_code for _ in range(2)] == [200, 200]
-    assert [row["status"] for row in ledger_rows(gw, bg, tmp_path / "state")] == [200, 200]
+    statuses = [ask(gw, model="local").status_code for _ in range(4)]  # free: only the rate limit counts
+    assert statuses == [200, 200, 200, 429]
+    assert [row["status"] for row in ledger_rows(gw, bg, tmp_path / "state")] == statuses
+
+
+class OwnRedis:
+    """A redis-server of the test's own, which the test can stop (saving its data) and start again."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+        ]
+        self.process = subprocess.Popen(
+            [*command, "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while not answers_ping(self.url):
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SHUTDOWN SAVE: the data is on disk for the next start, as with any persistent Redis."""
+        with contextlib.suppress(redis.exceptions.ConnectionError):
+            redis.Redis.from_url(self.url).shutdown(save=True)
+        if self.process is not None:
+            self.process.wait(timeout=10)
+
+    def budget_nano(self) -> int:
+        with redis.Redis.from_url(self.url) as client:
+            return sum(int(client.get(key) or 0) for key in client.keys("*budget:*"))
+
+
+def test_a_budget_holds_through_a_redis_outage_and_the_shared_total_is_right_after_it(
+    upstreams: Callable[..., FakeOpenAIUpstream],
+    gateway: Callable[..., RunningGateway],
+    bg: BackgroundLoop,
+    tmp_path: Path,
+) -> None:
+    """$0.30 a day and about $0.12 an answer: two answers fit. One is counted in Redis; Redis goes
+    away; this replica allows one more from the spend it last saw, and refuses the third. When Redis
+    is back (the gateway reconnects by itself) the answer counted alone is added to it first, so it
+    refuses too, and its total equals the ledger's."""
+    upstream = upstreams(Behaviour(content="one two three four five six seven eight nine ten"))
+    own = OwnRedis(tmp_path)
+    own.start()
+    try:
+        gw = gateway(
+            budgeted(upstream, daily_usd=0.30),
+            api_keys=[CLIENT_KEY],
+            redis_url=own.url,
+            state_dir=tmp_path / "s",
+        )
+        assert ask(gw).status_code == 200
+        counted = own.budget_nano()
+        assert counted > 0
+        own.stop()
+        assert ask(gw).status_code == 200  # counted by this replica alone
+        refused = ask(gw)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
+        own.start()
+        again = ask(gw)
+        assert again.status_code == 429, "the spend from the outage was not added before checking"
+        rows = ledger_rows(gw, bg, tmp_path / "s")
+        assert [row["status"] for row in rows] == [200, 200, 429, 429]
+        assert own.budget_nano() == sum(round(row["cost_usd"] * 1e9) for row in rows)
+    finally:
+        own.stop()
 
 
 @pytest.mark.parametrize("limits", ["budgets", "rate_limits"])

@@ -136,6 +136,11 @@ class InProcessBudgetCounters:
             self._values.set(line, (self._values.get(line.key) or 0) + amount_nano)
         return Reservation(tuple(lines), amount_nano)
 
+    def raise_to(self, line: BudgetLine, value_nano: int) -> None:
+        """Make the line's value at least `value_nano` (a value seen elsewhere, e.g. in Redis)."""
+        if (self._values.get(line.key) or 0) < value_nano:
+            self._values.set(line, value_nano)
+
     async def settle(self, reservation: Reservation, actual_nano: int) -> None:
         self._values.sweep_now_and_then()
         delta = actual_nano - reservation.amount_nano

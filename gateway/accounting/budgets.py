@@ -39,8 +39,9 @@ class Budgets(BaseModel):
 
     teams: dict[str, SpendLimit] = {}
     keys: dict[str, SpendLimit] = {}
-    # When the counters cannot be reached (Redis down): `open` serves requests uncounted (logged),
-    # `closed` refuses those that count against a budget with a 503 until the counters are back.
+    # When the counters cannot be reached (Redis down): `open` lets each replica count on its own, from
+    # the spend it last saw (logged; what it counts is added to Redis once it is back), `closed` refuses
+    # those that count against a budget with a 503 until the counters are back.
     when_unavailable: Literal["open", "closed"] = "open"
 
     def limits_for(self, team: str | None, key: str | None) -> list[tuple[str, str, SpendLimit]]:

@@ -28,8 +28,9 @@ class RateLimits(BaseModel):
 
     teams: dict[str, RateLimit] = {}
     keys: dict[str, RateLimit] = {}
-    # When the counters cannot be reached (Redis down): `open` admits requests uncounted (logged),
-    # `closed` refuses those a limit applies to with a 503 until the counters are back.
+    # When the counters cannot be reached (Redis down): `open` lets each replica count on its own (so
+    # N replicas admit up to N times the limit; logged), `closed` refuses those a limit applies to with a
+    # 503 until the counters are back.
     when_unavailable: Literal["open", "closed"] = "open"
 
     @property

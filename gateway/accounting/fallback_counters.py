@@ -1,0 +1,70 @@
+"""Counters for while Redis is away, under a policy that fails open (`when_unavailable: open`).
+
+Each replica then counts on its own rather than not at all: rate limits hold per replica, and a budget
+holds from the spend this replica last saw in Redis (`last_known`), so a team at 95% of its budget cannot
+spend it ten times over during an outage. What is spent meanwhile is owed to the shared counters and
+added to them before the next shared check, once Redis answers again, so the shared totals end up right.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from gateway.accounting.budget_counters import (
+    BudgetCounters,
+    BudgetLine,
+    CountersUnavailable,
+    Exhausted,
+    InProcessBudgetCounters,
+    Reservation,
+)
+from gateway.accounting.rate_counters import InProcessRateCounters
+
+
+class LocalFallback:
+    def __init__(self, shared_budgets: BudgetCounters) -> None:
+        self.budgets = InProcessBudgetCounters()
+        self.rates = InProcessRateCounters()
+        self._shared = shared_budgets
+        # Line key -> (line, nano-dollars counted here and not yet added to the shared counter).
+        self._owed: dict[str, tuple[BudgetLine, int]] = {}
+        self._paying = asyncio.Lock()
+
+    @property
+    def owes(self) -> bool:
+        return bool(self._owed)
+
+    async def reserve(self, lines: Sequence[BudgetLine], amount_nano: int) -> Reservation | Exhausted:
+        """As the shared counters would, starting each line from the larger of this process's own count
+        and the shared value it last saw."""
+        for line in lines:
+            self.budgets.raise_to(line, self._shared.last_known(line.key) or 0)
+        outcome = await self.budgets.reserve(lines, amount_nano)
+        if isinstance(outcome, Reservation):
+            self.owe(lines, amount_nano)
+        return outcome
+
+    async def settle(self, reservation: Reservation, actual_nano: int) -> None:
+        await self.budgets.settle(reservation, actual_nano)
+        self.owe(reservation.lines, actual_nano - reservation.amount_nano)
+
+    def owe(self, lines: Sequence[BudgetLine], delta_nano: int) -> None:
+        """Remember a change the shared counters have not seen (a local reservation or settlement, or a
+        shared reservation whose settlement could not reach Redis)."""
+        for line in lines:
+            _, owed = self._owed.get(line.key, (line, 0))
+            self._owed[line.key] = (line, owed + delta_nano)
+
+    async def pay(self) -> None:
+        """Add what is owed to the shared counters; raises CountersUnavailable (keeping the rest owed)
+        if Redis is still away."""
+        async with self._paying:
+            while self._owed:
+                key = next(iter(self._owed))
+                line, owed = self._owed.pop(key)
+                try:
+                    await self._shared.settle(Reservation((line,), 0), owed)
+                except CountersUnavailable:
+                    self.owe((line,), owed)
+                    raise
