@@ -9,7 +9,7 @@ EMBEDDER_MODEL := .gateway/models/all-minilm-l6-v2-int8.onnx
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install install-dev lint typecheck pytest bench bench-accounting bench-ledger bench-cache bench-router bench-dashboard clean embedder browser
+.PHONY: run test install install-dev lock lint typecheck pytest bench bench-accounting bench-ledger bench-cache bench-router bench-dashboard soak clean embedder browser
 
 run: $(VENV)/.installed-run $(EMBEDDER_MODEL)
 	$(BIN)/gateway serve
@@ -56,6 +56,14 @@ ROUTER_DATA ?= ../shared/data/routellm/mt_bench ../shared/data/routellm/gsm8k/gs
 bench-router: $(VENV)/.installed-run $(EMBEDDER_MODEL)
 	taskset -c 0 $(BIN)/gateway router bench $(ROUTER_DATA) --json artifacts/bench-router.json
 
+# The Azure conversation trace replayed open-loop against the gateway and the fake upstream for 10
+# minutes (prompts from ShareGPT): throughput, latency, errors and RSS over time, with a plot.
+TRACE ?= ../shared/data/traces/AzureLLMInferenceTrace_conv.csv
+PROMPTS ?= ../shared/data/traces/ShareGPT_V3_filtered_1000.json
+soak: $(VENV)/.installed-run
+	@mkdir -p artifacts
+	$(BIN)/python -m gateway.bench.soak --trace $(TRACE) --prompts $(PROMPTS) --json artifacts/soak.json --png artifacts/soak.png
+
 install: $(VENV)/.installed-run
 embedder: $(EMBEDDER_MODEL)
 install-dev: $(VENV)/.installed-dev
@@ -65,19 +73,24 @@ $(BIN)/python:
 	$(PIP) install --progress-bar on --upgrade pip
 
 # The local extra compiles llama-cpp-python the first time (~6-8 min); pip reuses the wheel afterwards.
-$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
-	$(PIP) install --progress-bar on -e '.[local]'
+$(VENV)/.installed-run: pyproject.toml requirements.lock | $(BIN)/python
+	$(PIP) install --progress-bar on -c requirements.lock -e '.[local]'
 	@touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(PIP) install --progress-bar on -e '.[local,dev]'
+$(VENV)/.installed-dev: pyproject.toml requirements.lock | $(BIN)/python
+	$(PIP) install --progress-bar on -c requirements.lock -e '.[local,dev]'
 	@touch $@ $(VENV)/.installed-run
+
+# Pin the runtime dependencies again (after changing them in pyproject.toml); needs the package index.
+lock: $(VENV)/.installed-dev
+	$(BIN)/uv pip compile pyproject.toml --extra local --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock' -o requirements.lock
 
 # The local sentence embedder: export all-MiniLM-L6-v2 to int8 ONNX with the build-time extra (torch
 # CPU, ~1-2 min to install, ~10 s to export); the runtime needs only onnxruntime. The export skips a
 # model that is already valid, so rerunning this is cheap.
 $(EMBEDDER_MODEL): | $(VENV)/.installed-run
-	$(PIP) install --progress-bar on -e '.[local,embed-export]'
+	$(PIP) install --progress-bar on -c requirements.lock -e '.[local,embed-export]'
 	$(BIN)/python -m gateway.embedding.export --output $@
 
 browser: $(CHROMIUM)

@@ -124,7 +124,7 @@ class _ProxySpec:
     startup_limit: float
 
 
-async def _start_proxy(
+async def start_proxy(
     spec: _ProxySpec, env: dict[str, str], tmp: Path, cpus: set[int] | None, stack: contextlib.ExitStack
 ) -> _Column:
     """Spawn a proxy on a free port, time it to its first answer, and take its idle RSS."""
@@ -142,7 +142,7 @@ async def _start_proxy(
     return column
 
 
-def _gateway_spec(config: Path, key: str) -> _ProxySpec:
+def gateway_spec(config: Path, key: str) -> _ProxySpec:
     return _ProxySpec(
         "gateway",
         "gateway",
@@ -187,7 +187,7 @@ def _litellm_spec(config: Path, key: str) -> _ProxySpec:
     )
 
 
-def _gateway_config(path: Path, upstream_url: str) -> Path:
+def write_gateway_config(path: Path, upstream_url: str) -> Path:
     """Write the deployments file and, beside it, the policy: one route, `frontier`, the default."""
     deployments = {"deployments": {"fake": {"provider": "openai", "model": MODEL, "api_base": upstream_url}}}
     path.write_text(yaml.safe_dump(deployments))
@@ -252,15 +252,15 @@ async def _bench(duration: float, with_litellm: bool) -> Outcome:
         await _check_stream(direct)
 
         env[floor_app.UPSTREAM_ENV] = upstream_url
-        floor = await _start_proxy(_floor_spec(), env, tmp, proxy_cpus, stack)
-        gateway_config = _gateway_config(tmp / "deployments.yaml", upstream_url)
-        gateway = await _start_proxy(_gateway_spec(gateway_config, gateway_key), env, tmp, proxy_cpus, stack)
+        floor = await start_proxy(_floor_spec(), env, tmp, proxy_cpus, stack)
+        gateway_config = write_gateway_config(tmp / "deployments.yaml", upstream_url)
+        gateway = await start_proxy(gateway_spec(gateway_config, gateway_key), env, tmp, proxy_cpus, stack)
         columns = [direct, floor, gateway]
         if litellm_status == "measured":
             key = litellm_proxy.write_config(tmp / "litellm.yaml", upstream_url, MODEL)
             spec = _litellm_spec(tmp / "litellm.yaml", key)
             try:
-                columns.append(await _start_proxy(spec, env, tmp, proxy_cpus, stack))
+                columns.append(await start_proxy(spec, env, tmp, proxy_cpus, stack))
             except ChildFailed as exc:
                 litellm_status = f"failed to start: {str(exc).splitlines()[0]}"
                 _progress(f"LiteLLM proxy: {exc}")

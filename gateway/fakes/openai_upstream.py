@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import itertools
 import signal
 import time
@@ -39,6 +40,8 @@ GARBAGE = b'{"id": "chatcmpl-garbage", this is not json'
 JSON_HEADERS = {"Content-Type": "application/json"}
 SSE_HEADERS = {"Content-Type": "text/event-stream"}
 DEFAULT_BEHAVIOUR = Behaviour()
+# Filler for answers sized by the request's max_tokens: one word per token, ~4 characters a word.
+FILLER_WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,7 @@ class _Call:
     stream: bool
     include_usage: bool
     tools: Any
+    max_tokens: int | None = None
 
 
 class _BadRequest(Exception):
@@ -186,6 +190,7 @@ def parse_call(raw: bytes, call_id: str, model_name: str | None) -> tuple[dict[s
         raise _BadRequest(f"{n!r} is not a valid value for 'n'.")
     model = body.get("model")
     options = body.get("stream_options")
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
     call = _Call(
         id=call_id,
         created=int(time.time()),
@@ -195,8 +200,14 @@ def parse_call(raw: bytes, call_id: str, model_name: str | None) -> tuple[dict[s
         stream=body.get("stream") is True,
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
         tools=body.get("tools"),
+        max_tokens=limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None,
     )
     return body, call
+
+
+def sized_answer(words: int) -> str:
+    """`words` filler words: an answer whose completion tokens (its word count) are exactly `words`."""
+    return " ".join(itertools.islice(itertools.cycle(FILLER_WORDS), words))
 
 
 async def _abort(request: web.BaseRequest) -> None:
@@ -215,11 +226,20 @@ class FakeOpenAIUpstream:
     """An OpenAI-compatible server whose answers are scripted per request, recording what it received."""
 
     def __init__(
-        self, *, default: Behaviour = DEFAULT_BEHAVIOUR, model_name: str | None = None, record: bool = True
+        self,
+        *,
+        default: Behaviour = DEFAULT_BEHAVIOUR,
+        model_name: str | None = None,
+        record: bool = True,
+        answer_max_tokens: int = 0,
     ) -> None:
         self.default = default
         self.model_name = model_name
         self.record = record
+        # > 0: a request with max_tokens (or max_completion_tokens) and no scripted content gets
+        # min(max_tokens, answer_max_tokens) filler words, so a replayed trace gets answers of its sizes.
+        # 0 (the default) keeps the echo answer.
+        self.answer_max_tokens = answer_max_tokens
         self.requests: list[RecordedRequest] = []
         self.cancelled = 0
         self.request_count = 0
@@ -282,6 +302,9 @@ class FakeOpenAIUpstream:
             behaviour = self._script.popleft()
         except IndexError:
             behaviour = self.default
+        if self.answer_max_tokens > 0 and call.max_tokens is not None and behaviour.content is None:
+            words = min(call.max_tokens, self.answer_max_tokens)
+            behaviour = dataclasses.replace(behaviour, content=sized_answer(words))
         if behaviour.is_plain:
             if call.stream:
                 opening, steps, closing = stream_parts(call, behaviour)
@@ -364,7 +387,9 @@ async def _serve(args: argparse.Namespace) -> None:
         chunks=args.chunks, latency=args.latency_ms / 1000, chunk_delay=args.chunk_delay_ms / 1000
     )
     # The benchmark sends millions of requests: recording them would only grow memory.
-    fake = FakeOpenAIUpstream(default=default, model_name=args.model_name, record=False)
+    fake = FakeOpenAIUpstream(
+        default=default, model_name=args.model_name, record=False, answer_max_tokens=args.answer_max_tokens
+    )
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -386,6 +411,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
     parser.add_argument("--model-name", default=None)
+    parser.add_argument(
+        "--answer-max-tokens",
+        type=int,
+        default=0,
+        metavar="N",
+        help="answer a request that sets max_tokens with min(max_tokens, N) words (0: echo the prompt)",
+    )
     args = parser.parse_args(argv)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(_serve(args))

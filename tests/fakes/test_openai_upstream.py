@@ -303,3 +303,19 @@ def test_cli_ready_line_and_sigterm() -> None:
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def test_answers_can_be_sized_by_max_tokens_for_replayed_traces(loop: BackgroundLoop) -> None:
+    sized = FakeOpenAIUpstream(answer_max_tokens=50)
+    loop.run(sized.start())
+    try:
+        with openai.OpenAI(base_url=sized.base_url, api_key="x", max_retries=0, timeout=5) as client:
+            short = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=7)
+            capped = client.chat.completions.create(model="m", messages=MESSAGES, max_completion_tokens=80)
+            unsized = client.chat.completions.create(model="m", messages=MESSAGES)
+    finally:
+        loop.run(sized.stop())
+    assert short.usage is not None and short.usage.completion_tokens == 7
+    assert len((short.choices[0].message.content or "").split()) == 7
+    assert capped.usage is not None and capped.usage.completion_tokens == 50  # the fake's own cap
+    assert "capital of France" in (unsized.choices[0].message.content or "")  # no max_tokens: the echo
