@@ -36,21 +36,33 @@ VALUES: dict[str, Any] = {"secrets": SECRETS}
 Manifests = dict[str, dict[str, Any]]
 
 
+RELEASE = "gw-gateway"  # the objects' name for release `gw`
+
+
 def render(values: dict[str, Any] = VALUES) -> Manifests:
-    """Kind -> manifest, as `helm template gw deploy/helm/gateway -n prod` prints them."""
+    """Kind -> manifest, as `helm template gw deploy/helm/gateway -n prod` prints them; an object not
+    named after the release (a second Service) under `kind/name`."""
     rendered = Chart.load(CHART).render(values, name="gw", namespace="prod", is_install=True)
     manifests: Manifests = {}
     for path, text in rendered.items():
         if path.endswith(".yaml"):
             for document in yaml.safe_load_all(text):
                 if document:
-                    assert document["kind"] not in manifests, f"two {document['kind']}s"
-                    manifests[document["kind"]] = document
+                    kind, name = document["kind"], document["metadata"]["name"]
+                    key = kind if name == RELEASE or kind == "ConfigMap" else f"{kind}/{name}"
+                    assert key not in manifests, f"two objects as {key}"
+                    manifests[key] = document
     return manifests
 
 
+def workload(manifests: Manifests) -> dict[str, Any]:
+    """The replicas: the Deployment, or the StatefulSet."""
+    [found] = [manifests[kind] for kind in ("Deployment", "StatefulSet") if kind in manifests]
+    return found
+
+
 def container(manifests: Manifests) -> dict[str, Any]:
-    [gateway] = manifests["Deployment"]["spec"]["template"]["spec"]["containers"]
+    [gateway] = workload(manifests)["spec"]["template"]["spec"]["containers"]
     return gateway  # type: ignore[no-any-return]
 
 
@@ -93,12 +105,12 @@ def test_a_manifest_with_a_mistake_is_caught_by_the_validation(mistake: Callable
     manifests = render()
     mistake(container(manifests))
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(manifests["Deployment"], KUBERNETES_VERSIONS[0], strict=True)
+        kubernetes_validate.validate(workload(manifests), KUBERNETES_VERSIONS[0], strict=True)
 
 
 def test_the_service_the_budget_and_the_autoscaler_all_select_the_deployments_pods() -> None:
     manifests = render()
-    deployment = manifests["Deployment"]
+    deployment = workload(manifests)
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     for selector in (
         deployment["spec"]["selector"]["matchLabels"],
@@ -112,7 +124,7 @@ def test_the_service_the_budget_and_the_autoscaler_all_select_the_deployments_po
     assert manifests["Service"]["spec"]["ports"][0]["targetPort"] == container(manifests)["ports"][0]["name"]
 
     fixed = render({**VALUES, "autoscaling": {"enabled": False}, "replicaCount": 3})
-    assert "HorizontalPodAutoscaler" not in fixed and fixed["Deployment"]["spec"]["replicas"] == 3
+    assert "HorizontalPodAutoscaler" not in fixed and workload(fixed)["spec"]["replicas"] == 3
 
 
 def test_probes_ask_routes_the_gateway_serves_on_the_port_it_listens_on() -> None:
@@ -132,10 +144,10 @@ def test_probes_ask_routes_the_gateway_serves_on_the_port_it_listens_on() -> Non
 
 def test_a_stopping_pod_is_given_time_to_drain_and_flush() -> None:
     manifests = render()
-    pod = manifests["Deployment"]["spec"]["template"]["spec"]
+    pod = workload(manifests)["spec"]["template"]["spec"]
     pause = int(container(manifests)["lifecycle"]["preStop"]["exec"]["command"][1])
     assert pod["terminationGracePeriodSeconds"] >= pause + DRAIN_SECONDS + 5
-    strategy = manifests["Deployment"]["spec"]["strategy"]["rollingUpdate"]
+    strategy = workload(manifests)["spec"]["strategy"]["rollingUpdate"]
     assert strategy["maxUnavailable"] == 0 and strategy["maxSurge"] >= 1
 
 
@@ -184,8 +196,8 @@ def test_secrets_are_only_in_the_secret_and_a_changed_one_rolls_the_pods() -> No
             assert not [value for value in SECRETS.values() if value in text], kind
     rotated = render({"secrets": {**SECRETS, "OPENAI_API_KEY": "sk-openai-rotated"}})
     annotation = "checksum/secret"
-    before = manifests["Deployment"]["spec"]["template"]["metadata"]["annotations"][annotation]
-    assert rotated["Deployment"]["spec"]["template"]["metadata"]["annotations"][annotation] != before
+    before = workload(manifests)["spec"]["template"]["metadata"]["annotations"][annotation]
+    assert workload(rotated)["spec"]["template"]["metadata"]["annotations"][annotation] != before
 
 
 def test_an_existing_secret_replaces_the_charts_own() -> None:
@@ -205,7 +217,7 @@ def test_the_pod_runs_as_the_images_user_with_a_read_only_root() -> None:
     dockerfile = (PROJECT / "deploy" / "Dockerfile").read_text()
     [image_user] = re.findall(r"^USER (\d+)$", dockerfile, flags=re.MULTILINE)
     manifests = render()
-    pod = manifests["Deployment"]["spec"]["template"]["spec"]
+    pod = workload(manifests)["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == int(image_user)
     gateway = container(manifests)
@@ -215,3 +227,42 @@ def test_the_pod_runs_as_the_images_user_with_a_read_only_root() -> None:
     writable = {m["mountPath"] for m in gateway["volumeMounts"] if not m.get("readOnly")}
     assert {env(manifests)["GATEWAY_STATE_DIR"], "/tmp"} <= writable
     assert gateway["resources"]["requests"]["cpu"] and gateway["resources"]["limits"]["memory"]
+
+
+PERSISTENT: dict[str, Any] = {
+    **VALUES,
+    "persistence": {"enabled": True, "size": "5Gi", "storageClassName": "ssd"},
+}
+
+
+def test_with_persistence_each_replica_keeps_its_spool_on_a_volume_that_outlives_the_pod() -> None:
+    assert [m for m in lint(CHART, PERSISTENT, strict=True)["messages"] if m["severity"] >= 2] == []
+    manifests = render(PERSISTENT)
+    assert "Deployment" not in manifests
+    for version in KUBERNETES_VERSIONS:
+        for kind, manifest in manifests.items():
+            try:
+                kubernetes_validate.validate(manifest, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{kind} is not valid for Kubernetes {version}: {exc.message} at {exc.path}")
+    stateful = manifests["StatefulSet"]
+    [claim] = stateful["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "state"
+    assert (
+        claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+        and claim["spec"]["storageClassName"] == "ssd"
+    )
+    pod = stateful["spec"]["template"]["spec"]
+    assert "state" not in {volume["name"] for volume in pod["volumes"]}  # the claim, not an emptyDir
+    [mount] = [m for m in container(manifests)["volumeMounts"] if m["name"] == "state"]
+    assert mount["mountPath"] == env(manifests)["GATEWAY_STATE_DIR"]
+    governing = manifests[f"Service/{stateful['spec']['serviceName']}"]
+    assert governing["spec"]["clusterIP"] == "None"
+    target = manifests["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("StatefulSet", stateful["metadata"]["name"])
+    pod_labels = stateful["spec"]["template"]["metadata"]["labels"]
+    for selector in (
+        manifests["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"],
+        governing["spec"]["selector"],
+    ):
+        assert selector.items() <= pod_labels.items()

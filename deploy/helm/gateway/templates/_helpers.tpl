@@ -21,3 +21,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "gateway.secretName" -}}
 {{- .Values.existingSecret | default (include "gateway.fullname" .) -}}
 {{- end -}}
+
+{{- define "gateway.workloadKind" -}}
+{{- if .Values.persistence.enabled }}StatefulSet{{ else }}Deployment{{ end -}}
+{{- end -}}
