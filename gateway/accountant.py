@@ -13,12 +13,13 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.accounting.budget_counters import (
     BudgetCounters,
+    BudgetLine,
     CountersUnavailable,
     Exhausted,
     Reservation,
@@ -45,6 +46,7 @@ from gateway.telemetry.telemetry import Telemetry
 from gateway.tokens import TokenCounter
 
 logger = logging.getLogger("gateway.accountant")
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -122,7 +124,7 @@ class Accountant:
         prompt = self._prompt_tokens(ticket) if check.tokens else 0
         amounts = [1] * len(check.requests) + [prompt] * len(check.tokens)
         try:
-            limited = await self._rates.admit(lines, amounts)
+            limited = await self._shared(lambda: self._rates.admit(lines, amounts))
         except CountersUnavailable as exc:
             if policy.rate_limits.when_unavailable == "closed":
                 raise CountersDown(
@@ -172,9 +174,7 @@ class Accountant:
         limit *= choices if isinstance(choices, int) and choices > 1 else 1
         worst = worst_case_nano(costliest, self._prompt_tokens(ticket), limit)
         try:
-            if self._fallback is not None and self._fallback.owes:
-                await self._fallback.pay()  # Redis is back: first what was spent while it was away
-            outcome = await self._budgets.reserve(check.lines, worst)
+            outcome = await self._shared(lambda: self._reserve_shared(check.lines, worst))
         except CountersUnavailable as exc:
             if policy.budgets.when_unavailable == "closed":
                 raise CountersDown(
@@ -194,6 +194,15 @@ class Accountant:
             return _exhausted(outcome, check)
         ticket.reservation = outcome
         return None
+
+    async def _shared(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """An operation on the shared counters, through the fallback's guard when there is one."""
+        return await (attempt() if self._fallback is None else self._fallback.shared(attempt))
+
+    async def _reserve_shared(self, lines: Sequence[BudgetLine], worst: int) -> Reservation | Exhausted:
+        if self._fallback is not None and self._fallback.owes:
+            await self._fallback.pay()  # Redis is back: first what was spent while it was away
+        return await self._budgets.reserve(lines, worst)
 
     def _prompt_tokens(self, ticket: Ticket) -> int:
         if ticket.prompt_tokens is None:
@@ -322,7 +331,7 @@ class Accountant:
 
     async def _settle_shared(self, reservation: Reservation, actual: int) -> None:
         try:
-            await self._budgets.settle(reservation, actual)
+            await self._shared(lambda: self._budgets.settle(reservation, actual))
         except CountersUnavailable:
             if self._fallback is None:
                 raise

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
+import socket
 import sqlite3
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +25,7 @@ import redis
 
 from gateway.accountant import Accountant, Ticket
 from gateway.accounting.budget_counters import InProcessBudgetCounters
+from gateway.accounting.fallback_counters import RETRY_SHARED_AFTER
 from gateway.accounting.ledger import Ledger
 from gateway.accounting.ledger_store import SqliteLedgerStore
 from gateway.accounting.pricing import PriceBook
@@ -420,6 +424,7 @@ def test_a_budget_holds_through_a_redis_outage_and_the_shared_total_is_right_aft
         refused = ask(gw)
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
         own.start()
+        time.sleep(RETRY_SHARED_AFTER)  # requests count locally that long after Redis last failed
         again = ask(gw)
         assert again.status_code == 429, "the spend from the outage was not added before checking"
         rows = ledger_rows(gw, bg, tmp_path / "s")
@@ -427,6 +432,60 @@ def test_a_budget_holds_through_a_redis_outage_and_the_shared_total_is_right_aft
         assert own.budget_nano() == sum(round(row["cost_usd"] * 1e9) for row in rows)
     finally:
         own.stop()
+
+
+class BlackHole:
+    """A TCP server on loopback that takes connections and whatever is sent, and never answers: a Redis
+    that hangs instead of refusing."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self.server.getsockname()[1]}/0"
+        self.received = bytearray()
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self.server.accept()
+                self.connections.append(connection)
+                threading.Thread(target=self._swallow, args=(connection,), daemon=True).start()
+
+    def _swallow(self, connection: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := connection.recv(65536):
+                self.received += data
+
+    def close(self) -> None:
+        self.server.close()
+        for connection in self.connections:
+            connection.close()
+
+
+def test_a_hung_redis_is_waited_for_once_a_second_not_on_every_request(
+    upstreams: Callable[..., FakeOpenAIUpstream],
+    gateway: Callable[..., RunningGateway],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each attempt on a hung Redis costs its timeout; after one fails, requests count locally for a
+    second without asking it. The log tells the two apart: a timeout, or "failed moments ago"."""
+    spec = budgeted(upstreams())
+    spec["rate_limits"] = {"teams": {"*": {"requests_per_minute": 100}}}
+    hole = BlackHole()
+    try:
+        gw = gateway(spec, api_keys=[CLIENT_KEY], redis_url=hole.url, state_dir=tmp_path / "state")
+        with caplog.at_level(logging.WARNING, logger="gateway.accountant"):
+            assert [ask(gw, model="local").status_code for _ in range(8)] == [200] * 8
+    finally:
+        hole.close()
+    counted_alone = [
+        r.getMessage() for r in caplog.records if "counted by this replica alone" in r.getMessage()
+    ]
+    waited = [message for message in counted_alone if "TimeoutError" in message]
+    assert len(counted_alone) == 8
+    assert 1 <= len(waited) <= 2, waited  # the first request, and at most one more a second later
 
 
 @pytest.mark.parametrize("limits", ["budgets", "rate_limits"])

@@ -4,12 +4,17 @@ Each replica then counts on its own rather than not at all: rate limits hold per
 holds from the spend this replica last saw in Redis (`last_known`), so a team at 95% of its budget cannot
 spend it ten times over during an outage. What is spent meanwhile is owed to the shared counters and
 added to them before the next shared check, once Redis answers again, so the shared totals end up right.
+
+After Redis fails, requests do not ask it again for `RETRY_SHARED_AFTER` seconds: a Redis that hangs
+rather than refusing costs its timeout once a second, not on every request.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from gateway.accounting.budget_counters import (
     BudgetCounters,
@@ -21,6 +26,10 @@ from gateway.accounting.budget_counters import (
 )
 from gateway.accounting.rate_counters import InProcessRateCounters
 
+T = TypeVar("T")
+# How long after a failure of the shared counters requests count locally without trying Redis again.
+RETRY_SHARED_AFTER = 1.0
+
 
 class LocalFallback:
     def __init__(self, shared_budgets: BudgetCounters) -> None:
@@ -30,10 +39,22 @@ class LocalFallback:
         # Line key -> (line, nano-dollars counted here and not yet added to the shared counter).
         self._owed: dict[str, tuple[BudgetLine, int]] = {}
         self._paying = asyncio.Lock()
+        self._skip_shared_until = 0.0
 
     @property
     def owes(self) -> bool:
         return bool(self._owed)
+
+    async def shared(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()` on the shared counters, unless they failed less than RETRY_SHARED_AFTER ago; raises
+        CountersUnavailable either way it cannot be done."""
+        if time.monotonic() < self._skip_shared_until:
+            raise CountersUnavailable("Redis counters failed moments ago; not asked again yet")
+        try:
+            return await attempt()
+        except CountersUnavailable:
+            self._skip_shared_until = time.monotonic() + RETRY_SHARED_AFTER
+            raise
 
     async def reserve(self, lines: Sequence[BudgetLine], amount_nano: int) -> Reservation | Exhausted:
         """As the shared counters would, starting each line from the larger of this process's own count
