@@ -98,11 +98,11 @@ class Accountant:
         rates: RateCounters,
         ledger: Ledger | None = None,
         telemetry: Telemetry | None = None,
-        fallback: LocalFallback | None = None,
     ) -> None:
         self.telemetry = telemetry
-        # With shared (Redis) counters: this replica's own, for while Redis is away.
-        self._fallback = fallback
+        # This replica's own counters, for while shared (Redis) ones are away; in-process counters
+        # never are, so then it is never used.
+        self._fallback = LocalFallback(budgets)
         self.prices = prices
         self.tokens = tokens
         self._budgets = budgets
@@ -126,17 +126,7 @@ class Accountant:
         try:
             limited = await self._shared(lambda: self._rates.admit(lines, amounts))
         except CountersUnavailable as exc:
-            if policy.rate_limits.when_unavailable == "closed":
-                raise CountersDown(
-                    "Rate limits cannot be checked now and the policy fails closed; retry."
-                ) from exc
-            # fail open: an outage of Redis must not stop all traffic; this replica counts on its own
-            if self._fallback is None:
-                logger.error("rate limits not enforced for request %s: %s", ticket.request.request_id, exc)
-                return
-            logger.warning(
-                "rate limits counted by this replica alone (request %s): %s", ticket.request.request_id, exc
-            )
+            _fail_closed_or_count_alone(policy.rate_limits.when_unavailable, "Rate limits", ticket, exc)
             limited = await self._fallback.rates.admit(lines, amounts)
             ticket.rates_locally = True
         if limited is not None:
@@ -176,16 +166,7 @@ class Accountant:
         try:
             outcome = await self._shared(lambda: self._reserve_shared(check.lines, worst))
         except CountersUnavailable as exc:
-            if policy.budgets.when_unavailable == "closed":
-                raise CountersDown(
-                    "Budgets cannot be checked now and the policy fails closed; retry."
-                ) from exc
-            if self._fallback is None:
-                logger.error("budgets not enforced for request %s: %s", ticket.request.request_id, exc)
-                return None
-            logger.warning(
-                "budgets counted by this replica alone (request %s): %s", ticket.request.request_id, exc
-            )
+            _fail_closed_or_count_alone(policy.budgets.when_unavailable, "Budgets", ticket, exc)
             outcome = await self._fallback.reserve(check.lines, worst)
             ticket.reserved_locally = True
         if isinstance(outcome, Exhausted):
@@ -196,11 +177,12 @@ class Accountant:
         return None
 
     async def _shared(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """An operation on the shared counters, through the fallback's guard when there is one."""
-        return await (attempt() if self._fallback is None else self._fallback.shared(attempt))
+        """An operation on the shared counters, through the fallback's guard (not retried for a second
+        after a failure)."""
+        return await self._fallback.shared(attempt)
 
     async def _reserve_shared(self, lines: Sequence[BudgetLine], worst: int) -> Reservation | Exhausted:
-        if self._fallback is not None and self._fallback.owes:
+        if self._fallback.owes:
             await self._fallback.pay()  # Redis is back: first what was spent while it was away
         return await self._budgets.reserve(lines, worst)
 
@@ -314,17 +296,16 @@ class Accountant:
 
     async def _settle(self, ticket: Ticket) -> None:
         record = ticket.record
-        fallback = self._fallback
         try:
             if ticket.reservation is not None:
                 actual = nano(record.cost_usd) if record is not None else 0
-                if ticket.reserved_locally and fallback is not None:
-                    await fallback.settle(ticket.reservation, actual)
+                if ticket.reserved_locally:
+                    await self._fallback.settle(ticket.reservation, actual)
                 else:
                     await self._settle_shared(ticket.reservation, actual)
             if ticket.rates is not None and ticket.rates.tokens and record is not None:
                 lines = ticket.rates.tokens
-                rates = fallback.rates if ticket.rates_locally and fallback is not None else self._rates
+                rates = self._fallback.rates if ticket.rates_locally else self._rates
                 await rates.add(lines, [record.completion_tokens] * len(lines))
         except CountersUnavailable as exc:
             logger.error("could not settle request %s: %s", ticket.request.request_id, exc)
@@ -333,8 +314,6 @@ class Accountant:
         try:
             await self._shared(lambda: self._budgets.settle(reservation, actual))
         except CountersUnavailable:
-            if self._fallback is None:
-                raise
             # Reserved in Redis, which left before the answer ended: settled once it is back.
             self._fallback.owe(reservation.lines, actual - reservation.amount_nano)
 
@@ -347,6 +326,18 @@ class Accountant:
             await self.ledger.close()
         if self.telemetry is not None:
             await self.telemetry.aclose()
+
+
+def _fail_closed_or_count_alone(
+    when_unavailable: str, what: str, ticket: Ticket, exc: CountersUnavailable
+) -> None:
+    """The shared counters are away: raise CountersDown under a policy that fails closed; otherwise
+    (fail open: an outage of Redis must not stop all traffic) say that this replica counts alone."""
+    if when_unavailable == "closed":
+        raise CountersDown(f"{what} cannot be checked now and the policy fails closed; retry.") from exc
+    logger.warning(
+        "%s counted by this replica alone (request %s): %s", what.lower(), ticket.request.request_id, exc
+    )
 
 
 def _exhausted(outcome: Exhausted, check: BudgetCheck) -> Reroute:

@@ -16,7 +16,6 @@ from redis.backoff import NoBackoff
 from gateway.accountant import Accountant
 from gateway.accounting.auth import Authenticator
 from gateway.accounting.budget_counters import BudgetCounters, InProcessBudgetCounters, RedisBudgetCounters
-from gateway.accounting.fallback_counters import LocalFallback
 from gateway.accounting.keys import KeyStore, KeysUnavailable, open_key_store
 from gateway.accounting.ledger import Ledger
 from gateway.accounting.ledger_store import LedgerUnavailable, open_ledger_store
@@ -197,7 +196,6 @@ class Runtime:
         self._background.append(asyncio.create_task(ledger.run()))
         budgets: BudgetCounters
         rates: RateCounters
-        fallback = None
         if settings.redis_url:
             # Fail fast: a slow Redis must not hold requests (counters then fall back as the policy says).
             self._redis = redis.asyncio.Redis.from_url(
@@ -209,10 +207,9 @@ class Runtime:
             prefix = settings.redis_prefix
             budgets = RedisBudgetCounters(self._redis, f"{prefix}budget:")
             rates = RedisRateCounters(self._redis, f"{prefix}rate:")
-            fallback = LocalFallback(budgets)
         else:
             budgets, rates = InProcessBudgetCounters(), InProcessRateCounters()
-        return Accountant(prices, tokens, budgets, rates, ledger, self.telemetry, fallback)
+        return Accountant(prices, tokens, budgets, rates, ledger, self.telemetry)
 
     def _warm_up(self, providers: Mapping[str, Provider]) -> None:
         """Providers with a costly first call (litellm's 3 s import) pay it in the background now."""
