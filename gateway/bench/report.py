@@ -5,7 +5,7 @@ One list of rows drives both the table and the JSON keys, so the two always carr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,33 +114,34 @@ def phase_json(phase: PhaseResult) -> dict[str, Any]:
     }
 
 
-def _cell(value: Figure, fmt: str) -> str:
+def cell(value: Figure | str, fmt: str) -> str:
+    """A figure as a table shows it: `—` when it could not be measured."""
     if value is None:
         return "—"
     return format(value, fmt)
+
+
+def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]], left: Collection[int]) -> str:
+    """Rows as a Markdown table padded to line up in a terminal: the columns in `left` aligned left,
+    the others (figures) right."""
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+    def render(cells: Sequence[str]) -> str:
+        padded = [c.ljust(widths[i]) if i in left else c.rjust(widths[i]) for i, c in enumerate(cells)]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) if i in left else "-" * (w + 1) + ":" for i, w in enumerate(widths))
+    return "\n".join([render(header), rule + "|", *(render(line) for line in body)])
 
 
 def table(columns: Sequence[tuple[str, Mapping[str, Figure]]]) -> str:
     """A Markdown table: one row per figure, one column per target, then the target."""
     header = ["metric", *(label for label, _ in columns), "target"]
     body = [
-        [row.label, *(_cell(values[row.key], row.fmt) for _, values in columns), row.target or "—"]
+        [row.label, *(cell(values[row.key], row.fmt) for _, values in columns), row.target or "—"]
         for row in ROWS
     ]
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-
-    last = len(header) - 1
-
-    def render(cells: Sequence[str]) -> str:
-        padded = [
-            cell.ljust(widths[i]) if i in (0, last) else cell.rjust(widths[i]) for i, cell in enumerate(cells)
-        ]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join(
-        "-" * (w + 2) if i in (0, last) else "-" * (w + 1) + ":" for i, w in enumerate(widths)
-    )
-    return "\n".join([render(header), rule + "|", *(render(line) for line in body)])
+    return markdown_table(header, body, left={0, len(header) - 1})
 
 
 def missed_targets(values: Mapping[str, Figure]) -> list[str]:
@@ -151,7 +152,7 @@ def missed_targets(values: Mapping[str, Figure]) -> list[str]:
             continue
         value = values[row.key]
         if value is None or not row.meets(value):
-            missed.append(f"{row.label}: {_cell(value, row.fmt)} (target {row.target})")
+            missed.append(f"{row.label}: {cell(value, row.fmt)} (target {row.target})")
     return missed
 
 

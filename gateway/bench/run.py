@@ -25,7 +25,14 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.bench import floor_app, litellm_proxy
-from gateway.bench.load import Endpoint, ProtocolError, request_once, run_phase, stream_verdict
+from gateway.bench.load import (
+    Endpoint,
+    ProtocolError,
+    event_loop_factory,
+    request_once,
+    run_phase,
+    stream_verdict,
+)
 from gateway.bench.procs import Child, ChildFailed, free_port, own_cpu_seconds, ready_line, spawn
 from gateway.bench.report import (
     LATENCY,
@@ -337,15 +344,9 @@ def run_bench(json_path: Path | None, duration: float, with_litellm: bool) -> in
     if duration <= 0:
         print("bench: --duration must be positive", file=sys.stderr)
         return 2
-    try:
-        import uvloop
-
-        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:
-        factory = None
     affinity = os.sched_getaffinity(0)
     try:
-        with asyncio.Runner(loop_factory=factory) as runner:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             outcome = runner.run(_bench(duration, with_litellm))
     except (ChildFailed, ProtocolError, OSError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)

@@ -34,13 +34,13 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.bench import litellm_proxy
-from gateway.bench.load import Endpoint, ProtocolError
+from gateway.bench.load import Endpoint, ProtocolError, event_loop_factory
 from gateway.bench.procs import Child, ChildFailed, own_cpu_seconds, ready_line, spawn
 from gateway.bench.run import gateway_spec, start_proxy, write_gateway_config
 from gateway.bench.soak_client import UNFINISHED, Pool
@@ -299,17 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.warmup < 0 or args.chunks < 1 or args.max_connections < 1:
         print("soak: --warmup must be >= 0, --chunks and --max-connections >= 1", file=sys.stderr)
         return 2
-    factory: Callable[[], asyncio.AbstractEventLoop] | None
-    try:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    except ImportError:
-        factory = None
     affinity = os.sched_getaffinity(0)
     try:
         trace, prompts = read_trace(args.trace), read_prompts(args.prompts)
-        with asyncio.Runner(loop_factory=factory) as runner:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             outcome = runner.run(_soak(args, trace, prompts))
     except (TraceError, ChildFailed, ProtocolError, OSError) as exc:
         print(f"soak failed: {exc}", file=sys.stderr)

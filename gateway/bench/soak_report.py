@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.bench.report import Row
+from gateway.bench.report import Row, cell, markdown_table
 from gateway.bench.soak_client import Outcome
 
 MB = 1024 * 1024
@@ -189,12 +189,6 @@ def summarise(windows: Sequence[Window], warmup_s: float) -> dict[str, Figure]:
     }
 
 
-def _cell(value: Figure, fmt: str) -> str:
-    if value is None:
-        return "—"
-    return format(value, fmt)
-
-
 def checks(values: dict[str, Figure]) -> dict[str, bool]:
     """Each target's verdict; a figure that could not be measured misses its target."""
     verdicts = {}
@@ -208,7 +202,7 @@ def checks(values: dict[str, Figure]) -> dict[str, bool]:
 def missed(values: dict[str, Figure]) -> list[str]:
     verdicts = checks(values)
     return [
-        f"{row.label}: {_cell(values[row.key], row.fmt)} (target {row.target})"
+        f"{row.label}: {cell(values[row.key], row.fmt)} (target {row.target})"
         for row in ROWS
         if row.key in verdicts and not verdicts[row.key]
     ]
@@ -217,29 +211,16 @@ def missed(values: dict[str, Figure]) -> list[str]:
 def table(values: dict[str, Figure]) -> str:
     """A Markdown table: metric, value, target, and ✔/✘ where there is a target."""
     verdicts = checks(values)
-    header = ["metric", "value", "target", "met"]
     body = [
         [
             row.label,
-            _cell(values[row.key], row.fmt),
+            cell(values[row.key], row.fmt),
             row.target or "—",
             ("✔" if verdicts[row.key] else "✘") if row.key in verdicts else "",
         ]
         for row in ROWS
     ]
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-
-    def render(cells: Sequence[str]) -> str:
-        return (
-            "| "
-            + " | ".join(c.rjust(widths[i]) if i == 1 else c.ljust(widths[i]) for i, c in enumerate(cells))
-            + " |"
-        )
-
-    rule = (
-        "|" + "|".join("-" * (w + 1) + ":" if i == 1 else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
-    )
-    return "\n".join([render(header), rule, *(render(line) for line in body)])
+    return markdown_table(["metric", "value", "target", "met"], body, left={0, 2, 3})
 
 
 def report(
