@@ -14,28 +14,17 @@ import pytest
 
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
-from tests.conftest import RunningGateway, openai_deployment
+from tests.api.test_spend import spec as spend_spec
+from tests.conftest import RunningGateway
 
 Gateway = Callable[..., RunningGateway]
 ADMIN_KEY = "sk-dashboard-admin"
-FRONTIER_PRICE = {"input_per_mtok": 1000, "output_per_mtok": 10000}
-LOCAL_PRICE = {"input_per_mtok": 100, "output_per_mtok": 1000}
 
 
 def spec(upstream: FakeOpenAIUpstream) -> dict[str, Any]:
-    """Team support goes to the cheap local route, everyone else to the frontier (the reference)."""
-    return {
-        "deployments": {
-            "big": openai_deployment(upstream, price=FRONTIER_PRICE),
-            "small": openai_deployment(upstream, price=LOCAL_PRICE),
-        },
-        "routes": {"frontier": ["big"], "local": ["small"]},
-        "signals": {"team": {"kind": "metadata", "of": "team"}},
-        "rules": [{"name": "support-local", "when": {"signal": "team", "eq": "support"}, "route": "local"}],
-        "default_route": "frontier",
-        "reference_route": "frontier",
-        "budgets": {"teams": {"search": {"monthly_usd": 1000.0}}},
-    }
+    """The spend tests' routing (team support local, everyone else the frontier, the reference), with a
+    monthly budget for team search (the budget-burn table)."""
+    return {**spend_spec(upstream), "budgets": {"teams": {"search": {"monthly_usd": 1000.0}}}}
 
 
 def bearer(key: str) -> dict[str, str]:

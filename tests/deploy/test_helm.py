@@ -70,6 +70,15 @@ def env(manifests: Manifests) -> dict[str, str]:
     return {item["name"]: item["value"] for item in container(manifests)["env"]}
 
 
+def assert_valid_for_every_supported_kubernetes(manifests: Manifests) -> None:
+    for version in KUBERNETES_VERSIONS:
+        for kind, manifest in manifests.items():
+            try:
+                kubernetes_validate.validate(manifest, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{kind} is not valid for Kubernetes {version}: {exc.message} at {exc.path}")
+
+
 def test_helm_lints_the_chart_without_a_warning() -> None:
     report = lint(CHART, VALUES, strict=True, kube_version="v1.27.0")
     problems = [m for m in report["messages"] if m["severity"] >= 2] + report.get("errors", [])
@@ -86,12 +95,7 @@ def test_every_manifest_is_valid_for_the_oldest_and_newest_kubernetes() -> None:
         "Secret",
         "Service",
     }
-    for version in KUBERNETES_VERSIONS:
-        for kind, manifest in manifests.items():
-            try:
-                kubernetes_validate.validate(manifest, version, strict=True)
-            except kubernetes_validate.ValidationError as exc:
-                pytest.fail(f"{kind} is not valid for Kubernetes {version}: {exc.message} at {exc.path}")
+    assert_valid_for_every_supported_kubernetes(manifests)
 
 
 @pytest.mark.parametrize(
@@ -239,12 +243,7 @@ def test_with_persistence_each_replica_keeps_its_spool_on_a_volume_that_outlives
     assert [m for m in lint(CHART, PERSISTENT, strict=True)["messages"] if m["severity"] >= 2] == []
     manifests = render(PERSISTENT)
     assert "Deployment" not in manifests
-    for version in KUBERNETES_VERSIONS:
-        for kind, manifest in manifests.items():
-            try:
-                kubernetes_validate.validate(manifest, version, strict=True)
-            except kubernetes_validate.ValidationError as exc:
-                pytest.fail(f"{kind} is not valid for Kubernetes {version}: {exc.message} at {exc.path}")
+    assert_valid_for_every_supported_kubernetes(manifests)
     stateful = manifests["StatefulSet"]
     [claim] = stateful["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "state"
