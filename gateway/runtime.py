@@ -10,8 +10,6 @@ from collections.abc import Callable, Mapping
 
 import aiohttp
 import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from gateway.accountant import Accountant
 from gateway.accounting.auth import Authenticator
@@ -45,6 +43,7 @@ from gateway.routing.health import DeploymentHealth
 from gateway.routing.shadow import ShadowCopies
 from gateway.routing.shared_circuits import SharedCircuits
 from gateway.settings import Settings
+from gateway.state.redis_client import open_redis
 from gateway.telemetry.telemetry import Telemetry
 from gateway.tokens import TokenCounter
 
@@ -198,12 +197,7 @@ class Runtime:
         rates: RateCounters
         if settings.redis_url:
             # Fail fast: a slow Redis must not hold requests (counters then fall back as the policy says).
-            self._redis = redis.asyncio.Redis.from_url(
-                settings.redis_url,
-                socket_timeout=1.0,
-                socket_connect_timeout=1.0,
-                retry=Retry(NoBackoff(), 1),
-            )
+            self._redis = open_redis(settings.redis_url)
             prefix = settings.redis_prefix
             budgets = RedisBudgetCounters(self._redis, f"{prefix}budget:")
             rates = RedisRateCounters(self._redis, f"{prefix}rate:")
