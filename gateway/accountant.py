@@ -29,6 +29,7 @@ from gateway.accounting.budgets import (
     BudgetCheck,
     budget_lines,
     nano,
+    prompt_tokens_at_most,
     worst_case_nano,
 )
 from gateway.accounting.fallback_counters import LocalFallback
@@ -162,7 +163,7 @@ class Accountant:
         choices = ticket.request.body.get("n")
         limit = _max_tokens(ticket.request.body) or max_output or DEFAULT_MAX_OUTPUT_TOKENS
         limit *= choices if isinstance(choices, int) and choices > 1 else 1
-        worst = worst_case_nano(costliest, self._prompt_tokens(ticket), limit)
+        worst = worst_case_nano(costliest, prompt_tokens_at_most(self.tokens, ticket.request.body), limit)
         try:
             outcome = await self._shared(lambda: self._reserve_shared(check.lines, worst))
         except CountersUnavailable as exc:

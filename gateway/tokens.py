@@ -50,6 +50,14 @@ class TokenCounter:
         return total
 
 
+def image_parts(content: Any) -> int:
+    """How many image parts a message's content holds."""
+    if not isinstance(content, list):
+        return 0
+    kinds = ("image_url", "input_image", "image")
+    return sum(1 for part in content if isinstance(part, dict) and part.get("type") in kinds)
+
+
 def content_text(content: Any) -> str:
     """The text of a message's content: a string, or the text parts of a list of parts."""
     if isinstance(content, str):

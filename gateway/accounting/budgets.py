@@ -11,15 +11,24 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Annotated, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.accounting.budget_counters import NANO_PER_USD, BudgetLine
 from gateway.accounting.pricing import TokenPrice
+from gateway.tokens import TOKENS_PER_MESSAGE, TokenCounter, content_text, image_parts
 
 # Each team (or key) without a budget of its own gets one like this (its own, not a shared pot).
 EVERY = "*"
 # The answer's worst-case length when neither the client nor the price map says.
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
+# The prompt as an upstream counts it can exceed what cl100k counts: other tokenizers (Llama's,
+# Claude's) take up to ~20% more tokens for the same text, and chat templates add their own. The
+# reservation takes the count with this margin, plus a fixed allowance for the template.
+PROMPT_MARGIN = 1.25
+PROMPT_TEMPLATE_TOKENS = 16
+# An image part, at most, as the dearest providers bill one (OpenAI high detail, Claude's 1568 px).
+IMAGE_TOKENS_AT_MOST = 2_000
 
 
 class SpendLimit(BaseModel):
@@ -99,6 +108,35 @@ def budget_lines(budgets: Budgets, team: str | None, key: str | None, now: float
             lines.append(line)
             routes[line.key] = limit.when_exhausted
     return BudgetCheck(tuple(lines), routes)
+
+
+def prompt_tokens_at_most(tokens: TokenCounter, body: Mapping[str, object]) -> int:
+    """An upper bound on the prompt tokens an upstream will bill for this request: every message
+    (text, tool calls and their arguments), the tool definitions and the response schema, counted
+    with cl100k and `PROMPT_MARGIN`, plus images at their largest."""
+    messages = body.get("messages")
+    texts: list[str] = []
+    images = 0
+    count = PROMPT_TEMPLATE_TOKENS
+    for message in messages if isinstance(messages, list) else ():
+        count += TOKENS_PER_MESSAGE
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        texts.append(content_text(content))
+        images += image_parts(content)
+        for extra in ("tool_calls", "function_call", "name"):
+            if extra in message:
+                texts.append(_json_text(message[extra]))
+    for schema in ("tools", "functions", "response_format"):
+        if schema in body:
+            texts.append(_json_text(body[schema]))
+    counted = tokens.count_text("\n".join(text for text in texts if text))
+    return int(counted * PROMPT_MARGIN) + 1 + count + images * IMAGE_TOKENS_AT_MOST
+
+
+def _json_text(value: object) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 def worst_case_nano(price: TokenPrice, prompt_tokens: int, max_output_tokens: int) -> int:

@@ -95,6 +95,16 @@ def _tool_id(call: _Call) -> str:
     return "call_" + call.id.removeprefix("chatcmpl-")
 
 
+def _within_limit(call: _Call, behaviour: Behaviour) -> tuple[str, str]:
+    """The answer's text and finish reason: as a real upstream, never more words (tokens) than the
+    request's max_tokens, cut with finish_reason `length`."""
+    content = behaviour.content if behaviour.content is not None else default_content(call.messages)
+    words = content.split()
+    if call.max_tokens is not None and len(words) > call.max_tokens:
+        return " ".join(words[: call.max_tokens]), "length"
+    return content, "stop"
+
+
 def completion_body(call: _Call, behaviour: Behaviour) -> dict[str, Any]:
     """A non-streamed `chat.completion` object with n identical choices."""
     message: dict[str, Any]
@@ -104,9 +114,9 @@ def completion_body(call: _Call, behaviour: Behaviour) -> dict[str, Any]:
         message = {"role": "assistant", "content": None, "tool_calls": tool_calls}
         finish, words = "tool_calls", word_count(TOOL_ARGUMENTS)
     else:
-        content = behaviour.content if behaviour.content is not None else default_content(call.messages)
+        content, finish = _within_limit(call, behaviour)
         message = {"role": "assistant", "content": content}
-        finish, words = "stop", word_count(content)
+        words = word_count(content)
     message["refusal"] = None
     message["annotations"] = []
     body: dict[str, Any] = {
@@ -119,7 +129,7 @@ def completion_body(call: _Call, behaviour: Behaviour) -> dict[str, Any]:
         ],
     }
     if behaviour.usage:
-        body["usage"] = _usage(prompt_tokens(call.messages), words * call.n)
+        body["usage"] = _usage(prompt_tokens(call.messages, call.tools), words * call.n)
     body["service_tier"] = "default"
     body["system_fingerprint"] = FINGERPRINT
     return body
@@ -160,15 +170,15 @@ def stream_parts(call: _Call, behaviour: Behaviour) -> tuple[bytes, list[bytes],
         ]
         finish, words = "tool_calls", word_count(TOOL_ARGUMENTS)
     else:
-        content = behaviour.content if behaviour.content is not None else default_content(call.messages)
+        content, finish = _within_limit(call, behaviour)
         opening = event(b'{"role":"assistant","content":""}')
         pieces = split_pieces(content, behaviour.chunks)
         steps = [event(b'{"content":' + orjson.dumps(p) + b"}") for p in pieces]
         # The same count as the answer not streamed (a real upstream's tokenizer sees the same text).
-        finish, words = "stop", word_count("".join(pieces))
+        words = word_count("".join(pieces))
     closing = event(b"{}", b',"logprobs":null,"finish_reason":"' + finish.encode() + b'"}]' + tail)
     if report_usage:
-        usage = _usage(prompt_tokens(call.messages), words * call.n)
+        usage = _usage(prompt_tokens(call.messages, call.tools), words * call.n)
         closing += b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n"
     return opening, steps, closing + DONE
 

@@ -5,6 +5,8 @@ Kept apart from the server so tests can compute expected content and token count
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -84,9 +86,15 @@ def default_content(messages: Any) -> str:
     return DEFAULT_PREFIX + last[:40]
 
 
-def prompt_tokens(messages: Any) -> int:
-    """Whitespace-separated words across all message contents, plus 3 per message."""
-    return sum(len(message_text(m.get("content")).split()) + TOKENS_PER_MESSAGE for m in _messages(messages))
+def prompt_tokens(messages: Any, tools: Any = None) -> int:
+    """Whitespace-separated words across all message contents, plus 3 per message, plus the words
+    (runs of letters and digits) of the tool definitions: upstreams bill those as prompt too."""
+    counted = sum(
+        len(message_text(m.get("content")).split()) + TOKENS_PER_MESSAGE for m in _messages(messages)
+    )
+    if tools:
+        counted += len(re.findall(r"\w+", json.dumps(tools)))
+    return counted
 
 
 def word_count(text: str) -> int:
