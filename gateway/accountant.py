@@ -39,12 +39,13 @@ from gateway.accounting.rate_counters import RateCounters
 from gateway.accounting.rate_limits import RateCheck, rate_lines
 from gateway.accounting.record import CacheOutcome, SpendRecord
 from gateway.accounting.redact import answer_text, logged_body
+from gateway.accounting.spool import Intent
 from gateway.errors import BudgetExceeded, CountersDown, RateLimited
 from gateway.policy.schema import Policy
 from gateway.providers.base import ChatRequest, Usage
 from gateway.telemetry.spans import ChildSpan, RequestSpan
 from gateway.telemetry.telemetry import Telemetry
-from gateway.tokens import TokenCounter
+from gateway.tokens import TOKENS_PER_MESSAGE, TokenCounter, content_text
 
 logger = logging.getLogger("gateway.accountant")
 T = TypeVar("T")
@@ -80,6 +81,10 @@ class Ticket:
     prompt_tokens: int | None = None
     # Priced once when the answer came with its usage (the cost headers), reused by the record.
     spend: Spend | None = None
+    # The deployment being called now (set per attempt), and the record id its intent was spooled
+    # under: the record written when the request ends takes the same id.
+    in_flight: str | None = None
+    record_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +223,30 @@ class Accountant:
             reference = _route_price(policy, policy.reference_route) or self.prices.price_of(first)
         return spend_of(price, reference, usage.prompt_tokens, usage.completion_tokens, _cached(usage))
 
+    def intend(self, ticket: Ticket, deployment: str) -> None:
+        """Spool what to record if this process dies while `deployment` is called: the prompt was
+        sent, so its estimated cost (status 500, `interrupted`). Written before the upstream call."""
+        if self.ledger is None:
+            return
+        ticket.record_id = self._new_id()
+        body = ticket.request.body
+        prompt = ticket.prompt_tokens if ticket.prompt_tokens is not None else _rough_prompt_tokens(body)
+        usage = Usage(prompt, 0, prompt, estimated=True)
+        spend = self.spend(ticket.policy, ticket.route, deployment, usage)
+        priced = self.prices.deployment(deployment)
+        record = SpendRecord(
+            id=ticket.record_id, request_id=ticket.request.request_id, at=ticket.at, team=ticket.team,
+            key_id=ticket.key, policy=ticket.policy_name, route=ticket.route, rule=ticket.rule,
+            deployment=deployment, model=priced.model if priced is not None else None,
+            stream=ticket.request.stream, status=500, error="interrupted", prompt_tokens=prompt,
+            estimated=True, cost_usd=spend.cost_usd if spend else None,
+            reference_usd=spend.reference_usd if spend else None, signals=ticket.signals,
+        )  # fmt: skip
+        self.ledger.intend(Intent(record))
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):x}"
+
     def account(
         self,
         ticket: Ticket,
@@ -227,10 +256,16 @@ class Accountant:
         error: str | None = None,
         ttfb_seconds: float | None = None,
         answer: bytes | None = None,
+        interrupted: bool = False,
     ) -> SpendRecord:
-        """Write the request's spend record to the spool (before the answer's end is sent); once."""
+        """Write the request's spend record to the spool (before the answer's end is sent); once.
+        `interrupted`: the call was cut off (the client left): its prompt was sent, and is paid for."""
         if ticket.record is not None:
             return ticket.record
+        if interrupted and usage is None and ticket.deployment is None and ticket.in_flight is not None:
+            ticket.deployment = ticket.in_flight
+            prompt = self.tokens.count_messages(ticket.request.body.get("messages") or ())
+            usage = Usage(prompt, 0, prompt, estimated=True)
         now = time.perf_counter()
         spend = ticket.spend
         if spend is None and (ticket.deployment is not None or ticket.cache != "miss"):
@@ -240,7 +275,7 @@ class Accountant:
         latency_ms = (now - ticket.started) * 1000
         details = usage.details if usage is not None else {}
         record = SpendRecord(
-            id=f"{self._id_prefix}{next(self._ids):x}",
+            id=ticket.record_id or self._new_id(),
             request_id=ticket.request.request_id,
             at=ticket.at,
             team=ticket.team,
@@ -351,6 +386,14 @@ def _exhausted(outcome: Exhausted, check: BudgetCheck) -> Reroute:
         retry_after=max(1, int(outcome.line.resets_at - time.time())),
     )
     raise error
+
+
+def _rough_prompt_tokens(body: Mapping[str, Any]) -> int:
+    """About four characters a token: an estimate for the record of an interrupted request, without
+    running the tokenizer on every request."""
+    messages = body.get("messages") or ()
+    characters = sum(len(content_text(m.get("content"))) for m in messages if isinstance(m, dict))
+    return characters // 4 + 1 + TOKENS_PER_MESSAGE * len(messages)
 
 
 def _max_tokens(body: Mapping[str, Any]) -> int | None:

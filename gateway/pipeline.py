@@ -28,7 +28,8 @@ from gateway.policy.records import DecisionLog, DecisionRecord
 from gateway.policy.schema import Overrides, Policy
 from gateway.policy.signals import RequestFacts
 from gateway.policy.store import PolicyStore
-from gateway.providers.base import ChatRequest, ChatStream, Completion, Deadline, Usage
+from gateway.providers.base import ChatRequest, ChatStream, Completion, Deadline, Provider, Usage
+from gateway.providers.stream_usage import usage_of_cut_stream
 from gateway.routing.catalog import AUTO, Catalog, Target
 from gateway.routing.executor import Outcome, RouteExecutor
 from gateway.routing.shadow import ShadowCopies
@@ -200,7 +201,9 @@ class ChatPipeline:
                 self._shadows.send(request, decision.rule, decision.shadow, routing.policy.policy)
             if ticket.span is not None:
                 ticket.upstream_span = ticket.span.start_child(SPAN_UPSTREAM)
-            answer = await self._call(request, routing)
+            if accountant is not None and routing.target.candidates:
+                accountant.intend(ticket, routing.target.candidates[0].provider.deployment.name)
+            answer = await self._call(request, routing, ticket)
             deployment = answer.deployment
             ticket.route, ticket.deployment = answer.route, answer.deployment
             ticket.upstream_seconds = answer.upstream_seconds
@@ -228,7 +231,7 @@ class ChatPipeline:
             status = CLIENT_CLOSED if isinstance(failure, asyncio.CancelledError) else 500
             if accountant is not None:
                 reason = "client_disconnected" if status == CLIENT_CLOSED else "internal_error"
-                accountant.account(ticket, status=status, error=reason)
+                accountant.account(ticket, status=status, error=reason, interrupted=True)
                 accountant.settle_later(ticket)
             raise
         finally:
@@ -334,7 +337,8 @@ class ChatPipeline:
         streamed: bytes | None = None,
     ) -> None:
         """Record an answer that was sent (or broke off) and settle its budget reservation;
-        `streamed` is what a stream sent, kept only when the policy logs bodies."""
+        `streamed` is what a stream sent: a stream cut short (no usage from the upstream) is paid for
+        the tokens counted in it, and the text is kept when the policy logs bodies."""
         if self.accountant is None or answer.ticket is None:
             return
         usage, sent = None, streamed
@@ -342,28 +346,35 @@ class ChatPipeline:
             usage, sent = answer.completion.usage, answer.completion.body
         if answer.stream is not None:
             usage = answer.stream.usage
+            if usage is None and streamed is not None:
+                usage = usage_of_cut_stream(self.accountant.tokens, answer.ticket.request.body, streamed)
         self.accountant.account(
             answer.ticket, status=status, usage=usage, error=error, ttfb_seconds=ttfb_seconds, answer=sent
         )
         self.accountant.settle_later(answer.ticket)
 
-    async def _call(self, request: ChatRequest, routing: Routing) -> Answer:
+    async def _call(self, request: ChatRequest, routing: Routing, ticket: Ticket) -> Answer:
         target, rule, decision = routing.target, routing.rule, routing.decision
         timeout = self._request_timeout
         if decision is not None and decision.overrides is not None:
             request = _with_overrides(request, decision.overrides)
             timeout = min(timeout, decision.overrides.timeout_seconds or timeout)
         deadline = Deadline.after(timeout)
+
+        def calling(provider: Provider) -> Provider:
+            ticket.in_flight = provider.deployment.name  # what a cut-off call is paid for
+            return provider
+
         if request.stream:
             streamed: Outcome[ChatStream] = await self._executor.run(
-                target, lambda provider: provider.open_stream(request, deadline), deadline
+                target, lambda provider: calling(provider).open_stream(request, deadline), deadline
             )
             return Answer(
                 streamed.route, streamed.deployment, rule, streamed.fallback, streamed.upstream_seconds,
                 stream=streamed.result,
             )  # fmt: skip
         completed: Outcome[Completion] = await self._executor.run(
-            target, lambda provider: provider.complete(request, deadline), deadline
+            target, lambda provider: calling(provider).complete(request, deadline), deadline
         )
         return Answer(
             completed.route, completed.deployment, rule, completed.fallback, completed.upstream_seconds,

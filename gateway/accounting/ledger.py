@@ -1,6 +1,11 @@
 """The spend ledger: `record` appends to the write-ahead spool on the request path (a few µs); `run`
 drains sealed spool segments into the database in batches, off the request path, and keeps them
-while the database is away (backing off, warning once per outage)."""
+while the database is away (backing off, warning once per outage).
+
+`intend` spools a request's intent before its upstream is called; `record` resolves it. Intents
+still open when a segment is sealed are written again into the next one, so a crash leaves each
+unresolved intent in its writer's newest segment, where the next drainer turns it into a record
+of an interrupted request (see `spool`)."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from typing import Any
 
 from gateway.accounting.ledger_store import LedgerRejected, LedgerStore, LedgerUnavailable
 from gateway.accounting.record import SpendRecord
-from gateway.accounting.spool import Spool, claimed
+from gateway.accounting.spool import Intent, Spool, claimed, records_only
 
 logger = logging.getLogger("gateway.accounting.ledger")
 
@@ -31,10 +36,23 @@ class Ledger:
         # What this process wrote, kept until drained so its segments need not be parsed back.
         self._unsealed: list[SpendRecord] = []
         self._written: dict[Path, list[SpendRecord]] = {}
+        # Requests whose upstream was called and whose record is not written yet, by record id.
+        self._open: dict[str, Intent] = {}
+
+    def intend(self, intent: Intent) -> None:
+        """Before an upstream is called: what to record if this process dies before `record`."""
+        self.spool.append_intent(intent)
+        self._open[intent.record.id] = intent
 
     def record(self, record: SpendRecord) -> None:
         self.spool.append(record)
         self._unsealed.append(record)
+        if self._open:
+            self._open.pop(record.id, None)
+
+    @property
+    def open_intents(self) -> int:
+        return len(self._open)
 
     async def run(self) -> None:
         wait = self._interval
@@ -56,6 +74,8 @@ class Ledger:
             current = self.spool.current
             sealed = self.spool.seal()
             if sealed is not None:
+                for intent in self._open.values():  # still in flight: carried into the new segment
+                    self.spool.append_intent(intent)
                 if current is not None:
                     self._written[current], self._unsealed = self._unsealed, []
                 if sum(len(kept) for kept in self._written.values()) > MAX_KEPT_IN_MEMORY:
@@ -64,12 +84,14 @@ class Ledger:
             written = 0
             for path in self.spool.sealed():
                 written += await asyncio.to_thread(self._drain_segment, path)
+            await asyncio.to_thread(self.spool.forget_gone_writers)
             return written
 
     def _drain_segment(self, path: Path) -> int:
-        with claimed(path, self._written.get(path)) as records:
-            if records is None:
+        with claimed(path, self._written.get(path)) as entries:
+            if entries is None:
                 return 0
+            records = self._to_keep(path, entries)
             try:
                 if records:
                     self.store.insert(records)
@@ -93,6 +115,31 @@ class Ledger:
             path.unlink(missing_ok=True)
             self._written.pop(path, None)
             return len(records)
+
+    def _to_keep(self, path: Path, entries: list[SpendRecord | Intent]) -> list[SpendRecord]:
+        """A segment's records, and, in the newest segment a dead writer left, its unresolved intents
+        as records of interrupted requests. This writer's own open intents live on in its current
+        segment."""
+        records = records_only(entries)
+        if (
+            self.spool.is_own(path)
+            or len(records) == len(entries)
+            or not self.spool.is_newest_of_its_writer(path)
+        ):
+            return records
+        ended = {record.id for record in records}
+        interrupted = {
+            entry.record.id: entry.record
+            for entry in entries
+            if isinstance(entry, Intent) and entry.record.id not in ended
+        }
+        if interrupted:
+            logger.warning(
+                "spend ledger: %d requests in flight when %s's writer died recorded as interrupted",
+                len(interrupted),
+                path.name,
+            )
+        return records + list(interrupted.values())
 
     def report(
         self,

@@ -99,6 +99,7 @@ class ChatCompletionsEndpoint:
         watcher = DisconnectWatcher(receive)
         answer: Answer | None = None
         ended, reason = CLIENT_CLOSED, "client_disconnected"  # how it ended, unless recorded already
+        sent: list[bytes] = []  # what a stream sent: a cut one is paid for what it produced
         try:
             try:
                 answer = await self._pipeline.answer(request, caller, started)
@@ -107,7 +108,7 @@ class ChatCompletionsEndpoint:
                 return
             headers += _routing_headers(answer)
             if answer.stream is not None:
-                await self._send_stream(answer, started, headers, send)
+                await self._send_stream(answer, started, headers, send, sent)
             elif answer.completion is not None:
                 overhead = time.perf_counter() - started - answer.upstream_seconds
                 headers.append((b"x-gateway-overhead-ms", f"{overhead * 1000:.3f}".encode()))
@@ -135,10 +136,15 @@ class ChatCompletionsEndpoint:
         finally:
             watcher.stop()
             if answer is not None:  # no-op when already recorded; else the client left or we failed
-                self._pipeline.finish(answer, status=ended, error=reason)
+                self._pipeline.finish(answer, status=ended, error=reason, streamed=_joined(sent))
 
     async def _send_stream(
-        self, answer: Answer, started: float, headers: list[tuple[bytes, bytes]], send: Send
+        self,
+        answer: Answer,
+        started: float,
+        headers: list[tuple[bytes, bytes]],
+        send: Send,
+        kept: list[bytes],
     ) -> None:
         stream = answer.stream
         assert stream is not None
@@ -146,12 +152,10 @@ class ChatCompletionsEndpoint:
         headers.append((b"x-gateway-overhead-ms", f"{overhead * 1000:.3f}".encode()))
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + headers})
         ttfb = time.perf_counter() - started
-        kept: list[bytes] | None = [] if answer.log_bodies else None
         try:
             async for block in stream:
+                kept.append(block)
                 await send({"type": "http.response.body", "body": block, "more_body": True})
-                if kept is not None:
-                    kept.append(block)
         except GatewayError as error:
             # Bytes were already sent: say so in-band and end without [DONE], never a silent clean end.
             logger.warning("stream from %s broke: %s", answer.deployment, error.message)
@@ -163,12 +167,14 @@ class ChatCompletionsEndpoint:
         finally:
             await stream.aclose()
         # Recorded before [DONE] leaves: a client that saw the end of its answer finds it in the ledger.
-        self._pipeline.finish(answer, ttfb_seconds=ttfb, streamed=_joined(kept))
+        self._pipeline.finish(
+            answer, ttfb_seconds=ttfb, streamed=_joined(kept) if answer.log_bodies else None
+        )
         await send({"type": "http.response.body", "body": _DONE})
 
 
-def _joined(blocks: list[bytes] | None) -> bytes | None:
-    return b"".join(blocks) if blocks is not None else None
+def _joined(blocks: list[bytes]) -> bytes | None:
+    return b"".join(blocks) if blocks else None
 
 
 def _routing_headers(answer: Answer) -> list[tuple[bytes, bytes]]:

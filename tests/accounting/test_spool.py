@@ -195,9 +195,9 @@ def test_a_segment_a_live_process_is_writing_is_not_claimed(tmp_path: Path) -> N
         assert writer.stdout.readline() == "appended\n"
         drainer = Spool(tmp_path)
         try:
-            (theirs,) = drainer.sealed()  # not ours: listed, but locked by its live writer
-            assert ids_in(theirs) is None
-            assert theirs.exists()
+            assert drainer.sealed() == []  # a live writer (its lease held) drains its own segments
+            (theirs,) = (path for path in tmp_path.glob("*.jsonl") if not drainer.is_own(path))
+            assert ids_in(theirs) is None  # and it is locked while written
         finally:
             drainer.close()
     finally:
@@ -205,7 +205,12 @@ def test_a_segment_a_live_process_is_writing_is_not_claimed(tmp_path: Path) -> N
         assert writer.wait(30) == 0
         writer.stdout.close()
     # The writer has gone (without sealing): its segment is free to drain now, record intact.
-    assert ids_in(theirs) == ["live-0"]
+    drainer = Spool(tmp_path)
+    try:
+        assert drainer.sealed() == [theirs]
+        assert ids_in(theirs) == ["live-0"]
+    finally:
+        drainer.close()
 
 
 def test_another_spool_in_this_process_cannot_claim_the_current_segment(tmp_path: Path) -> None:

@@ -1,0 +1,55 @@
+"""What a stream cut short used: the upstream billed the prompt and every token it produced up to
+the cut, but its usage chunk (at the end) never came, so the gateway counts them from the chunks.
+
+Only for streams that ended without usage (a client that left, an upstream that broke off): parsing
+every chunk is kept off the path of streams that finish.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.providers.base import Usage
+from gateway.tokens import TokenCounter
+
+
+def usage_of_cut_stream(tokens: TokenCounter, body: dict[str, Any], sent: bytes) -> Usage:
+    """The request's prompt and the text, tool-call arguments and reasoning in the SSE events `sent`
+    (OpenAI chunks), counted with tiktoken; marked estimated."""
+    prompt = tokens.count_messages(body.get("messages") or ())
+    completion = tokens.count_text("".join(_produced_text(sent)))
+    return Usage(prompt, completion, prompt + completion, estimated=True)
+
+
+def _produced_text(sent: bytes) -> list[str]:
+    parts: list[str] = []
+    for event in sent.split(b"\n\n"):
+        start = event.find(b"data: {")
+        if start < 0:
+            continue
+        try:
+            chunk = orjson.loads(event[start + 6 :])
+        except orjson.JSONDecodeError:
+            continue
+        for choice in chunk.get("choices") or () if isinstance(chunk, dict) else ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict):
+                parts.extend(_delta_text(delta))
+    return parts
+
+
+def _delta_text(delta: dict[str, Any]) -> list[str]:
+    texts = [
+        delta[name]
+        for name in ("content", "reasoning_content", "refusal")
+        if isinstance(delta.get(name), str)
+    ]
+    for call in delta.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            texts.extend(
+                value for value in (function.get("name"), function.get("arguments")) if isinstance(value, str)
+            )
+    return texts
