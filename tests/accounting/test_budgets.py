@@ -4,11 +4,23 @@ line (a new counter), so spend before the boundary no longer counts after it."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
+
+import pytest
 
 from gateway.accounting.budget_counters import InProcessBudgetCounters, Reservation
-from gateway.accounting.budgets import Budgets, SpendLimit, budget_lines, worst_case_nano
+from gateway.accounting.budgets import (
+    IMAGE_TOKENS_AT_MOST,
+    Budgets,
+    SpendLimit,
+    budget_lines,
+    prompt_tokens_at_most,
+    worst_case_nano,
+)
 from gateway.accounting.pricing import per_million
 from gateway.fakes.background import BackgroundLoop
+from gateway.fakes.script import prompt_tokens
+from gateway.tokens import TokenCounter
 
 
 def at(text: str) -> float:
@@ -86,3 +98,59 @@ def test_a_star_key_budget_gives_every_other_key_its_own() -> None:
     assert [(line.key, line.limit_nano) for line in own.lines] == [("key:k1:day:2026-11-26", 5_000_000_000)]
     assert [(line.key, line.limit_nano) for line in other.lines] == [("key:k2:day:2026-11-26", 100_000_000)]
     assert other.lines[0].metric == "key daily budget"  # no key id in metric labels
+
+
+PROMPTS: list[dict[str, object]] = [
+    {"messages": [{"role": "user", "content": "hi"}]},
+    {
+        "messages": [
+            {"role": "system", "content": "You answer in French, briefly and politely, with sources."},
+            {"role": "user", "content": "Quelle est la capitale de l'Australie ? 1234567890 ©®™"},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "w", "arguments": '{"city": "Oslo"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": '{"temperature": -3, "sky": "clear"}'},
+        ],
+        "tools": [{"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}}],
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "a", "schema": {"type": "object"}},
+        },
+    },
+]
+
+
+@pytest.mark.parametrize("body", PROMPTS)
+def test_the_reserved_prompt_is_above_what_tokenizers_and_the_fake_upstream_count(
+    body: dict[str, Any],
+) -> None:
+    tokens = TokenCounter()
+    bound = prompt_tokens_at_most(tokens, body)
+    messages = body["messages"]
+    assert bound > tokens.count_messages(messages)  # plain cl100k, as before
+    assert bound > prompt_tokens(messages, body.get("tools"))  # the fake's arithmetic, tools included
+    # A tokenizer that takes a quarter more tokens than cl100k for the same text is still covered.
+    texts = "".join(str(m.get("content") or "") for m in messages if isinstance(m, dict))
+    assert bound >= 1.25 * tokens.count_text(texts)
+
+
+def test_an_image_is_reserved_at_the_most_a_provider_bills_for_one() -> None:
+    part = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 10_000}}
+    body = {
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "what is this?"}, part, part]}]
+    }
+    bound = prompt_tokens_at_most(TokenCounter(), body)
+    assert 2 * IMAGE_TOKENS_AT_MOST < bound < 2 * IMAGE_TOKENS_AT_MOST + 100  # the data URL is not text

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,11 +25,12 @@ from gateway.accounting.ledger import Ledger
 from gateway.accounting.ledger_postgres import PostgresLedgerStore
 from gateway.accounting.ledger_store import LedgerUnavailable, SqliteLedgerStore
 from gateway.accounting.record import SpendRecord
-from gateway.accounting.spool import Spool, claimed
+from gateway.accounting.spool import Intent, Spool, claimed
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.accounting.private_postgres import PrivatePostgres, private_postgres
 from tests.conftest import RunningGateway, free_port, openai_deployment
 
+PROJECT = Path(__file__).resolve().parents[2]
 Upstreams = Callable[..., FakeOpenAIUpstream]
 Gateway = Callable[..., RunningGateway]
 MESSAGES: list[Any] = [{"role": "user", "content": "What is the capital of France?"}]
@@ -286,3 +290,87 @@ def test_no_record_is_lost_or_doubled_across_a_postgres_outage_under_load(
     assert "spend ledger database is back; draining the spool" in messages
     # The outage is an expected condition, not a bug: no tracebacks from the drainer.
     assert [record for record in caplog.records if record.levelno >= logging.ERROR] == []
+
+
+# ---- intents: requests in flight -----------------------------------------------------------------
+
+# Spools the intents of three requests, ends one of them, then dies by SIGKILL mid-flight.
+KILLED_MID_FLIGHT = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from gateway.accounting.ledger import Ledger
+from gateway.accounting.ledger_store import SqliteLedgerStore
+from gateway.accounting.record import SpendRecord
+from gateway.accounting.spool import Intent, Spool
+
+state = Path(sys.argv[1])
+ledger = Ledger(Spool(state / "spool"), SqliteLedgerStore(state / "ledger.sqlite"))
+
+def record(record_id, **fields):
+    values = dict(request_id="req-" + record_id, at=1_740_823_200.0, team="alpha", key_id="k1", policy="p",
+                  route="frontier", rule="r", deployment="big", model="big-m", stream=False, status=200)
+    values.update(fields)
+    return SpendRecord(id=record_id, **values)
+
+async def main():
+    for record_id in ("a", "b", "c"):
+        intent = record(record_id, status=500, error="interrupted", prompt_tokens=7, estimated=True)
+        ledger.intend(Intent(intent))
+    await ledger.drain()  # nothing ended yet: all three carried into the next segment
+    ledger.record(record("a", prompt_tokens=7, completion_tokens=3))
+    await ledger.drain()  # "a" reaches the ledger; "b" and "c" are still in flight
+    ledger.record(record("b", prompt_tokens=7, completion_tokens=4))  # ended, never drained
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
+def test_a_request_in_flight_when_its_writer_dies_is_recorded_once_as_interrupted(tmp_path: Path) -> None:
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_FLIGHT, str(tmp_path)], cwd=PROJECT, timeout=60, check=False
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert stored_ids(tmp_path / "ledger.sqlite") == ["a"]
+
+    successor = Ledger(Spool(tmp_path / "spool"), SqliteLedgerStore(tmp_path / "ledger.sqlite"))
+    try:
+        assert asyncio.run(successor.drain()) == 2
+    finally:
+        asyncio.run(successor.close())
+    db = sqlite3.connect(tmp_path / "ledger.sqlite")
+    try:
+        rows = db.execute("SELECT id, status, error, completion_tokens FROM ledger ORDER BY id").fetchall()
+    finally:
+        db.close()
+    assert rows == [("a", 200, None, 3), ("b", 200, None, 4), ("c", 500, "interrupted", 0)]
+    assert list((tmp_path / "spool").iterdir()) == []  # segments and the dead writer's lease gone
+
+
+def test_a_live_writers_open_intents_never_become_interrupted_records(tmp_path: Path) -> None:
+    """Another ledger on the same spool directory (a replica sharing it, or `gateway spend`) leaves a
+    live writer's segments alone, intents and all; the writer's own drains carry them forward."""
+    writer = Ledger(Spool(tmp_path / "spool"), SqliteLedgerStore(tmp_path / "ledger.sqlite"))
+    other = Ledger(Spool(tmp_path / "spool"), SqliteLedgerStore(tmp_path / "ledger.sqlite"))
+
+    async def scenario() -> None:
+        writer.intend(Intent(spend("slow", status=500, error="interrupted")))
+        for _ in range(3):
+            await writer.drain()
+            await other.drain()
+        assert stored_ids(tmp_path / "ledger.sqlite") == []
+        writer.record(spend("slow"))
+        await other.drain()
+        await writer.drain()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        asyncio.run(writer.close())
+        asyncio.run(other.close())
+    assert stored_ids(tmp_path / "ledger.sqlite") == ["slow"]
+    db = sqlite3.connect(tmp_path / "ledger.sqlite")
+    try:
+        assert db.execute("SELECT status, error FROM ledger").fetchall() == [(200, None)]
+    finally:
+        db.close()
