@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 
 import aiohttp
@@ -14,9 +15,10 @@ import redis.asyncio
 from gateway.accountant import Accountant
 from gateway.accounting.auth import Authenticator
 from gateway.accounting.budget_counters import BudgetCounters, InProcessBudgetCounters, RedisBudgetCounters
+from gateway.accounting.budget_seed import seed_from_ledger
 from gateway.accounting.keys import KeyStore, KeysUnavailable, open_key_store
 from gateway.accounting.ledger import Ledger
-from gateway.accounting.ledger_store import LedgerUnavailable, open_ledger_store
+from gateway.accounting.ledger_store import LedgerStore, LedgerUnavailable, open_ledger_store
 from gateway.accounting.pricing import PriceBook, load_price_map
 from gateway.accounting.rate_counters import InProcessRateCounters, RateCounters, RedisRateCounters
 from gateway.accounting.spool import Spool
@@ -202,7 +204,7 @@ class Runtime:
             budgets = RedisBudgetCounters(self._redis, f"{prefix}budget:")
             rates = RedisRateCounters(self._redis, f"{prefix}rate:")
         else:
-            budgets, rates = InProcessBudgetCounters(), InProcessRateCounters()
+            budgets, rates = await _counted_so_far(store), InProcessRateCounters()
         return Accountant(prices, tokens, budgets, rates, ledger, self.telemetry)
 
     def _warm_up(self, providers: Mapping[str, Provider]) -> None:
@@ -274,6 +276,18 @@ class Runtime:
             await self.accountant.aclose()
         if self._redis is not None:
             await self._redis.aclose()
+
+
+async def _counted_so_far(store: LedgerStore) -> InProcessBudgetCounters:
+    """In-process budget counters that start from the day's and month's spend in the ledger."""
+    budgets = InProcessBudgetCounters()
+    try:
+        seeded = await asyncio.to_thread(seed_from_ledger, budgets, store, time.time())
+        if seeded:
+            logger.info("budgets: %d counters start from the spend in the ledger", seeded)
+    except LedgerUnavailable as exc:
+        logger.warning("budgets start from zero: the spend ledger cannot be read (%s)", exc)
+    return budgets
 
 
 def has_any_key(settings: Settings) -> bool:

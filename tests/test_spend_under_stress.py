@@ -354,3 +354,33 @@ def ledger_database(backend: str) -> Iterator[str | None]:
         return
     with scratch_postgres(POSTGRES) as database:
         yield database
+
+
+# ---- restarts ------------------------------------------------------------------------------------
+
+
+def test_a_restarted_gateway_without_redis_still_knows_what_its_budgets_spent(
+    upstreams: Callable[..., FakeOpenAIUpstream], tmp_path: Path
+) -> None:
+    """The embedded default counts budgets in process: a restart must not hand the day's budget out
+    again (the counters start from the ledger)."""
+    upstream = upstreams(Behaviour(content=ANSWER))
+    settings = {
+        **write_spec(budgeted_spec(upstream), tmp_path / "policy"),
+        "GATEWAY_API_KEYS": CLIENT_KEY,
+        "GATEWAY_STATE_DIR": str(tmp_path / "state"),
+    }
+    gateway = start_gateway(settings, tmp_path / "gw.log")
+    try:
+        statuses = [ask(gateway.url, BODY) for _ in range(40)]
+    finally:
+        gateway.stop()
+    assert statuses.count(200) > 5 and statuses[-1] == 429
+    spent = sum(row["cost_usd"] or 0 for row in sqlite_rows(tmp_path / "state" / "ledger.sqlite"))
+    assert BUDGET_USD / 2 < spent <= BUDGET_USD
+
+    restarted = start_gateway(settings, tmp_path / "gw.log")
+    try:
+        assert [ask(restarted.url, BODY) for _ in range(3)] == [429, 429, 429]
+    finally:
+        restarted.stop()

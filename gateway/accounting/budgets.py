@@ -148,6 +148,11 @@ def nano(usd: float | None) -> int:
     return round((usd or 0.0) * NANO_PER_USD)
 
 
+def period_ends(moment: datetime) -> tuple[float, float]:
+    """When the day and the month that hold `moment` (UTC) end."""
+    return _next_day(moment), _next_month(moment)
+
+
 def _next_day(moment: datetime) -> float:
     start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
     return start.timestamp() + 86_400
