@@ -5,14 +5,19 @@ history stays one line) and replaces its secret; revoking stops it at once.
 
 Keys live where the ledger does: in PostgreSQL when `GATEWAY_DATABASE_URL` names one (so every replica
 knows a key made through any of them), else in SQLite in the state directory.
+
+Team and key names are checked here, for the API and the CLI alike: they end up in logs, headers, the
+ledger and the dashboard, so a team is a short identifier and a name is one line of printable text.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import threading
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +28,9 @@ from gateway.state.sqlite import open_database
 Role = Literal["client", "admin", "finance"]
 ROLES: tuple[Role, ...] = ("client", "admin", "finance")
 KEY_PREFIX = "gw-"
+TEAM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+_TEAM = re.compile(TEAM_PATTERN)
+NAME_MAX_LENGTH = 100
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -64,6 +72,14 @@ class ApiKey:
 
 class KeyNotFound(LookupError):
     pass
+
+
+class InvalidKeyField(ValueError):
+    """A team, name or role a key may not have; `field` names which."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class KeysUnavailable(RuntimeError):
@@ -125,7 +141,7 @@ class KeyStore:
         self._db = database
 
     def create(self, team: str, role: Role, name: str = "") -> tuple[ApiKey, str]:
-        _check(team, role)
+        check_new_key(team, role, name)
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey("key_" + secrets.token_hex(6), team, role, name, time.time())
         self._db.execute(
@@ -190,8 +206,33 @@ class KeyStore:
         self._db.close()
 
 
-def _check(team: str, role: str) -> None:
-    if not team or not team.strip():
-        raise ValueError("a key needs a team")
+def check_new_key(team: str, role: str, name: str) -> None:
+    """Raise InvalidKeyField unless a key may have this team, role and name."""
+    if not _TEAM.fullmatch(team):
+        raise InvalidKeyField(
+            "team",
+            f"Invalid team {_quoted(team)}: a team is 1 to 64 letters, digits, '.', '_', ':' or '-', "
+            "starting with a letter or digit.",
+        )
+    if len(name) > NAME_MAX_LENGTH:
+        raise InvalidKeyField("name", f"Invalid name: at most {NAME_MAX_LENGTH} characters, not {len(name)}.")
+    unprintable = next((char for char in name if _unprintable(char)), None)
+    if unprintable is not None:
+        raise InvalidKeyField(
+            "name",
+            f"Invalid name {_quoted(name)}: control and formatting characters "
+            f"(here U+{ord(unprintable):04X}) are not allowed.",
+        )
     if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        raise InvalidKeyField("role", f"role must be one of {', '.join(ROLES)}, not {role!r}")
+
+
+def _unprintable(char: str) -> bool:
+    """Control, format (bidi overrides, zero-width), surrogate, private-use and unassigned characters, and
+    line or paragraph separators."""
+    return unicodedata.category(char) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def _quoted(value: str) -> str:
+    """A value for an error message: escaped (no raw control characters) and cut short."""
+    return repr(value[:60] + "…" if len(value) > 60 else value)

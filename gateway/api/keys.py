@@ -7,9 +7,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.accounting.keys import KeyNotFound, KeyStore, Role
+from gateway.accounting.keys import (
+    NAME_MAX_LENGTH,
+    TEAM_PATTERN,
+    InvalidKeyField,
+    KeyNotFound,
+    KeyStore,
+    Role,
+)
 from gateway.api.access import ADMIN_ONLY
-from gateway.errors import NotFound
+from gateway.errors import InvalidRequest, NotFound
 from gateway.runtime import Runtime
 
 router = APIRouter(prefix="/admin/keys", dependencies=ADMIN_ONLY)
@@ -18,9 +25,13 @@ router = APIRouter(prefix="/admin/keys", dependencies=ADMIN_ONLY)
 class NewKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    team: Annotated[str, Field(min_length=1)]
+    # Checked by keys.check_new_key (one check for the API and the CLI); the schema only describes it.
+    team: Annotated[str, Field(json_schema_extra={"pattern": TEAM_PATTERN})]
     role: Role = "client"
-    name: str = ""
+    name: Annotated[
+        str,
+        Field(json_schema_extra={"maxLength": NAME_MAX_LENGTH}, description="One line of printable text."),
+    ] = ""
 
 
 def _keys(request: Request) -> tuple[Runtime, KeyStore]:
@@ -33,7 +44,10 @@ def _keys(request: Request) -> tuple[Runtime, KeyStore]:
 @router.post("")
 async def create_key(new: NewKey, request: Request) -> dict[str, Any]:
     runtime, store = _keys(request)
-    key, secret = store.create(new.team, new.role, new.name)
+    try:
+        key, secret = store.create(new.team, new.role, new.name)
+    except InvalidKeyField as exc:
+        raise InvalidRequest(str(exc), param=exc.field, code=f"invalid_{exc.field}") from exc
     _refresh(runtime)
     return {**key.public(), "key": secret}
 

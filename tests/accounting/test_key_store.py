@@ -11,7 +11,15 @@ import psycopg
 import pytest
 
 from gateway.accounting.auth import Authenticator
-from gateway.accounting.keys import KeyNotFound, KeyStore, KeysUnavailable, SqliteKeys, digest_of
+from gateway.accounting.keys import (
+    InvalidKeyField,
+    KeyNotFound,
+    KeyStore,
+    KeysUnavailable,
+    SqliteKeys,
+    check_new_key,
+    digest_of,
+)
 from gateway.accounting.keys_postgres import PostgresKeys
 from gateway.errors import AuthenticationFailed
 from tests.accounting.private_postgres import private_postgres
@@ -50,6 +58,50 @@ def test_keys_are_created_rotated_revoked_and_kept_as_digests(store: KeyStore) -
         store.revoke(key.id)
     with pytest.raises(ValueError, match="role"):
         store.create("search", "owner")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("team", "name", "field"),
+    [
+        ("evil\r\nX-Injected: 1", "", "team"),
+        ("search\n", "", "team"),
+        ("", "", "team"),
+        (" search", "", "team"),
+        ("_search", "", "team"),
+        ("sé", "", "team"),
+        ("s" * 65, "", "team"),
+        ("search", "evil\r\nX-Injected: 1", "name"),
+        ("search", "nul\x00", "name"),
+        ("search", "del\x7f", "name"),
+        ("search", "zero\u200bwidth", "name"),
+        ("search", "line\u2028separator", "name"),
+        ("search", "n" * 101, "name"),
+    ],
+)
+def test_bad_teams_and_names_are_refused_before_anything_is_stored(
+    tmp_path: Path, team: str, name: str, field: str
+) -> None:
+    store = KeyStore(SqliteKeys(tmp_path / "keys.sqlite"))
+    with pytest.raises(InvalidKeyField) as refused:
+        store.create(team, "client", name)
+    assert refused.value.field == field and "\r" not in str(refused.value)
+    assert store.list(include_revoked=True) == []
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("team", "name"),
+    [
+        ("search", "batch jobs"),
+        ("default", ""),
+        ("t", "from the cli"),
+        ("research", "search bot"),
+        ("eu:finance.team_2-b", "Zoë's nightly @ 02:00 / v2 (café) #3"),
+        ("A" + "b" * 63, "n" * 100),
+    ],
+)
+def test_the_teams_and_names_in_use_are_accepted(team: str, name: str) -> None:
+    check_new_key(team, "client", name)
 
 
 def test_on_postgresql_an_outage_keeps_the_keys_last_read_and_loses_none() -> None:

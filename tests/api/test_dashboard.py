@@ -3,8 +3,10 @@ never a client key, never a key in a URL), that its totals and CSV are the ledge
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.accounting.keys import digest_of
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
 from tests.api.test_spend import spec as spend_spec
@@ -35,6 +38,21 @@ def create_key(gw: RunningGateway, team: str, role: str) -> tuple[str, str]:
     made = httpx.post(f"{gw.url}/admin/keys", json={"team": team, "role": role}, headers=bearer(ADMIN_KEY))
     assert made.status_code == 200, made.text
     return str(made.json()["key"]), str(made.json()["id"])
+
+
+def plant_key(gw: RunningGateway, team: str) -> str:
+    """A client key of a team the API no longer accepts (made before team names were checked), written
+    into the gateway's key store directly; its secret."""
+    secret = "gw-planted-key"
+    runtime = gw.app.runtime
+    assert runtime.auth is not None
+    with contextlib.closing(sqlite3.connect(runtime.settings.state_dir / "keys.sqlite")) as db, db:
+        db.execute(
+            "INSERT INTO api_keys VALUES ('key_planted', ?, 'client', '', ?, 0, NULL)",
+            (team, digest_of(secret)),
+        )
+    runtime.auth.refresh()
+    return secret
 
 
 def sign_in(gw: RunningGateway, key: str) -> httpx.Client:
@@ -144,7 +162,7 @@ def test_bad_filters_are_explained_and_team_names_cannot_inject_script(
     ):
         page = browser.get("/dashboard", params=params)
         assert page.status_code == 400 and 'role="alert"' in page.text
-    hostile, _ = create_key(gw, "</script><script>alert(1)</script>", "client")
+    hostile = plant_key(gw, "</script><script>alert(1)</script>")
     gw.client(api_key=hostile).chat.completions.create(
         model="auto", messages=[{"role": "user", "content": "x"}]
     )

@@ -97,3 +97,69 @@ def test_a_key_made_with_the_cli_works_on_a_running_gateway(
     assert main(["keys", "list"]) == 0
     assert "from the cli" in capsys.readouterr().out
     assert main(["keys", "revoke", "key_nope"]) == 1
+
+
+INJECTION = "evil\r\nX-Injected: 1"
+BAD_NAMES = [
+    ({"team": INJECTION}, "team"),
+    ({"team": "two words"}, "team"),
+    ({"team": "-leading-dash"}, "team"),
+    ({"team": "t" * 65}, "team"),
+    ({"team": ""}, "team"),
+    ({"team": "search", "name": INJECTION}, "name"),
+    ({"team": "search", "name": "tab\there"}, "name"),
+    ({"team": "search", "name": "bidi \u202e override"}, "name"),
+    ({"team": "search", "name": "n" * 101}, "name"),
+]
+# Team names the tests and policies use, and the kinds of names teams have.
+GOOD_TEAMS = [
+    "search",
+    "default",
+    "ads",
+    "t",
+    "research",
+    "team-1",
+    "org.unit_2",
+    "eu:finance",
+    "A" + "b" * 63,
+]
+
+
+def test_bad_team_or_key_names_are_refused_with_a_400_and_nothing_is_made(
+    upstreams: Callable[..., FakeOpenAIUpstream], gateway: Gateway
+) -> None:
+    gw = gateway(team_policy(upstreams()), admin_keys="sk-boot-admin")
+    for body, param in BAD_NAMES:
+        refused = httpx.post(f"{gw.url}/admin/keys", json=body, headers=ADMIN)
+        assert refused.status_code == 400, body
+        error = refused.json()["error"]
+        assert (error["type"], error["param"], error["code"]) == (
+            "invalid_request_error",
+            param,
+            f"invalid_{param}",
+        ), body
+        assert param in error["message"]
+    listed = httpx.get(f"{gw.url}/admin/keys", params={"all": "true"}, headers=ADMIN).json()["keys"]
+    assert listed == []
+    for team in GOOD_TEAMS:
+        made = httpx.post(
+            f"{gw.url}/admin/keys", json={"team": team, "name": "batch jobs (nightly) #2 é"}, headers=ADMIN
+        )
+        assert made.status_code == 200 and made.json()["team"] == team, made.text
+
+
+def test_the_cli_refuses_bad_names_with_a_message_and_a_nonzero_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GATEWAY_STATE_DIR", str(tmp_path / "state"))
+    for arguments, param in [
+        (["--team", INJECTION], "team"),
+        (["--team", "a b"], "team"),
+        (["--team", "search", "--name", INJECTION], "name"),
+    ]:
+        assert main(["keys", "create", *arguments]) != 0
+        captured = capsys.readouterr()
+        assert captured.out == "" and param in captured.err, captured
+        assert "\r" not in captured.err  # the message quotes the name, never echoes it raw
+    assert main(["keys", "list", "--all"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
