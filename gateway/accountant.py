@@ -168,7 +168,8 @@ class Accountant:
         choices = ticket.request.body.get("n")
         limit = _max_tokens(ticket.request.body) or max_output or DEFAULT_MAX_OUTPUT_TOKENS
         limit *= choices if isinstance(choices, int) and choices > 1 else 1
-        worst = worst_case_nano(costliest, prompt_tokens_at_most(self.tokens, ticket.request.body), limit)
+        prompt = prompt_tokens_at_most(self.tokens, ticket.request.body, self._prompt_tokens(ticket))
+        worst = worst_case_nano(costliest, prompt, limit)
         try:
             outcome = await self._shared(lambda: self._reserve_shared(check.lines, worst))
         except CountersUnavailable as exc:
@@ -225,24 +226,23 @@ class Accountant:
 
     def intend(self, ticket: Ticket, deployment: str) -> None:
         """Spool what to record if this process dies while `deployment` is called: the prompt was
-        sent, so its estimated cost (status 500, `interrupted`). Written before the upstream call."""
+        sent, so its estimated cost at the deployment's price (status 500, `interrupted`). Written
+        before every upstream call, so kept to a few µs: no tokenizer, no record object."""
         if self.ledger is None:
             return
         ticket.record_id = self._new_id()
         body = ticket.request.body
         prompt = ticket.prompt_tokens if ticket.prompt_tokens is not None else _rough_prompt_tokens(body)
-        usage = Usage(prompt, 0, prompt, estimated=True)
-        spend = self.spend(ticket.policy, ticket.route, deployment, usage)
+        price = self.spend_price(ticket.policy, ticket.route, deployment)
         priced = self.prices.deployment(deployment)
-        record = SpendRecord(
-            id=ticket.record_id, request_id=ticket.request.request_id, at=ticket.at, team=ticket.team,
-            key_id=ticket.key, policy=ticket.policy_name, route=ticket.route, rule=ticket.rule,
-            deployment=deployment, model=priced.model if priced is not None else None,
-            stream=ticket.request.stream, status=500, error="interrupted", prompt_tokens=prompt,
-            estimated=True, cost_usd=spend.cost_usd if spend else None,
-            reference_usd=spend.reference_usd if spend else None, signals=ticket.signals,
-        )  # fmt: skip
-        self.ledger.intend(Intent(record))
+        fields = {
+            "id": ticket.record_id, "request_id": ticket.request.request_id, "at": ticket.at,
+            "team": ticket.team, "key_id": ticket.key, "policy": ticket.policy_name, "route": ticket.route,
+            "rule": ticket.rule, "deployment": deployment, "model": priced.model if priced else None,
+            "stream": ticket.request.stream, "status": 500, "error": "interrupted", "prompt_tokens": prompt,
+            "estimated": True, "cost_usd": prompt * price.input if price is not None else None,
+        }  # fmt: skip
+        self.ledger.intend(Intent(fields))
 
     def _new_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"

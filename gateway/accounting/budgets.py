@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.accounting.budget_counters import NANO_PER_USD, BudgetLine
 from gateway.accounting.pricing import TokenPrice
-from gateway.tokens import TOKENS_PER_MESSAGE, TokenCounter, content_text, image_parts
+from gateway.tokens import TokenCounter, image_parts
 
 # Each team (or key) without a budget of its own gets one like this (its own, not a shared pot).
 EVERY = "*"
@@ -110,29 +110,30 @@ def budget_lines(budgets: Budgets, team: str | None, key: str | None, now: float
     return BudgetCheck(tuple(lines), routes)
 
 
-def prompt_tokens_at_most(tokens: TokenCounter, body: Mapping[str, object]) -> int:
-    """An upper bound on the prompt tokens an upstream will bill for this request: every message
-    (text, tool calls and their arguments), the tool definitions and the response schema, counted
-    with cl100k and `PROMPT_MARGIN`, plus images at their largest."""
+def prompt_tokens_at_most(
+    tokens: TokenCounter, body: Mapping[str, object], message_tokens: int | None = None
+) -> int:
+    """An upper bound on the prompt tokens an upstream will bill for this request: the messages
+    (`message_tokens`: their cl100k count, when already made), tool calls and their arguments, the
+    tool definitions and the response schema, with `PROMPT_MARGIN`, plus images at their largest."""
     messages = body.get("messages")
-    texts: list[str] = []
+    messages = messages if isinstance(messages, list) else []
+    if message_tokens is None:
+        message_tokens = tokens.count_messages(messages)
+    extras: list[str] = []
     images = 0
-    count = PROMPT_TEMPLATE_TOKENS
-    for message in messages if isinstance(messages, list) else ():
-        count += TOKENS_PER_MESSAGE
+    for message in messages:
         if not isinstance(message, dict):
             continue
-        content = message.get("content")
-        texts.append(content_text(content))
-        images += image_parts(content)
+        images += image_parts(message.get("content"))
         for extra in ("tool_calls", "function_call", "name"):
             if extra in message:
-                texts.append(_json_text(message[extra]))
+                extras.append(_json_text(message[extra]))
     for schema in ("tools", "functions", "response_format"):
         if schema in body:
-            texts.append(_json_text(body[schema]))
-    counted = tokens.count_text("\n".join(text for text in texts if text))
-    return int(counted * PROMPT_MARGIN) + 1 + count + images * IMAGE_TOKENS_AT_MOST
+            extras.append(_json_text(body[schema]))
+    counted = message_tokens + (tokens.count_text("\n".join(extras)) if extras else 0)
+    return int(counted * PROMPT_MARGIN) + 1 + PROMPT_TEMPLATE_TOKENS + images * IMAGE_TOKENS_AT_MOST
 
 
 def _json_text(value: object) -> str:

@@ -42,7 +42,7 @@ class Ledger:
     def intend(self, intent: Intent) -> None:
         """Before an upstream is called: what to record if this process dies before `record`."""
         self.spool.append_intent(intent)
-        self._open[intent.record.id] = intent
+        self._open[intent.id] = intent
 
     def record(self, record: SpendRecord) -> None:
         self.spool.append(record)
@@ -129,9 +129,9 @@ class Ledger:
             return records
         ended = {record.id for record in records}
         interrupted = {
-            entry.record.id: entry.record
+            entry.id: entry.record
             for entry in entries
-            if isinstance(entry, Intent) and entry.record.id not in ended
+            if isinstance(entry, Intent) and entry.id not in ended
         }
         if interrupted:
             logger.warning(

@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -44,9 +45,22 @@ _LEASE = ".lease"
 
 @dataclass(frozen=True, slots=True)
 class Intent:
-    """A request about to call an upstream: `record` is what the ledger keeps if it never ends."""
+    """A request about to call an upstream: `fields` are those of the record the ledger keeps if it
+    never ends (a plain dict, spooled as it is: this is written for every upstream call)."""
 
-    record: SpendRecord
+    fields: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.fields["id"])
+
+    @property
+    def record(self) -> SpendRecord:
+        return SpendRecord.from_json(self.fields)
+
+    @classmethod
+    def of(cls, record: SpendRecord) -> Intent:
+        return cls(record.as_json())
 
 
 class Spool:
@@ -78,7 +92,7 @@ class Spool:
         self._written = True
 
     def append_intent(self, intent: Intent) -> None:
-        os.write(self._fd, b'{"intent":' + orjson.dumps(intent.record) + b"}\n")
+        os.write(self._fd, b'{"intent":' + orjson.dumps(intent.fields) + b"}\n")
         self._written = True
 
     def seal(self) -> int | None:
@@ -214,7 +228,9 @@ def _parse(path: Path, data: bytes) -> Iterator[SpendRecord | Intent]:
         try:
             fields = orjson.loads(line)
             if isinstance(fields, dict) and fields.keys() == {"intent"}:
-                yield Intent(SpendRecord.from_json(fields["intent"]))
+                intent = Intent(fields["intent"])
+                intent.record  # noqa: B018 -- a line that is no record is skipped here, not at drain time
+                yield intent
             else:
                 yield SpendRecord.from_json(fields)
         except (orjson.JSONDecodeError, TypeError):

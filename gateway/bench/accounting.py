@@ -1,6 +1,7 @@
 """`python -m gateway.bench.accounting`: what accounting adds to one request, measured on the real
 `Accountant` with the calls the pipeline makes, in its order: rate limits, budget reservation, the
-spend record (spooled, observed by telemetry, span finished) and the settlement.
+intent (spooled before the upstream call), the spend record (spooled, observed by telemetry, span
+finished) and the settlement.
 
 Three set-ups: no budgets or limits (the embedded default), a team with a daily and a monthly budget
 and a requests- and tokens-per-minute limit, and the same with the request span recorded by an OTel
@@ -91,6 +92,8 @@ async def _run(policy: Policy, telemetry: Telemetry, requests: int, state: Path)
         await accountant.admit_rates(ticket, policy)
         ticket.policy, ticket.policy_name, ticket.rule, ticket.route = policy, "bench", "default", "frontier"
         await accountant.reserve(ticket, policy, candidates, longest)
+        accountant.intend(ticket, "big")  # spooled before the upstream call
+        ticket.in_flight = "big"
         ticket.deployment, ticket.upstream_seconds = "big", 0.0
         accountant.spend(policy, "frontier", "big", usage)  # the cost headers
         accountant.account(ticket, status=200, usage=usage, ttfb_seconds=0.5)

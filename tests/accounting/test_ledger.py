@@ -315,7 +315,7 @@ def record(record_id, **fields):
 async def main():
     for record_id in ("a", "b", "c"):
         intent = record(record_id, status=500, error="interrupted", prompt_tokens=7, estimated=True)
-        ledger.intend(Intent(intent))
+        ledger.intend(Intent.of(intent))
     await ledger.drain()  # nothing ended yet: all three carried into the next segment
     ledger.record(record("a", prompt_tokens=7, completion_tokens=3))
     await ledger.drain()  # "a" reaches the ledger; "b" and "c" are still in flight
@@ -354,7 +354,7 @@ def test_a_live_writers_open_intents_never_become_interrupted_records(tmp_path: 
     other = Ledger(Spool(tmp_path / "spool"), SqliteLedgerStore(tmp_path / "ledger.sqlite"))
 
     async def scenario() -> None:
-        writer.intend(Intent(spend("slow", status=500, error="interrupted")))
+        writer.intend(Intent.of(spend("slow", status=500, error="interrupted")))
         for _ in range(3):
             await writer.drain()
             await other.drain()
