@@ -120,6 +120,11 @@ def redis_budget_usd(url: str, prefix: str) -> float:
         return sum(int(client.get(key) or 0) for key in keys) / 1e9
 
 
+def figure(text: str) -> None:
+    """What the probe measured, printed for the closing note's table (`pytest -s`)."""
+    print(f"\n[figure] {text}")
+
+
 def fell_back_to_local_counting(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if "counted by this replica alone" in line]
 
@@ -158,6 +163,9 @@ def test_a_burst_of_200_on_one_gateway_overspends_its_budget_by_at_most_one_requ
         statuses = burst([gateway.url], 200, BODY)
     rows = sqlite_rows(tmp_path / "state-0" / "ledger.sqlite")
     spent = sum(row["cost_usd"] or 0 for row in rows)
+    figure(
+        f"burst 200 on one gateway: ${spent:.3f} spent against ${BUDGET_USD}, {statuses.count(200)} answered"
+    )
     assert set(statuses) <= {200, 429}, statuses
     assert fell_back_to_local_counting(tmp_path / "gw-0.log") == []
     assert spent <= BUDGET_USD + billed_usd_at_most()
@@ -182,6 +190,7 @@ def test_two_replicas_of_100_on_redis_and_postgres_overspend_by_at_most_one_requ
             statuses = burst([replica.url for replica in replicas], 200, BODY)
         rows = postgres_rows(database)
     spent = sum(row["cost_usd"] or 0 for row in rows)
+    figure(f"2 replicas x 100: ${spent:.3f} spent against ${BUDGET_USD}, {statuses.count(200)} answered")
     assert set(statuses) <= {200, 429}, statuses
     for n in range(2):
         assert fell_back_to_local_counting(tmp_path / f"gw-{n}.log") == []
@@ -248,6 +257,11 @@ def test_streams_cut_by_their_clients_are_paid_for_what_they_produced(
         results = list(pool.map(lambda i: read_stream(gateway.url, i, cut=i % 2 == 1), range(50)))
         time.sleep(1.0)  # the cut streams' records and settlements
     rows = {row["request_id"]: row for row in sqlite_rows(tmp_path / "state-0" / "ledger.sqlite")}
+    cut = [rows[f"stream-{i}"] for i in range(1, 50, 2) if f"stream-{i}" in rows]
+    received = [word_count(results[i][0]) for i in range(1, 50, 2) if f"stream-{i}" in rows]
+    recorded = [row["completion_tokens"] for row in cut]
+    figure(f"cut streams: completion tokens recorded {recorded[:5]}, received {received[:5]}")
+    figure(f"cut streams: costs {[row['cost_usd'] for row in cut[:5]]}")
     assert len(rows) == 50
     for index, (text, done) in enumerate(results):
         row = rows[f"stream-{index}"]
@@ -338,6 +352,8 @@ def test_after_kill_9_every_upstream_call_has_a_ledger_record(
     }
     assert len(called) == 20 + IN_FLIGHT
     recorded = [row["request_id"] for row in rows]
+    missing = called - set(recorded)
+    figure(f"kill -9 ({backend}): {len(called)} upstream calls, {len(missing)} without a record")
     assert sorted(recorded) == sorted(called)  # each once
     interrupted = [row for row in rows if row["error"] == "interrupted"]
     assert len(interrupted) == IN_FLIGHT
