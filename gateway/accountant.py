@@ -22,6 +22,7 @@ from gateway.accounting.budget_counters import (
     BudgetLine,
     CountersUnavailable,
     Exhausted,
+    InProcessBudgetCounters,
     Reservation,
 )
 from gateway.accounting.budgets import (
@@ -118,6 +119,11 @@ class Accountant:
         # Record ids: random per process, then a counter (urandom per record cost ~5 µs).
         self._id_prefix = os.urandom(8).hex() + "-"
         self._ids = itertools.count()
+
+    @property
+    def local_budgets(self) -> InProcessBudgetCounters:
+        """This replica's own budget counters, for while the shared ones are away."""
+        return self._fallback.budgets
 
     # ---- before the upstream call --------------------------------------------------------------
 

@@ -14,13 +14,13 @@ import redis.asyncio
 
 from gateway.accountant import Accountant
 from gateway.accounting.auth import Authenticator
-from gateway.accounting.budget_counters import BudgetCounters, InProcessBudgetCounters, RedisBudgetCounters
+from gateway.accounting.budget_counters import InProcessBudgetCounters, RedisBudgetCounters
 from gateway.accounting.budget_seed import seed_from_ledger
 from gateway.accounting.keys import KeyStore, KeysUnavailable, open_key_store
 from gateway.accounting.ledger import Ledger
 from gateway.accounting.ledger_store import LedgerStore, LedgerUnavailable, open_ledger_store
 from gateway.accounting.pricing import PriceBook, load_price_map
-from gateway.accounting.rate_counters import InProcessRateCounters, RateCounters, RedisRateCounters
+from gateway.accounting.rate_counters import InProcessRateCounters, RedisRateCounters
 from gateway.accounting.spool import Spool
 from gateway.api.chat import ChatCompletionsEndpoint
 from gateway.cache.answer_cache import AnswerCache
@@ -195,17 +195,19 @@ class Runtime:
         except LedgerUnavailable as exc:
             logger.warning("spend ledger database unavailable, recording to the spool: %s", exc)
         self._background.append(asyncio.create_task(ledger.run()))
-        budgets: BudgetCounters
-        rates: RateCounters
         if settings.redis_url:
             # Fail fast: a slow Redis must not hold requests (counters then fall back as the policy says).
             self._redis = open_redis(settings.redis_url)
             prefix = settings.redis_prefix
             budgets = RedisBudgetCounters(self._redis, f"{prefix}budget:")
             rates = RedisRateCounters(self._redis, f"{prefix}rate:")
-        else:
-            budgets, rates = await _counted_so_far(store), InProcessRateCounters()
-        return Accountant(prices, tokens, budgets, rates, ledger, self.telemetry)
+            accountant = Accountant(prices, tokens, budgets, rates, ledger, self.telemetry)
+            # Should Redis be away before this replica has seen a counter, it counts from the ledger.
+            await _count_from_ledger(accountant.local_budgets, store)
+            return accountant
+        in_process = InProcessBudgetCounters()
+        await _count_from_ledger(in_process, store)
+        return Accountant(prices, tokens, in_process, InProcessRateCounters(), ledger, self.telemetry)
 
     def _warm_up(self, providers: Mapping[str, Provider]) -> None:
         """Providers with a costly first call (litellm's 3 s import) pay it in the background now."""
@@ -278,16 +280,14 @@ class Runtime:
             await self._redis.aclose()
 
 
-async def _counted_so_far(store: LedgerStore) -> InProcessBudgetCounters:
-    """In-process budget counters that start from the day's and month's spend in the ledger."""
-    budgets = InProcessBudgetCounters()
+async def _count_from_ledger(budgets: InProcessBudgetCounters, store: LedgerStore) -> None:
+    """In-process budget counters start from the day's and month's spend in the ledger."""
     try:
         seeded = await asyncio.to_thread(seed_from_ledger, budgets, store, time.time())
         if seeded:
             logger.info("budgets: %d counters start from the spend in the ledger", seeded)
     except LedgerUnavailable as exc:
         logger.warning("budgets start from zero: the spend ledger cannot be read (%s)", exc)
-    return budgets
 
 
 def has_any_key(settings: Settings) -> bool:

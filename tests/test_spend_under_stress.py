@@ -25,7 +25,7 @@ import redis
 from gateway.bench.ledger import scratch_postgres
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream, sized_answer
 from gateway.fakes.script import Behaviour, prompt_tokens, word_count
-from tests.conftest import openai_deployment
+from tests.conftest import free_port, openai_deployment
 from tests.gateway_process import GatewayProcess, start_gateway, write_spec
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
@@ -400,3 +400,12 @@ def test_a_restarted_gateway_without_redis_still_knows_what_its_budgets_spent(
         assert [ask(restarted.url, BODY) for _ in range(3)] == [429, 429, 429]
     finally:
         restarted.stop()
+    # A replica whose Redis is away from the start counts alone (the policy fails open) from the ledger.
+    alone = start_gateway(
+        {**settings, "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, tmp_path / "gw.log"
+    )
+    try:
+        assert [ask(alone.url, BODY) for _ in range(3)] == [429, 429, 429]
+    finally:
+        alone.stop()
+    assert len(fell_back_to_local_counting(tmp_path / "gw.log")) >= 3
