@@ -73,6 +73,11 @@ $(BIN)/python:
 	$(PIP) install --progress-bar on --upgrade pip
 
 # The local extra compiles llama-cpp-python the first time (~6-8 min); pip reuses the wheel afterwards.
+# A portable build (AVX2, no AVX-512 or AMX): llama.cpp's native build uses AMX tiles wherever the CPU
+# has them, and a kernel or VM that does not grant them kills the server on its first request (a
+# general protection fault in libggml-cpu). A wheel built natively before stays in pip's cache: delete
+# it (~/.cache/pip/wheels/**/llama_cpp_python-*) to rebuild.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 $(VENV)/.installed-run: pyproject.toml requirements.lock | $(BIN)/python
 	$(PIP) install --progress-bar on -c requirements.lock -e '.[local]'
 	@touch $@
