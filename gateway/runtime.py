@@ -16,6 +16,7 @@ from gateway.accountant import Accountant
 from gateway.accounting.auth import Authenticator
 from gateway.accounting.budget_counters import InProcessBudgetCounters, RedisBudgetCounters
 from gateway.accounting.budget_seed import seed_from_ledger
+from gateway.accounting.key_changes import KeyChanges
 from gateway.accounting.keys import KeyStore, KeysUnavailable, open_key_store
 from gateway.accounting.ledger import Ledger
 from gateway.accounting.ledger_store import LedgerStore, LedgerUnavailable, open_ledger_store
@@ -72,6 +73,7 @@ class Runtime:
         self.local_model: ManagedLocalModel | None = None
         self.keys: KeyStore | None = None
         self.auth: Authenticator | None = None
+        self.key_changes: KeyChanges | None = None
         self.sessions: Sessions | None = None
         self._session: aiohttp.ClientSession | None = None
         self.accountant: Accountant | None = None
@@ -128,6 +130,11 @@ class Runtime:
         for name in prices.unpriced():
             logger.warning("deployment %s has no known price: its cost will be unknown (set `price`)", name)
         self.accountant = await self._accountant(prices, tokens)
+        # Keys are re-read in the background; with Redis, a change made on any replica arrives at once.
+        self._background.append(asyncio.create_task(self.auth.run()))
+        if self._redis is not None:
+            self.key_changes = KeyChanges(self._redis, settings.redis_prefix)
+            self._background.append(asyncio.create_task(self.key_changes.follow(self.auth)))
         # With Redis, a circuit one replica opens is open on all of them.
         circuits = SharedCircuits(self._redis, f"{settings.redis_prefix}circuit:") if self._redis else None
         self.health = DeploymentHealth(

@@ -1,7 +1,8 @@
 """`gateway keys create | list | revoke | rotate`: manage virtual keys in the gateway's key store.
 
-A running gateway picks changes up within a few seconds; the secret is printed once, on create and
-rotate, and never stored.
+The secret is printed once, on create and rotate, and never stored. With GATEWAY_REDIS_URL set, every
+running gateway hears of the change through Redis at once (`key_changes.py`); without it, each picks it
+up at its next background refresh (2 s). Teams and names are checked as the admin API checks them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import json
 import sys
 from typing import Any
 
-from gateway.accounting.keys import ROLES, KeyNotFound, KeysUnavailable, open_key_store
+from gateway.accounting.key_changes import publish_once
+from gateway.accounting.keys import ROLES, KeyChange, KeyNotFound, KeysUnavailable, open_key_store
 from gateway.settings import Settings
 
 
@@ -34,13 +36,17 @@ def run_key_command(args: argparse.Namespace) -> int:
     try:
         if args.keys_command == "create":
             key, secret = store.create(args.team, args.role, args.name)
+            _tell_gateways(settings, KeyChange(key.id, "create"))
             print(json.dumps({**key.public(), "key": secret}, indent=2))
         elif args.keys_command == "list":
             print(json.dumps([key.public() for key in store.list(include_revoked=args.all)], indent=2))
         elif args.keys_command == "revoke":
-            print(json.dumps(store.revoke(args.key_id).public(), indent=2))
+            key = store.revoke(args.key_id)
+            _tell_gateways(settings, KeyChange(key.id, "revoke"))
+            print(json.dumps(key.public(), indent=2))
         else:
             key, secret = store.rotate(args.key_id)
+            _tell_gateways(settings, KeyChange(key.id, "rotate"))
             print(json.dumps({**key.public(), "key": secret}, indent=2))
     except (KeyNotFound, KeysUnavailable, ValueError) as exc:
         print(exc, file=sys.stderr)
@@ -48,3 +54,17 @@ def run_key_command(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _tell_gateways(settings: Settings, change: KeyChange) -> None:
+    """Publish the change for the running gateways (with Redis); a failure is reported, not fatal: the
+    change is in the database, and they read it at their next refresh."""
+    if not settings.redis_url:
+        return
+    failure = publish_once(settings.redis_url, settings.redis_prefix, change)
+    if failure is not None:
+        print(
+            f"warning: could not tell the running gateways through Redis ({failure}); "
+            "they pick the change up within their refresh interval (2 s)",
+            file=sys.stderr,
+        )

@@ -31,6 +31,7 @@ KEY_PREFIX = "gw-"
 TEAM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 _TEAM = re.compile(TEAM_PATTERN)
 NAME_MAX_LENGTH = 100
+KeyAction = Literal["create", "revoke", "rotate"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -68,6 +69,19 @@ class ApiKey:
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChange:
+    """A key was made, revoked or rotated (what replicas tell each other; never a secret or digest)."""
+
+    key_id: str
+    action: KeyAction
+
+    @property
+    def stops_a_secret(self) -> bool:
+        """Whether a secret that worked before must stop working now."""
+        return self.action != "create"
 
 
 class KeyNotFound(LookupError):

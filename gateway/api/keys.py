@@ -1,7 +1,13 @@
-"""The admin API for virtual keys: create (the secret is shown once), list, revoke, rotate."""
+"""The admin API for virtual keys: create (the secret is shown once), list, revoke, rotate.
+
+The database calls run on a worker thread (a hung database answers 503 `KeysUnavailable` within the
+store's timeouts and holds nothing else up). A change takes effect on this replica before the answer
+leaves, and, with Redis, on every other replica within milliseconds (`accounting/key_changes.py`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
@@ -11,6 +17,7 @@ from gateway.accounting.keys import (
     NAME_MAX_LENGTH,
     TEAM_PATTERN,
     InvalidKeyField,
+    KeyChange,
     KeyNotFound,
     KeyStore,
     Role,
@@ -45,27 +52,28 @@ def _keys(request: Request) -> tuple[Runtime, KeyStore]:
 async def create_key(new: NewKey, request: Request) -> dict[str, Any]:
     runtime, store = _keys(request)
     try:
-        key, secret = store.create(new.team, new.role, new.name)
+        key, secret = await asyncio.to_thread(store.create, new.team, new.role, new.name)
     except InvalidKeyField as exc:
         raise InvalidRequest(str(exc), param=exc.field, code=f"invalid_{exc.field}") from exc
-    _refresh(runtime)
+    await _changed(runtime, KeyChange(key.id, "create"))
     return {**key.public(), "key": secret}
 
 
 @router.get("")
 async def list_keys(request: Request, all: bool = False) -> dict[str, Any]:
     _, store = _keys(request)
-    return {"keys": [key.public() for key in store.list(include_revoked=all)]}
+    keys = await asyncio.to_thread(store.list, include_revoked=all)
+    return {"keys": [key.public() for key in keys]}
 
 
 @router.post("/{key_id}/revoke")
 async def revoke_key(key_id: str, request: Request) -> dict[str, Any]:
     runtime, store = _keys(request)
     try:
-        key = store.revoke(key_id)
+        key = await asyncio.to_thread(store.revoke, key_id)
     except KeyNotFound as exc:
         raise NotFound(str(exc)) from exc
-    _refresh(runtime)
+    await _changed(runtime, KeyChange(key.id, "revoke"))
     return key.public()
 
 
@@ -73,14 +81,19 @@ async def revoke_key(key_id: str, request: Request) -> dict[str, Any]:
 async def rotate_key(key_id: str, request: Request) -> dict[str, Any]:
     runtime, store = _keys(request)
     try:
-        key, secret = store.rotate(key_id)
+        key, secret = await asyncio.to_thread(store.rotate, key_id)
     except KeyNotFound as exc:
         raise NotFound(str(exc)) from exc
-    _refresh(runtime)
+    await _changed(runtime, KeyChange(key.id, "rotate"))
     return {**key.public(), "key": secret}
 
 
-def _refresh(runtime: Runtime) -> None:
-    """This replica sees the change at once; others within their refresh interval."""
+async def _changed(runtime: Runtime, change: KeyChange) -> None:
+    """This replica stops accepting an old secret at once and knows the new keys before answering; other
+    replicas hear of it through Redis (else within their refresh interval)."""
     assert runtime.auth is not None
-    runtime.auth.refresh()
+    if change.stops_a_secret:
+        runtime.auth.forget_key(change.key_id)
+    if runtime.key_changes is not None:
+        await runtime.key_changes.publish(change)
+    await runtime.auth.reload()

@@ -108,18 +108,22 @@ def test_on_postgresql_an_outage_keeps_the_keys_last_read_and_loses_none() -> No
     with private_postgres() as server:
         store = KeyStore(PostgresKeys(server.url))
         key, secret = store.create("search", "client")
-        auth = Authenticator(store, refresh_seconds=0.0)
-        assert auth.principal(f"Bearer {secret}").key_id == key.id
+        auth = Authenticator(store)
+        assert auth.principal(f"Bearer {secret}").key_id == key.id and auth.key_store_healthy
         server.stop()
         with pytest.raises(KeysUnavailable):
             store.create("search", "client")
+        auth.refresh()
         # Authentication goes on with the keys last read; an unknown key is still refused.
         assert auth.principal(f"Bearer {secret}").team == "search"
         with pytest.raises(AuthenticationFailed):
             auth.principal("Bearer gw-not-a-key")
+        assert not auth.key_store_healthy and auth.key_store_error
         server.start()
         later, later_secret = store.create("support", "client")  # reconnects by itself
+        auth.refresh()
         assert auth.principal(f"Bearer {later_secret}").key_id == later.id
+        assert auth.key_store_healthy and auth.key_store_error is None
         store.close()
 
 
