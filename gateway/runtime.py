@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import aiohttp
 import redis.asyncio
@@ -46,7 +47,7 @@ from gateway.routing.health import DeploymentHealth
 from gateway.routing.shadow import ShadowCopies
 from gateway.routing.shared_circuits import SharedCircuits
 from gateway.settings import Settings
-from gateway.state.redis_client import open_redis
+from gateway.state.redis_client import RedisProbe, open_redis
 from gateway.telemetry.telemetry import Telemetry
 from gateway.tokens import TokenCounter
 
@@ -79,6 +80,7 @@ class Runtime:
         self.accountant: Accountant | None = None
         self.telemetry: Telemetry | None = None
         self._redis: redis.asyncio.Redis | None = None
+        self.redis_probe: RedisProbe | None = None
         self._cache_store: RedisCacheStore | None = None
         self.cache: AnswerCache | None = None
         self.audit: CacheAudit | None = None
@@ -205,6 +207,8 @@ class Runtime:
         if settings.redis_url:
             # Fail fast: a slow Redis must not hold requests (counters then fall back as the policy says).
             self._redis = open_redis(settings.redis_url)
+            self.redis_probe = RedisProbe(self._redis)
+            self._background.append(asyncio.create_task(self.redis_probe.run()))
             prefix = settings.redis_prefix
             budgets = RedisBudgetCounters(self._redis, f"{prefix}budget:")
             rates = RedisRateCounters(self._redis, f"{prefix}rate:")
@@ -255,6 +259,33 @@ class Runtime:
         if self.catalog is None:
             return False
         return any(self.catalog.deployment_usable(name) for name in self.catalog.providers)
+
+    def backing_services(self) -> dict[str, dict[str, Any]]:
+        """How the ledger's database, the key store and Redis stand, as last seen (no I/O): each with
+        `ok`, and when not, since when and why. Serving goes on without any of them."""
+        services: dict[str, dict[str, Any]] = {}
+        ledger = self.accountant.ledger if self.accountant is not None else None
+        if ledger is not None:
+            services["ledger"] = {
+                "ok": ledger.failing_since is None,
+                "failing_since": ledger.failing_since,
+                "error": ledger.last_error,
+                "spooled_segments": ledger.waiting_segments,
+            }
+        if self.auth is not None:
+            since = self.auth.seconds_since_key_refresh
+            services["keys"] = {
+                "ok": self.auth.key_store_healthy,
+                "error": self.auth.key_store_error,
+                "seconds_since_refresh": round(since, 1) if since is not None else None,
+            }
+        if self.redis_probe is not None:
+            services["redis"] = {
+                "ok": self.redis_probe.healthy,
+                "failing_since": self.redis_probe.failing_since,
+                "error": self.redis_probe.last_error,
+            }
+        return services
 
     async def stop(self) -> None:
         for task in self._background:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,10 @@ class Ledger:
         self.store = store
         self._interval = flush_interval
         self._outage = False
+        # Health, for /readyz (read without I/O): why and since when drains fail, and what waits.
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
+        self.waiting_segments = 0
         self._drain_lock = asyncio.Lock()
         # What this process wrote, kept until drained so its segments need not be parsed back.
         self._unsealed: list[SpendRecord] = []
@@ -82,8 +87,18 @@ class Ledger:
                     self._written.clear()  # a long outage: the files have them, read them back later
                 await asyncio.to_thread(self.spool.release, sealed)
             written = 0
-            for path in self.spool.sealed():
-                written += await asyncio.to_thread(self._drain_segment, path)
+            waiting = self.spool.sealed()
+            self.waiting_segments = len(waiting)
+            try:
+                for path in waiting:
+                    written += await asyncio.to_thread(self._drain_segment, path)
+                    self.waiting_segments -= 1
+            except LedgerUnavailable as exc:
+                if self.failing_since is None:
+                    self.failing_since = time.time()
+                self.last_error = str(exc)
+                raise
+            self.failing_since, self.last_error = None, None
             await asyncio.to_thread(self.spool.forget_gone_writers)
             return written
 

@@ -1,6 +1,11 @@
 """The spend ledger on PostgreSQL (`GATEWAY_DATABASE_URL=postgresql://…`): the same table, migrations
 and report as SQLite (`ledger_store`), through psycopg 3, imported only when a PostgreSQL ledger is
-configured."""
+configured.
+
+Every call ends within CALL_TIMEOUT whatever the server does (`state/postgres.py`: timeouts,
+keepalives, and a watchdog that cuts a hung call's connection), and waits at most LOCK_TIMEOUT for
+another call: a frozen database makes drains, reports and feedback fail with LedgerUnavailable in
+seconds (records stay in the spool) instead of holding their threads for ever."""
 
 from __future__ import annotations
 
@@ -35,13 +40,21 @@ from gateway.accounting.ledger_store import (
     report_rows,
 )
 from gateway.accounting.record import SpendRecord
+from gateway.state.postgres import CONNECTION_OPTIONS, UNREACHABLE, watchdog
+
+# A drain inserts one spool segment (half a second of traffic) in a transaction; reports scan hours.
+STATEMENT_TIMEOUT_MS = 8000
+# The whole of one call once connected: the server's statement timeout normally answers first.
+CALL_TIMEOUT = 10.0
+# Migrations may rewrite a large ledger (the rollup's backfill): bounded, but generously.
+MIGRATION_TIMEOUT = 600.0
+# How long a call waits for another one (which may be stuck until its own timeout) to finish.
+LOCK_TIMEOUT = 5.0
 
 
 class PostgresLedgerStore:
     """Keeps one connection (autocommit; writes in explicit transactions) and reconnects after an
     outage: a call that fails raises LedgerUnavailable and the next one tries a fresh connection."""
-
-    CONNECT_TIMEOUT = 3
 
     def __init__(self, url: str) -> None:
         self._url = url
@@ -53,13 +66,16 @@ class PostgresLedgerStore:
         """Connected and migrated; a database that is down at start-up is no reason not to serve."""
         if self._conn is None or self._conn.closed:
             try:
-                conn = psycopg.connect(self._url, connect_timeout=self.CONNECT_TIMEOUT, autocommit=True)
+                conn = psycopg.connect(self._url, autocommit=True, **CONNECTION_OPTIONS)
             except psycopg.OperationalError as exc:
                 raise LedgerUnavailable(f"PostgreSQL: {exc}".strip()) from exc
             try:
                 if not self._migrated:
-                    self._migrate(conn)
+                    with watchdog(conn, MIGRATION_TIMEOUT, threading.Event()):
+                        self._migrate(conn)
                     self._migrated = True
+                with watchdog(conn, CALL_TIMEOUT, threading.Event()):
+                    conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
             except BaseException as exc:
                 conn.close()  # never keep a connection whose migration did not happen
                 if isinstance(exc, psycopg.Error):
@@ -83,15 +99,25 @@ class PostgresLedgerStore:
                     )
 
     def _run(self, work: Any) -> Any:
-        with self._lock:
+        if not self._lock.acquire(timeout=LOCK_TIMEOUT):
+            raise LedgerUnavailable(
+                f"PostgreSQL: busy, an earlier call has not ended within {LOCK_TIMEOUT:g} s"
+            )
+        try:
             conn = self._connection()
+            cut = threading.Event()
             try:
-                return work(conn)
-            except psycopg.OperationalError as exc:
+                with watchdog(conn, CALL_TIMEOUT, cut):
+                    return work(conn)
+            except UNREACHABLE as exc:
                 conn.close()
+                if cut.is_set():
+                    raise LedgerUnavailable(f"PostgreSQL: no answer within {CALL_TIMEOUT:g} s") from exc
                 raise LedgerUnavailable(f"PostgreSQL: {exc}".strip()) from exc
             except psycopg.DataError as exc:
                 raise LedgerRejected(f"PostgreSQL: {exc}".strip()) from exc
+        finally:
+            self._lock.release()
 
     def insert(self, records: Sequence[SpendRecord]) -> None:
         rows = [row_of(record) for record in records]

@@ -19,9 +19,20 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
+    """503 only when no deployment can answer. A backing service that is away (the ledger's database,
+    the key store, Redis) makes the replica `degraded`, still 200: chat goes on (records are spooled,
+    the last keys kept, counters local), and taking every replica out of the load balancer for it
+    would stop serving altogether. What is wrong is listed under `problems`."""
     runtime: Runtime = request.app.state.runtime
     ready = runtime.ready()
-    body: dict[str, Any] = {"status": "ready" if ready else "not ready"}
+    services = runtime.backing_services()
+    problems = [
+        f"{name}: {state.get('error') or 'unhealthy'}" for name, state in services.items() if not state["ok"]
+    ]
+    status = "not ready" if not ready else "degraded" if problems else "ready"
+    body: dict[str, Any] = {"status": status, "services": services}
+    if problems:
+        body["problems"] = problems
     if runtime.catalog is not None and runtime.health is not None:
         states = runtime.health.states()
         body["deployments"] = {

@@ -10,7 +10,12 @@ an unreachable Redis means.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+
 import redis.asyncio
+import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -40,3 +45,38 @@ def open_redis(
         retry=Retry(NoBackoff(), 1),  # once more at once: a connection Redis dropped while idle
     )
     return redis.asyncio.Redis.from_pool(pool)
+
+
+# How often the probe pings, and how long a ping may take.
+PROBE_EVERY = 1.0
+PROBE_TIMEOUT = 1.0
+logger = logging.getLogger("gateway.state.redis")
+
+
+class RedisProbe:
+    """Pings Redis in the background so that /readyz and the log say within seconds when it stops
+    answering (or hangs), whether or not any request needs it; readers see the last outcome, no I/O."""
+
+    def __init__(self, client: redis.asyncio.Redis, every: float = PROBE_EVERY) -> None:
+        self._client = client
+        self._every = every
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.failing_since is None
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._client.ping(), PROBE_TIMEOUT)
+                if self.failing_since is not None:
+                    logger.warning("Redis answers again")
+                self.failing_since, self.last_error = None, None
+            except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+                if self.failing_since is None:
+                    self.failing_since = time.time()
+                    logger.warning("Redis does not answer: %r", exc)
+                self.last_error = repr(exc)
+            await asyncio.sleep(self._every)

@@ -1,7 +1,8 @@
-"""A key database that accepts connections and then never answers (PostgreSQL frozen, behind a black-hole
-proxy) must not stop the gateway: the keys are re-read in the background, so chat keeps its latency,
-/healthz keeps answering, the keys last read keep working, the outage is logged within seconds, and key
-administration answers 503 instead of hanging."""
+"""A database that holds the keys and the ledger, accepts connections and then never answers (PostgreSQL
+frozen, behind a black-hole proxy) must not stop the gateway: the keys are re-read in the background,
+so chat keeps its latency, /healthz keeps answering, the keys last read keep working, the outage is
+logged and shown by /readyz within seconds, key administration answers 503 instead of hanging, and
+every answer's spend record reaches the ledger once the database is back."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import psycopg
 import pytest
 
 from gateway.accounting.keys import KeyStore
@@ -35,6 +38,7 @@ REQUEST_TIMEOUT = 5.0
 # Latency noise a busy 2-core test machine adds on top of the healthy p99.
 SLACK_SECONDS = 0.05
 WARNING_WITHIN_SECONDS = 6.0
+READYZ_WITHIN_SECONDS = 5.0
 UNAVAILABLE = "key store unavailable"
 BACK = "key store is back"
 
@@ -114,6 +118,25 @@ def gateway_on_proxy(
         gateway.stop()
 
 
+def watch_readiness(url: str, seen: list[tuple[float, int, dict[str, Any]]], stop: threading.Event) -> None:
+    """(when, status code, body) of /readyz every 0.2 s."""
+    with httpx.Client(timeout=REQUEST_TIMEOUT) as client:
+        while not stop.is_set():
+            try:
+                answer = client.get(url)
+                seen.append((time.monotonic(), answer.status_code, answer.json()))
+            except httpx.HTTPError:
+                seen.append((time.monotonic(), 0, {}))
+            stop.wait(0.2)
+
+
+def first_degraded(seen: list[tuple[float, int, dict[str, Any]]], after: float) -> float | None:
+    for at, status, body in seen:
+        if at >= after and status == 200 and body.get("status") == "degraded":
+            return at - after
+    return None
+
+
 def first_line_after(log: Path, text: str, offset: int) -> bool:
     return text in log.read_text(errors="replace")[offset:]
 
@@ -134,6 +157,8 @@ def test_a_hung_key_database_stops_nothing(
     workers.append(
         threading.Thread(target=keep_asking, args=(f"{gateway.url}/healthz", None, None, probes, stop))
     )
+    readiness: list[tuple[float, int, dict[str, Any]]] = []
+    workers.append(threading.Thread(target=watch_readiness, args=(f"{gateway.url}/readyz", readiness, stop)))
     for worker in workers:
         worker.start()
     try:
@@ -161,6 +186,11 @@ def test_a_hung_key_database_stops_nothing(
         back_by = time.monotonic() + 10
         while not first_line_after(gateway.log, BACK, log_offset) and time.monotonic() < back_by:
             time.sleep(0.1)
+        recovered_by = time.monotonic() + 10
+        while time.monotonic() < recovered_by and not (
+            readiness and readiness[-1][2].get("status") == "ready"
+        ):
+            time.sleep(0.2)
     finally:
         stop.set()
         for worker in workers:
@@ -188,3 +218,18 @@ def test_a_hung_key_database_stops_nothing(
         timeout=10,
     )
     assert answer.status_code == 200
+    # /readyz said so within seconds, kept answering 200 (chat was served), and is ready again.
+    degraded_after = first_degraded(readiness, hung_from)
+    assert degraded_after is not None and degraded_after <= READYZ_WITHIN_SECONDS, degraded_after
+    during = [body for at, _, body in readiness if hung_from + READYZ_WITHIN_SECONDS <= at < hung_until]
+    assert during and all(
+        not body["services"]["ledger"]["ok"] or not body["services"]["keys"]["ok"] for body in during
+    )
+    assert {status for at, status, _ in readiness if hung_from <= at < hung_until} == {200}
+    assert readiness[-1][2]["status"] == "ready", readiness[-1]
+    # Every answer's spend record reached the ledger once the database was back.
+    answered = sum(1 for _, _, status in chats.rows if status == 200) + 1
+    gateway.stop()
+    with psycopg.connect(proxied_database[0]) as conn:
+        recorded = conn.execute("SELECT COUNT(*) FROM ledger WHERE status = 200").fetchone()
+    assert recorded is not None and recorded[0] == answered
