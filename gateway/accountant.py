@@ -105,11 +105,14 @@ class Accountant:
         rates: RateCounters,
         ledger: Ledger | None = None,
         telemetry: Telemetry | None = None,
+        shared_reachable: Callable[[], bool] = lambda: True,
     ) -> None:
         self.telemetry = telemetry
-        # This replica's own counters, for while shared (Redis) ones are away; in-process counters
-        # never are, so then it is never used.
-        self._fallback = LocalFallback(budgets)
+        # This replica's own counters, for while shared (Redis) ones are away (`shared_reachable`
+        # says when they are known to be, without I/O); in-process counters never are.
+        self._fallback = LocalFallback(budgets, shared_reachable)
+        # When "counted by this replica alone" was last logged: once a second, not once a request.
+        self._warned_alone_at = 0.0
         self.prices = prices
         self.tokens = tokens
         self._budgets = budgets
@@ -138,7 +141,7 @@ class Accountant:
         try:
             limited = await self._shared(lambda: self._rates.admit(lines, amounts))
         except CountersUnavailable as exc:
-            _fail_closed_or_count_alone(policy.rate_limits.when_unavailable, "Rate limits", ticket, exc)
+            self._fail_closed_or_count_alone(policy.rate_limits.when_unavailable, "Rate limits", ticket, exc)
             limited = await self._fallback.rates.admit(lines, amounts)
             ticket.rates_locally = True
         if limited is not None:
@@ -179,7 +182,7 @@ class Accountant:
         try:
             outcome = await self._shared(lambda: self._reserve_shared(check.lines, worst))
         except CountersUnavailable as exc:
-            _fail_closed_or_count_alone(policy.budgets.when_unavailable, "Budgets", ticket, exc)
+            self._fail_closed_or_count_alone(policy.budgets.when_unavailable, "Budgets", ticket, exc)
             outcome = await self._fallback.reserve(check.lines, worst)
             ticket.reserved_locally = True
         if isinstance(outcome, Exhausted):
@@ -359,6 +362,24 @@ class Accountant:
             # Reserved in Redis, which left before the answer ended: settled once it is back.
             self._fallback.owe(reservation.lines, actual - reservation.amount_nano)
 
+    def _fail_closed_or_count_alone(
+        self, when_unavailable: str, what: str, ticket: Ticket, exc: CountersUnavailable
+    ) -> None:
+        """The shared counters are away: raise CountersDown under a policy that fails closed; otherwise
+        (fail open: an outage of Redis must not stop all traffic) say, once a second at most, that this
+        replica counts alone."""
+        if when_unavailable == "closed":
+            raise CountersDown(f"{what} cannot be checked now and the policy fails closed; retry.") from exc
+        now = time.monotonic()
+        if now - self._warned_alone_at >= 1.0:
+            self._warned_alone_at = now
+            logger.warning(
+                "%s counted by this replica alone (request %s): %s",
+                what.lower(),
+                ticket.request.request_id,
+                exc,
+            )
+
     async def aclose(self) -> None:
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
@@ -368,18 +389,6 @@ class Accountant:
             await self.ledger.close()
         if self.telemetry is not None:
             await self.telemetry.aclose()
-
-
-def _fail_closed_or_count_alone(
-    when_unavailable: str, what: str, ticket: Ticket, exc: CountersUnavailable
-) -> None:
-    """The shared counters are away: raise CountersDown under a policy that fails closed; otherwise
-    (fail open: an outage of Redis must not stop all traffic) say that this replica counts alone."""
-    if when_unavailable == "closed":
-        raise CountersDown(f"{what} cannot be checked now and the policy fails closed; retry.") from exc
-    logger.warning(
-        "%s counted by this replica alone (request %s): %s", what.lower(), ticket.request.request_id, exc
-    )
 
 
 def _exhausted(outcome: Exhausted, check: BudgetCheck) -> Reroute:

@@ -212,7 +212,10 @@ class Runtime:
             prefix = settings.redis_prefix
             budgets = RedisBudgetCounters(self._redis, f"{prefix}budget:")
             rates = RedisRateCounters(self._redis, f"{prefix}rate:")
-            accountant = Accountant(prices, tokens, budgets, rates, ledger, self.telemetry)
+            probe = self.redis_probe
+            accountant = Accountant(
+                prices, tokens, budgets, rates, ledger, self.telemetry, shared_reachable=lambda: probe.healthy
+            )
             # Should Redis be away before this replica has seen a counter, it counts from the ledger.
             await _count_from_ledger(accountant.local_budgets, store)
             return accountant

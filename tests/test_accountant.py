@@ -463,29 +463,33 @@ class BlackHole:
             connection.close()
 
 
-def test_a_hung_redis_is_waited_for_once_a_second_not_on_every_request(
+def test_a_hung_redis_is_waited_for_once_not_on_every_request(
     upstreams: Callable[..., FakeOpenAIUpstream],
     gateway: Callable[..., RunningGateway],
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Each attempt on a hung Redis costs its timeout; after one fails, requests count locally for a
-    second without asking it. The log tells the two apart: a timeout, or "failed moments ago"."""
+    """An attempt on a hung Redis costs its 1 s timeout; after one fails, or while the background probe
+    has not seen Redis answer, requests count locally without asking it (and say so once a second,
+    not once a request)."""
     spec = budgeted(upstreams())
     spec["rate_limits"] = {"teams": {"*": {"requests_per_minute": 100}}}
     hole = BlackHole()
     try:
         gw = gateway(spec, api_keys=[CLIENT_KEY], redis_url=hole.url, state_dir=tmp_path / "state")
+        took = []
         with caplog.at_level(logging.WARNING, logger="gateway.accountant"):
-            assert [ask(gw, model="local").status_code for _ in range(8)] == [200] * 8
+            for _ in range(8):
+                started = time.monotonic()
+                assert ask(gw, model="local").status_code == 200
+                took.append(time.monotonic() - started)
     finally:
         hole.close()
     counted_alone = [
         r.getMessage() for r in caplog.records if "counted by this replica alone" in r.getMessage()
     ]
-    waited = [message for message in counted_alone if "TimeoutError" in message]
-    assert len(counted_alone) == 8
-    assert 1 <= len(waited) <= 2, waited  # the first request, and at most one more a second later
+    assert sum(1 for seconds in took if seconds > 0.9) <= 1, took  # at most the first waits
+    assert 1 <= len(counted_alone) <= 2, counted_alone
 
 
 @pytest.mark.parametrize("limits", ["budgets", "rate_limits"])

@@ -408,4 +408,4 @@ def test_a_restarted_gateway_without_redis_still_knows_what_its_budgets_spent(
         assert [ask(alone.url, BODY) for _ in range(3)] == [429, 429, 429]
     finally:
         alone.stop()
-    assert len(fell_back_to_local_counting(tmp_path / "gw.log")) >= 3
+    assert fell_back_to_local_counting(tmp_path / "gw.log")

@@ -5,8 +5,10 @@ holds from the spend this replica last saw in Redis (`last_known`), so a team at
 spend it ten times over during an outage. What is spent meanwhile is owed to the shared counters and
 added to them before the next shared check, once Redis answers again, so the shared totals end up right.
 
-After Redis fails, requests do not ask it again for `RETRY_SHARED_AFTER` seconds: a Redis that hangs
-rather than refusing costs its timeout once a second, not on every request.
+After Redis fails, requests do not ask it again for `RETRY_SHARED_AFTER` seconds, nor while the
+background probe (`state/redis_client.RedisProbe`) has not seen it answer since: a Redis that hangs
+rather than refusing costs its timeout to the requests in flight when it stops answering, not to those
+that come after.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ RETRY_SHARED_AFTER = 1.0
 
 
 class LocalFallback:
-    def __init__(self, shared_budgets: BudgetCounters) -> None:
+    def __init__(self, shared_budgets: BudgetCounters, reachable: Callable[[], bool] = lambda: True) -> None:
         self.budgets = InProcessBudgetCounters()
         self.rates = InProcessRateCounters()
         self._shared = shared_budgets
@@ -40,6 +42,8 @@ class LocalFallback:
         self._owed: dict[str, tuple[BudgetLine, int]] = {}
         self._paying = asyncio.Lock()
         self._skip_shared_until = 0.0
+        # The probe's word: False while Redis is known not to answer (no I/O to ask).
+        self._reachable = reachable
 
     @property
     def owes(self) -> bool:
@@ -50,6 +54,8 @@ class LocalFallback:
         CountersUnavailable either way it cannot be done."""
         if time.monotonic() < self._skip_shared_until:
             raise CountersUnavailable("Redis counters failed moments ago; not asked again yet")
+        if not self._reachable():
+            raise CountersUnavailable("Redis does not answer its probe; not asked")
         try:
             return await attempt()
         except CountersUnavailable:

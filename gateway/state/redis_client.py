@@ -42,7 +42,8 @@ def open_redis(
         timeout=pool_timeout,
         socket_timeout=command_timeout,
         socket_connect_timeout=command_timeout,
-        retry=Retry(NoBackoff(), 1),  # once more at once: a connection Redis dropped while idle
+        # Once more at once after a connection Redis dropped while idle; never after a timeout.
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
     )
     return redis.asyncio.Redis.from_pool(pool)
 

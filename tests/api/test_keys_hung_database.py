@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +24,7 @@ from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.blackhole_proxy import BlackholeProxy
 from tests.conftest import openai_deployment
 from tests.gateway_process import GatewayProcess, start_gateway, write_spec
+from tests.load_sampling import REQUEST_TIMEOUT, Samples, first_degraded, keep_asking, p99, watch_readiness
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 ADMIN_KEY = "sk-hung-db-admin"
@@ -33,51 +33,12 @@ CLIENTS = 4
 HEALTHY_SECONDS = 5.0
 # How long the database hangs (an operator's outage is longer; 10 s keeps the suite quick).
 HANG_SECONDS = 10.0
-# A request that takes this long counts as stuck.
-REQUEST_TIMEOUT = 5.0
 # Latency noise a busy 2-core test machine adds on top of the healthy p99.
 SLACK_SECONDS = 0.05
 WARNING_WITHIN_SECONDS = 6.0
 READYZ_WITHIN_SECONDS = 5.0
 UNAVAILABLE = "key store unavailable"
 BACK = "key store is back"
-
-
-@dataclass
-class Samples:
-    """(sent at, seconds taken, status; 0 for a timeout or a broken connection) per request."""
-
-    rows: list[tuple[float, float, int]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, sent: float, took: float, status: int) -> None:
-        with self.lock:
-            self.rows.append((sent, took, status))
-
-    def between(self, start: float, end: float) -> list[tuple[float, float, int]]:
-        with self.lock:
-            return [row for row in self.rows if start <= row[0] < end]
-
-
-def p99(rows: list[tuple[float, float, int]]) -> float:
-    taken = sorted(took for _, took, _ in rows)
-    return taken[min(len(taken) - 1, int(len(taken) * 0.99))]
-
-
-def keep_asking(
-    url: str, body: dict[str, object] | None, key: str | None, samples: Samples, stop: threading.Event
-) -> None:
-    headers = {"authorization": f"Bearer {key}"} if key else {}
-    with httpx.Client(timeout=REQUEST_TIMEOUT, headers=headers) as client:
-        while not stop.is_set():
-            sent = time.monotonic()
-            try:
-                status = (client.post(url, json=body) if body is not None else client.get(url)).status_code
-            except httpx.HTTPError:
-                status = 0
-            samples.add(sent, time.monotonic() - sent, status)
-            if body is None:
-                stop.wait(0.05)
 
 
 @pytest.fixture
@@ -116,25 +77,6 @@ def gateway_on_proxy(
         yield gateway, secret
     finally:
         gateway.stop()
-
-
-def watch_readiness(url: str, seen: list[tuple[float, int, dict[str, Any]]], stop: threading.Event) -> None:
-    """(when, status code, body) of /readyz every 0.2 s."""
-    with httpx.Client(timeout=REQUEST_TIMEOUT) as client:
-        while not stop.is_set():
-            try:
-                answer = client.get(url)
-                seen.append((time.monotonic(), answer.status_code, answer.json()))
-            except httpx.HTTPError:
-                seen.append((time.monotonic(), 0, {}))
-            stop.wait(0.2)
-
-
-def first_degraded(seen: list[tuple[float, int, dict[str, Any]]], after: float) -> float | None:
-    for at, status, body in seen:
-        if at >= after and status == 200 and body.get("status") == "degraded":
-            return at - after
-    return None
 
 
 def first_line_after(log: Path, text: str, offset: int) -> bool:
