@@ -170,5 +170,11 @@ class PostgresLedgerStore:
         return int(row[0] or 0)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        # A call still running on a worker thread ends by its watchdog; closing under it is not safe.
+        if not self._lock.acquire(timeout=CALL_TIMEOUT + LOCK_TIMEOUT):
+            return
+        try:
+            if self._conn is not None:
+                self._conn.close()
+        finally:
+            self._lock.release()

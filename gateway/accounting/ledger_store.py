@@ -209,4 +209,7 @@ class SqliteLedgerStore:
         return int(row[0] or 0)
 
     def close(self) -> None:
-        self._db.close()
+        # Under the lock: a drain cancelled at shutdown may still be inserting on its worker thread,
+        # and closing the connection under it crashes the process.
+        with self._lock:
+            self._db.close()
