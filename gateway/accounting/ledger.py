@@ -172,4 +172,5 @@ class Ledger:
             logger.warning("spend ledger database unavailable at shutdown; records stay in the spool")
         finally:
             self.spool.close()
-            self.store.close()
+            # Off the event loop: the store waits there for a call a cancelled drain left running.
+            await asyncio.to_thread(self.store.close)
