@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from gateway.accounting.keys import SCHEMA, KeysUnavailable
-from gateway.state.postgres import CONNECTION_OPTIONS, UNREACHABLE, watchdog
+from gateway.state.postgres import CONNECTION_OPTIONS, UNREACHABLE, close_when_free, watchdog
 
 STATEMENT_TIMEOUT_MS = 1500
 # The whole of one call once connected: the server's statement timeout normally answers first.
@@ -74,11 +74,4 @@ class PostgresKeys:
         return rows
 
     def close(self) -> None:
-        # A call stuck in another thread ends by its watchdog; closing under it is not safe.
-        if not self._lock.acquire(timeout=CALL_TIMEOUT + LOCK_TIMEOUT):
-            return
-        try:
-            if self._conn is not None:
-                self._conn.close()
-        finally:
-            self._lock.release()
+        close_when_free(self._lock, self._conn, CALL_TIMEOUT + LOCK_TIMEOUT)

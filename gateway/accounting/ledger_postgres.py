@@ -40,7 +40,7 @@ from gateway.accounting.ledger_store import (
     report_rows,
 )
 from gateway.accounting.record import SpendRecord
-from gateway.state.postgres import CONNECTION_OPTIONS, UNREACHABLE, watchdog
+from gateway.state.postgres import CONNECTION_OPTIONS, UNREACHABLE, close_when_free, watchdog
 
 # A drain inserts one spool segment (half a second of traffic) in a transaction; reports scan hours.
 STATEMENT_TIMEOUT_MS = 8000
@@ -170,11 +170,4 @@ class PostgresLedgerStore:
         return int(row[0] or 0)
 
     def close(self) -> None:
-        # A call still running on a worker thread ends by its watchdog; closing under it is not safe.
-        if not self._lock.acquire(timeout=CALL_TIMEOUT + LOCK_TIMEOUT):
-            return
-        try:
-            if self._conn is not None:
-                self._conn.close()
-        finally:
-            self._lock.release()
+        close_when_free(self._lock, self._conn, CALL_TIMEOUT + LOCK_TIMEOUT)

@@ -50,3 +50,15 @@ def _shut_down(sock: socket.socket, cut: threading.Event) -> None:
     cut.set()
     with contextlib.suppress(OSError):  # already closed
         sock.shutdown(socket.SHUT_RDWR)
+
+
+def close_when_free(lock: threading.Lock, conn: psycopg.Connection[Any] | None, wait: float) -> None:
+    """Close `conn` once the call holding `lock` has ended (a call stuck on another thread ends by its
+    watchdog; closing under it is not safe); left to the process's end if that takes over `wait`."""
+    if not lock.acquire(timeout=wait):
+        return
+    try:
+        if conn is not None:
+            conn.close()
+    finally:
+        lock.release()
