@@ -334,20 +334,20 @@ class ChatPipeline:
         status: int = 200,
         error: str | None = None,
         ttfb_seconds: float | None = None,
-        streamed: bytes | None = None,
+        streamed: list[bytes] | None = None,
     ) -> None:
-        """Record an answer that was sent (or broke off) and settle its budget reservation;
+        """Record an answer that was sent (or broke off) and settle its budget reservation, once;
         `streamed` is what a stream sent: a stream cut short (no usage from the upstream) is paid for
         the tokens counted in it, and the text is kept when the policy logs bodies."""
-        if self.accountant is None or answer.ticket is None:
+        if self.accountant is None or answer.ticket is None or answer.ticket.record is not None:
             return
-        usage, sent = None, streamed
+        usage, sent = None, b"".join(streamed) if streamed else None
         if answer.completion is not None:
             usage, sent = answer.completion.usage, answer.completion.body
         if answer.stream is not None:
             usage = answer.stream.usage
-            if usage is None and streamed is not None:
-                usage = usage_of_cut_stream(self.accountant.tokens, answer.ticket.request.body, streamed)
+            if usage is None and sent is not None:
+                usage = usage_of_cut_stream(self.accountant.tokens, answer.ticket.request.body, sent)
         self.accountant.account(
             answer.ticket, status=status, usage=usage, error=error, ttfb_seconds=ttfb_seconds, answer=sent
         )

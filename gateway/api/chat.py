@@ -136,7 +136,7 @@ class ChatCompletionsEndpoint:
         finally:
             watcher.stop()
             if answer is not None:  # no-op when already recorded; else the client left or we failed
-                self._pipeline.finish(answer, status=ended, error=reason, streamed=_joined(sent))
+                self._pipeline.finish(answer, status=ended, error=reason, streamed=sent)
 
     async def _send_stream(
         self,
@@ -160,21 +160,15 @@ class ChatCompletionsEndpoint:
             # Bytes were already sent: say so in-band and end without [DONE], never a silent clean end.
             logger.warning("stream from %s broke: %s", answer.deployment, error.message)
             self._pipeline.finish(
-                answer, status=error.status, error=error.code, ttfb_seconds=ttfb, streamed=_joined(kept)
+                answer, status=error.status, error=error.code, ttfb_seconds=ttfb, streamed=kept
             )
             await send({"type": "http.response.body", "body": b"data: " + error.to_json() + b"\n\n"})
             return
         finally:
             await stream.aclose()
         # Recorded before [DONE] leaves: a client that saw the end of its answer finds it in the ledger.
-        self._pipeline.finish(
-            answer, ttfb_seconds=ttfb, streamed=_joined(kept) if answer.log_bodies else None
-        )
+        self._pipeline.finish(answer, ttfb_seconds=ttfb, streamed=kept if answer.log_bodies else None)
         await send({"type": "http.response.body", "body": _DONE})
-
-
-def _joined(blocks: list[bytes]) -> bytes | None:
-    return b"".join(blocks) if blocks else None
 
 
 def _routing_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
