@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from gateway.accounting.budget_counters import (
+from gateway.limits.budget_counters import (
     BudgetCounters,
     BudgetLine,
     CountersUnavailable,
@@ -25,7 +25,7 @@ from gateway.accounting.budget_counters import (
     InProcessBudgetCounters,
     Reservation,
 )
-from gateway.accounting.budgets import (
+from gateway.limits.budgets import (
     DEFAULT_MAX_OUTPUT_TOKENS,
     BudgetCheck,
     budget_lines,
@@ -33,14 +33,14 @@ from gateway.accounting.budgets import (
     prompt_tokens_at_most,
     worst_case_nano,
 )
-from gateway.accounting.fallback_counters import LocalFallback
-from gateway.accounting.ledger import Ledger
-from gateway.accounting.pricing import FREE, PriceBook, Spend, TokenPrice, per_million, spend_of
-from gateway.accounting.rate_counters import RateCounters
-from gateway.accounting.rate_limits import RateCheck, rate_lines
-from gateway.accounting.record import CacheOutcome, SpendRecord
-from gateway.accounting.redact import answer_text, logged_body
-from gateway.accounting.spool import Intent
+from gateway.limits.fallback_counters import LocalFallback
+from gateway.ledger.ledger import Ledger
+from gateway.pricing import FREE, PriceBook, Spend, TokenPrice, per_million, spend_of
+from gateway.limits.rate_counters import RateCounters
+from gateway.limits.rate_limits import RateCheck, rate_lines
+from gateway.ledger.record import CacheOutcome, SpendRecord
+from gateway.ledger.redact import answer_text, logged_body
+from gateway.ledger.spool import Intent
 from gateway.errors import BudgetExceeded, CountersDown, RateLimited
 from gateway.policy.schema import Policy
 from gateway.providers.base import ChatRequest, Usage

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from gateway.accounting.keys import KeysUnavailable
+from gateway.identity.keys import KeysUnavailable
 from gateway.api import (
     admin,
     cache,

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.accounting.commands import add_key_commands, run_key_command
-from gateway.accounting.spend_commands import add_spend_command, run_spend_command
+from gateway.identity.commands import add_key_commands, run_key_command
+from gateway.ledger.spend_commands import add_spend_command, run_spend_command
 from gateway.cache.commands import add_cache_commands, run_cache_command
 from gateway.config import ConfigError, load_config
 from gateway.policy.calibrate import add_arguments as add_calibrate_arguments
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from gateway.accounting.ledger_store import check_database_url
+    from gateway.ledger.store import check_database_url
     from gateway.app import create_app
     from gateway.policy.compile import PolicyError, load_policy
     from gateway.policy.signals import load_signal_tools

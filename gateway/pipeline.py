@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.accountant import Accountant, Reroute, Ticket
-from gateway.accounting.pricing import Spend
+from gateway.pricing import Spend
 from gateway.cache.answer_cache import AnswerCache, CacheHit
 from gateway.cache.audit import CacheAudit
 from gateway.cache.capture import KeepingStream

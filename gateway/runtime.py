@@ -14,16 +14,16 @@ import aiohttp
 import redis.asyncio
 
 from gateway.accountant import Accountant
-from gateway.accounting.auth import Authenticator
-from gateway.accounting.budget_counters import InProcessBudgetCounters, RedisBudgetCounters
-from gateway.accounting.budget_seed import seed_from_ledger
-from gateway.accounting.key_changes import KeyChanges
-from gateway.accounting.keys import KeyStore, KeysUnavailable, open_key_store
-from gateway.accounting.ledger import Ledger
-from gateway.accounting.ledger_store import LedgerStore, LedgerUnavailable, open_ledger_store
-from gateway.accounting.pricing import PriceBook, load_price_map
-from gateway.accounting.rate_counters import InProcessRateCounters, RedisRateCounters
-from gateway.accounting.spool import Spool
+from gateway.identity.auth import Authenticator
+from gateway.limits.budget_counters import InProcessBudgetCounters, RedisBudgetCounters
+from gateway.limits.budget_seed import seed_from_ledger
+from gateway.identity.key_changes import KeyChanges
+from gateway.identity.keys import KeyStore, KeysUnavailable, open_key_store
+from gateway.ledger.ledger import Ledger
+from gateway.ledger.store import LedgerStore, LedgerUnavailable, open_ledger_store
+from gateway.pricing import PriceBook, load_price_map
+from gateway.limits.rate_counters import InProcessRateCounters, RedisRateCounters
+from gateway.ledger.spool import Spool
 from gateway.api.chat import ChatCompletionsEndpoint
 from gateway.cache.answer_cache import AnswerCache
 from gateway.cache.audit import CacheAudit

@@ -24,13 +24,13 @@ import pytest
 import redis
 
 from gateway.accountant import Accountant, Ticket
-from gateway.accounting.budget_counters import InProcessBudgetCounters
-from gateway.accounting.fallback_counters import RETRY_SHARED_AFTER
-from gateway.accounting.ledger import Ledger
-from gateway.accounting.ledger_store import SqliteLedgerStore
-from gateway.accounting.pricing import PriceBook
-from gateway.accounting.rate_counters import InProcessRateCounters
-from gateway.accounting.spool import Spool
+from gateway.limits.budget_counters import InProcessBudgetCounters
+from gateway.limits.fallback_counters import RETRY_SHARED_AFTER
+from gateway.ledger.ledger import Ledger
+from gateway.ledger.store import SqliteLedgerStore
+from gateway.pricing import PriceBook
+from gateway.limits.rate_counters import InProcessRateCounters
+from gateway.ledger.spool import Spool
 from gateway.config import Deployment
 from gateway.fakes.anthropic_upstream import AnthropicBehaviour, FakeAnthropicUpstream
 from gateway.fakes.background import BackgroundLoop

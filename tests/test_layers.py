@@ -9,7 +9,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gateway"
 
-# What a side module (accounting, telemetry, the learned router) must never import: the request path.
+# What a side module (identity, ledger, limits, pricing, telemetry, the learned router) must never
+# import: the request path.
 REQUEST_PATH = (
     "gateway.api",
     "gateway.pipeline",
@@ -33,12 +34,15 @@ FORBIDDEN = {
     "gateway.api": ("gateway.providers.openai_compat", "gateway.providers.litellm_adapter"),
     "gateway.wire": ("gateway.api", "gateway.pipeline", "gateway.routing", "gateway.providers"),
     "gateway.errors": ("gateway.",),
-    # A side module: it may use the configuration, never the request path's packages.
-    "gateway.accounting": REQUEST_PATH,
+    # Side modules: they may use the configuration, never the request path's packages.
+    "gateway.identity": REQUEST_PATH,
+    "gateway.ledger": REQUEST_PATH,
+    "gateway.limits": REQUEST_PATH,
+    "gateway.pricing": REQUEST_PATH,
     # The learned router is read by the policy; it knows nothing of the request path.
     "gateway.router": REQUEST_PATH,
     # Telemetry reads finished records through its own Protocol; it knows nothing of the rest.
-    "gateway.telemetry": ("gateway.accounting", *REQUEST_PATH),
+    "gateway.telemetry": ("gateway.identity", "gateway.ledger", "gateway.limits", *REQUEST_PATH),
 }
 NEVER_ON_THE_SERVING_PATH = ("gateway.fakes", "gateway.bench")
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from gateway.accounting.keys import digest_of
+from gateway.identity.keys import digest_of
 from gateway.bench.ledger import scratch_postgres
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from gateway.accounting.auth import Principal, require_role
+from gateway.identity.auth import Principal, require_role
 from gateway.runtime import Runtime
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from gateway.accounting.auth import Principal
+from gateway.identity.auth import Principal
 from gateway.api.access import ADMIN_ONLY, Admin
 from gateway.api.openapi import POLICY_BODY
 from gateway.errors import Conflict, InvalidRequest, NotFound

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from gateway.accounting.auth import Authenticator
+from gateway.identity.auth import Authenticator
 from gateway.api.http import caller_of, header_value, request_id_of, send_error
 from gateway.errors import BodyTooLarge, GatewayError, InvalidRequest
 from gateway.pipeline import CLIENT_CLOSED, Answer, Caller, ChatPipeline

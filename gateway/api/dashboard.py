@@ -19,8 +19,8 @@ from fastapi import APIRouter, Cookie, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from gateway.accounting.auth import Principal
-from gateway.accounting.ledger_store import LedgerUnavailable
+from gateway.identity.auth import Principal
+from gateway.ledger.store import LedgerUnavailable
 from gateway.dashboard.session import COOKIE
 from gateway.dashboard.views import BadFilter, Filters, SpendView, as_csv, spend_view
 from gateway.errors import AuthenticationFailed

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from gateway.accounting.auth import Principal
+from gateway.identity.auth import Principal
 from gateway.api.dashboard import SessionCookie, page, signed_in, to_sign_in
 from gateway.pipeline import Caller
 from gateway.policy.compile import PolicyError

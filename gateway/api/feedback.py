@@ -11,8 +11,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.accounting.feedback import Feedback
-from gateway.accounting.ledger_store import LedgerUnavailable
+from gateway.ledger.feedback import Feedback
+from gateway.ledger.store import LedgerUnavailable
 from gateway.api.access import Caller
 from gateway.errors import NotFound, UpstreamUnavailable
 from gateway.runtime import Runtime

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from gateway.accounting.auth import Principal
+from gateway.identity.auth import Principal
 from gateway.errors import GatewayError
 from gateway.pipeline import Caller
 

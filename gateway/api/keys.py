@@ -2,7 +2,7 @@
 
 The database calls run on a worker thread (a hung database answers 503 `KeysUnavailable` within the
 store's timeouts and holds nothing else up). A change takes effect on this replica before the answer
-leaves, and, with Redis, on every other replica within milliseconds (`accounting/key_changes.py`).
+leaves, and, with Redis, on every other replica within milliseconds (`identity/key_changes.py`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.accounting.keys import (
+from gateway.identity.keys import (
     NAME_MAX_LENGTH,
     TEAM_PATTERN,
     InvalidKeyField,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 
-from gateway.accounting.auth import require_role
+from gateway.identity.auth import require_role
 from gateway.runtime import Runtime
 
 router = APIRouter()

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from gateway.accounting.auth import require_role
-from gateway.accounting.ledger_store import LedgerUnavailable
-from gateway.accounting.spend_report import BadReportQuery, as_csv, parse_groups, parse_moment
+from gateway.identity.auth import require_role
+from gateway.ledger.store import LedgerUnavailable
+from gateway.ledger.spend_report import BadReportQuery, as_csv, parse_groups, parse_moment
 from gateway.errors import InvalidRequest, UpstreamUnavailable
 from gateway.runtime import Runtime
 

@@ -25,12 +25,12 @@ from typing import Any
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from gateway.accountant import Accountant, Ticket
-from gateway.accounting.budget_counters import InProcessBudgetCounters
-from gateway.accounting.ledger import Ledger
-from gateway.accounting.ledger_store import SqliteLedgerStore
-from gateway.accounting.pricing import PriceBook, load_price_map
-from gateway.accounting.rate_counters import InProcessRateCounters
-from gateway.accounting.spool import Spool
+from gateway.limits.budget_counters import InProcessBudgetCounters
+from gateway.ledger.ledger import Ledger
+from gateway.ledger.store import SqliteLedgerStore
+from gateway.pricing import PriceBook, load_price_map
+from gateway.limits.rate_counters import InProcessRateCounters
+from gateway.ledger.spool import Spool
 from gateway.config import Deployment
 from gateway.policy.schema import Policy
 from gateway.providers.base import ChatRequest, Usage

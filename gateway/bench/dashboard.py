@@ -22,9 +22,9 @@ from typing import Any
 
 import orjson
 
-from gateway.accounting.budgets import Budgets, SpendLimit
-from gateway.accounting.ledger_store import LedgerStore, SqliteLedgerStore
-from gateway.accounting.record import SpendRecord
+from gateway.limits.budgets import Budgets, SpendLimit
+from gateway.ledger.store import LedgerStore, SqliteLedgerStore
+from gateway.ledger.record import SpendRecord
 from gateway.dashboard.views import Filters, spend_view
 
 TARGET_SECONDS = 1.0
@@ -128,7 +128,7 @@ def run_backend(backend: str, count: int, rounds: int, postgres_url: str, today:
         with tempfile.TemporaryDirectory() as directory:
             store: LedgerStore = SqliteLedgerStore(Path(directory) / "ledger.sqlite")
             return _measure(store, backend, count, rounds, today)
-    from gateway.accounting.ledger_postgres import PostgresLedgerStore
+    from gateway.ledger.postgres import PostgresLedgerStore
     from gateway.bench.ledger import scratch_postgres
 
     with scratch_postgres(postgres_url) as url:

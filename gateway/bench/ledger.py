@@ -32,11 +32,11 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from gateway.accounting.ledger import Ledger
-from gateway.accounting.ledger_postgres import PostgresLedgerStore
-from gateway.accounting.ledger_store import LedgerStore, LedgerUnavailable, SqliteLedgerStore
-from gateway.accounting.record import SpendRecord
-from gateway.accounting.spool import Spool
+from gateway.ledger.ledger import Ledger
+from gateway.ledger.postgres import PostgresLedgerStore
+from gateway.ledger.store import LedgerStore, LedgerUnavailable, SqliteLedgerStore
+from gateway.ledger.record import SpendRecord
+from gateway.ledger.spool import Spool
 
 BACKENDS = ("sqlite", "postgresql")
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"

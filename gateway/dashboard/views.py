@@ -1,4 +1,4 @@
-"""What the finance dashboard shows, read from the hourly rollup (`accounting.ledger_rollup`), never from a
+"""What the finance dashboard shows, read from the hourly rollup (`ledger.rollup`), never from a
 scan of the ledger: totals, spend and savings per day by a group, a table by that group, latency
 percentiles per route, error rates per deployment, and budget burn with a forecast to the period's end.
 
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
-from gateway.accounting.budgets import EVERY, Budgets
-from gateway.accounting.ledger_rollup import LATENCY_BOUNDS_MS, LATENCY_COLUMNS
+from gateway.limits.budgets import EVERY, Budgets
+from gateway.ledger.rollup import LATENCY_BOUNDS_MS, LATENCY_COLUMNS
 
 GROUPS = ("team", "route", "model", "rule", "deployment", "cache")
 DEFAULT_DAYS = 30

@@ -236,7 +236,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.accounting.ledger_reading import reading_ledger, since_time
+    from gateway.ledger.reading import reading_ledger, since_time
     from gateway.config import load_config
     from gateway.policy.records import decision_of
     from gateway.policy.signals import load_signal_tools
@@ -331,7 +331,7 @@ def _summary(calibration: Calibration, output: Path, policy: Path) -> str:
 
 def run_calibrate_command(args: argparse.Namespace) -> int:
     """`gateway router calibrate`: a bad policy, target, ledger or sample is reported in a line or two."""
-    from gateway.accounting.ledger_store import LedgerUnavailable
+    from gateway.ledger.store import LedgerUnavailable
     from gateway.config import ConfigError
     from gateway.embedding.embedder import EmbedderMissing
     from gateway.router.model import RouterMissing

@@ -10,8 +10,8 @@ from typing import Any
 
 import pydantic
 
-from gateway.accounting.ledger_reading import reading_ledger, since_time
-from gateway.accounting.ledger_store import LedgerUnavailable
+from gateway.ledger.reading import reading_ledger, since_time
+from gateway.ledger.store import LedgerUnavailable
 from gateway.config import ConfigError, load_config
 from gateway.policy.bench import run_policy_bench
 from gateway.policy.compile import CompiledPolicy, PolicyError, golden_failure, load_policy

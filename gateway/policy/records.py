@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.accounting.ledger_schema import DECISION_COLUMNS
+from gateway.ledger.schema import DECISION_COLUMNS
 from gateway.policy.signals import SignalValue
 from gateway.state.sqlite import open_database
 

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from gateway.accounting.budgets import Budgets
-from gateway.accounting.rate_limits import RateLimits
+from gateway.limits.budgets import Budgets
+from gateway.limits.rate_limits import RateLimits
 
 
 class Strict(BaseModel):

@@ -48,7 +48,7 @@ def add_router_commands(commands: Any) -> Any:
 
 
 def run_router_command(args: argparse.Namespace) -> int:
-    from gateway.accounting.ledger_store import LedgerUnavailable
+    from gateway.ledger.store import LedgerUnavailable
     from gateway.config import ConfigError
     from gateway.embedding.embedder import EmbedderMissing
     from gateway.router import bench, feedback_data, training

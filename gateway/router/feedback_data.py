@@ -22,7 +22,7 @@ from statistics import fmean
 
 import orjson
 
-from gateway.accounting.feedback import RatedRequest
+from gateway.ledger.feedback import RatedRequest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def logged_exchange(body: str) -> tuple[str | None, str | None]:
-    """The last user turn and the answer of a logged body (`accounting.redact.logged_body`)."""
+    """The last user turn and the answer of a logged body (`ledger.redact.logged_body`)."""
     try:
         logged = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -79,7 +79,7 @@ def outcomes_of(
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.accounting.ledger_reading import reading_ledger, since_time
+    from gateway.ledger.reading import reading_ledger, since_time
 
     with reading_ledger(args.database_url) as ledger:
         rated = ledger.store.rated_requests(since_time(args.since))

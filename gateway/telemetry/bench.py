@@ -30,7 +30,7 @@ from gateway.telemetry.telemetry import Telemetry
 
 @dataclass(frozen=True, slots=True)
 class _Record:
-    """A typical answered request, shaped like a spend record (telemetry does not import accounting)."""
+    """A typical answered request, shaped like a spend record (telemetry does not import the ledger)."""
 
     policy: str | None = "default"
     route: str | None = "cheap"

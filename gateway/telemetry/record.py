@@ -1,7 +1,7 @@
 """What telemetry reads from a finished request.
 
 Side modules never import each other, so telemetry reads the spend record through `FinishedRequest`, a
-Protocol that `gateway.accounting.record.SpendRecord` satisfies, rather than by importing accounting.
+Protocol that `gateway.ledger.record.SpendRecord` satisfies, rather than by importing the ledger.
 tests/telemetry checks that SpendRecord still has every field named here.
 """
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.accounting.keys import KeyStore, SqliteKeys
+from gateway.identity.keys import KeyStore, SqliteKeys
 from gateway.fakes.background import BackgroundLoop
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.accounting.keys import digest_of
+from gateway.identity.keys import digest_of
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
 from tests.api.test_spend import spec as spend_spec

@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from gateway.accounting.ledger_store import SqliteLedgerStore
+from gateway.ledger.store import SqliteLedgerStore
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
 from tests.conftest import RunningGateway, openai_deployment

@@ -17,8 +17,8 @@ import httpx
 import psycopg
 import pytest
 
-from gateway.accounting.keys import KeyStore
-from gateway.accounting.keys_postgres import PostgresKeys
+from gateway.identity.keys import KeyStore
+from gateway.identity.keys_postgres import PostgresKeys
 from gateway.bench.ledger import scratch_postgres
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.blackhole_proxy import BlackholeProxy

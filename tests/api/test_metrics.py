@@ -12,7 +12,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.accounting.keys import KeyStore, SqliteKeys
+from gateway.identity.keys import KeyStore, SqliteKeys
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
 from gateway.telemetry.names import LATENCY_BUCKETS_S

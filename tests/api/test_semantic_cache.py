@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.accounting.keys import KeyStore, SqliteKeys
+from gateway.identity.keys import KeyStore, SqliteKeys
 from gateway.cache.semantic_index import CANDIDATE_FLOOR
 from gateway.cache.verifier import Verifier
 from gateway.embedding.embedder import Embedder, default_model_path

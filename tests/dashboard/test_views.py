@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.accounting.budgets import Budgets, SpendLimit
-from gateway.accounting.ledger_store import SqliteLedgerStore
-from gateway.accounting.record import SpendRecord
+from gateway.limits.budgets import Budgets, SpendLimit
+from gateway.ledger.store import SqliteLedgerStore
+from gateway.ledger.record import SpendRecord
 from gateway.bench.dashboard import main as bench_main
 from gateway.dashboard.views import BadFilter, Filters, as_csv, budget_burn, spend_view
 

@@ -9,7 +9,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.accounting.record import SpendRecord
+from gateway.ledger.record import SpendRecord
 from gateway.telemetry.telemetry import Telemetry
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
