@@ -22,10 +22,11 @@ from typing import Any
 
 import orjson
 
-from gateway.limits.budgets import Budgets, SpendLimit
-from gateway.ledger.store import LedgerStore, SqliteLedgerStore
-from gateway.ledger.record import SpendRecord
 from gateway.dashboard.views import Filters, spend_view
+from gateway.ledger.record import SpendRecord
+from gateway.ledger.sqlite import SqliteLedgerStore
+from gateway.ledger.store import LedgerStore
+from gateway.limits.budgets import Budgets, SpendLimit
 
 TARGET_SECONDS = 1.0
 DAYS = 90
@@ -128,8 +129,8 @@ def run_backend(backend: str, count: int, rounds: int, postgres_url: str, today:
         with tempfile.TemporaryDirectory() as directory:
             store: LedgerStore = SqliteLedgerStore(Path(directory) / "ledger.sqlite")
             return _measure(store, backend, count, rounds, today)
-    from gateway.ledger.postgres import PostgresLedgerStore
     from gateway.bench.ledger import scratch_postgres
+    from gateway.ledger.postgres import PostgresLedgerStore
 
     with scratch_postgres(postgres_url) as url:
         return _measure(PostgresLedgerStore(url), backend, count, rounds, today)

@@ -34,9 +34,10 @@ import psycopg
 
 from gateway.ledger.ledger import Ledger
 from gateway.ledger.postgres import PostgresLedgerStore
-from gateway.ledger.store import LedgerStore, LedgerUnavailable, SqliteLedgerStore
 from gateway.ledger.record import SpendRecord
 from gateway.ledger.spool import Spool
+from gateway.ledger.sqlite import SqliteLedgerStore
+from gateway.ledger.store import LedgerStore, LedgerUnavailable
 
 BACKENDS = ("sqlite", "postgresql")
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"

@@ -39,8 +39,11 @@ what this replica had read.
 A Redis outage never raises out of the store: `get` answers None, `put` and `invalidate` do nothing
 (so the cache is bypassed), `nearest` keeps answering from memory, and `available` is False until the
 follower reaches Redis again (and has rebuilt the index). One warning is logged per outage. While
-`available` is False and the follower runs, requests do not even try Redis, so a dead Redis costs
-them nothing; the follower retries with a backoff of up to two seconds.
+`available` is False and the follower runs, or while the process's `RedisGuard` says Redis is away
+(its probe has not seen it answer, or a request's call of any Redis user failed a moment ago), requests
+do not even try Redis, so a dead Redis costs them nothing; the follower retries with a backoff of up to
+two seconds whatever the guard says. A request's failed call is noted by the guard; the follower's are
+not (a blocking read that times out under a burst says little: the probe is the background's judge).
 
 The Redis client is the caller's: `aclose` stops the follower but leaves the client open. Its
 `socket_timeout` bounds the follower's blocking read (half of it, at most one second), and it must
@@ -74,12 +77,9 @@ from gateway.cache.semantic_index import (
     quantise,
 )
 from gateway.cache.store import CachedAnswer
+from gateway.state.redis_guard import REDIS_ERRORS, RedisGuard
 
 logger = logging.getLogger("gateway.cache")
-
-# What redis-py raises when Redis is unreachable, slow or refuses (builtin ConnectionError and
-# TimeoutError are OSErrors).
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 
 VECTOR_BYTES = 4 + DIMENSION
 # Entries read per pipeline while loading the index, and events per read of the stream.
@@ -251,6 +251,7 @@ class RedisCacheStore:
         max_entries: int = 10_000,
         *,
         events_kept: int = 20_000,
+        guard: RedisGuard | None = None,
     ) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, not {max_entries}")
@@ -258,6 +259,8 @@ class RedisCacheStore:
         if options.get("decode_responses"):
             raise ValueError("the cache's Redis client must not decode responses (bodies are bytes)")
         self._client = client
+        # The process's one outage strategy (a guard of the store's own when none is given).
+        self._guard = guard if guard is not None else RedisGuard()
         self._prefix = prefix
         self._entry_prefix = f"{prefix}e:"
         self._lru = f"{prefix}lru"
@@ -315,6 +318,7 @@ class RedisCacheStore:
                 keys=[self._entry(namespace, key), self._lru], args=[f"{namespace}:{key}"]
             )
         except REDIS_ERRORS as exc:
+            self._guard.failed()  # a request met the failure: the next ones skip Redis
             self._lost("reading an entry", exc)
             return None
         self._answered()
@@ -377,6 +381,7 @@ class RedisCacheStore:
                 ],
             )
         except REDIS_ERRORS as exc:
+            self._guard.failed()  # a request met the failure: the next ones skip Redis
             self._lost("storing an entry", exc)
             return
         self._answered()
@@ -409,6 +414,7 @@ class RedisCacheStore:
             else:
                 dropped = await self._drop_entry(namespace, key)
         except REDIS_ERRORS as exc:
+            self._guard.failed()  # a request met the failure: the next ones skip Redis
             self._lost("invalidating entries", exc)
             logger.warning("cache invalidation of %s failed (it may be partly done): %r", what, exc)
             return 0
@@ -600,7 +606,10 @@ class RedisCacheStore:
     # Availability
 
     def _bypassed(self) -> bool:
-        """During an outage requests skip Redis, while the follower is there to notice its return."""
+        """During an outage requests skip Redis: while the guard says it is away, and while this store
+        is unavailable with the follower there to notice its return."""
+        if self._guard.away is not None:
+            return True
         return not self.available and self._task is not None and not self._task.done()
 
     def _answered(self) -> None:

@@ -21,8 +21,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gateway.identity.keys import ApiKey, KeyStore, KeysUnavailable, Role, digest_of
 from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.identity.keys import ApiKey, KeyStore, KeysUnavailable, Role, digest_of
 
 REFRESH_SECONDS = 2.0
 # A read not done by then counts as failed (the store's own timeouts normally end it sooner).

@@ -12,8 +12,9 @@ import json
 import sys
 from typing import Any
 
+from gateway.identity.key_backends import open_key_store
 from gateway.identity.key_changes import publish_once
-from gateway.identity.keys import ROLES, KeyChange, KeyNotFound, KeysUnavailable, open_key_store
+from gateway.identity.keys import ROLES, KeyChange, KeyNotFound, KeysUnavailable
 from gateway.settings import Settings
 
 

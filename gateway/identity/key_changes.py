@@ -6,8 +6,10 @@ a `KeyChange` (key id and action, never a secret) on `{GATEWAY_REDIS_PREFIX}keys
 database has it. Every replica follows the channel in the background: a revoke or rotate drops the key at
 once, then the keys are re-read (off the event loop). Each (re)subscription re-reads every key, since
 changes published while this replica was not listening are lost; the subscription is pinged, so a Redis
-that hangs is noticed in seconds, and it is re-made with back-off after an outage. Without Redis, or while
-it is away, the background refresh (`auth.REFRESH_SECONDS`, 2 s) is the bound.
+that hangs is noticed in seconds, and it is re-made with back-off after an outage (whatever the process's
+`RedisGuard` says: the subscriber is how this replica notices Redis is back). Without Redis, or while it
+is away (then a change made here is not even published), the background refresh
+(`auth.REFRESH_SECONDS`, 2 s) is the bound.
 """
 
 from __future__ import annotations
@@ -19,16 +21,14 @@ import time
 from typing import Any
 
 import orjson
-import redis
 import redis.asyncio
 from redis.exceptions import RedisError
 
 from gateway.identity.auth import Authenticator
 from gateway.identity.keys import KeyChange
+from gateway.state.redis_client import open_redis
+from gateway.state.redis_guard import REDIS_ERRORS, RedisGuard, RedisUnavailable
 
-# What redis-py raises when Redis is unreachable, slow or refuses (builtin ConnectionError and
-# TimeoutError are OSErrors).
-REDIS_ERRORS = (RedisError, OSError)
 ACTIONS = ("create", "revoke", "rotate")
 # Each wait for a message; a quiet subscription is pinged after PING_EVERY and lost without an answer
 # within PING_TIMEOUT.
@@ -70,8 +70,10 @@ class LostSubscription(RedisError):
 
 
 class KeyChanges:
-    def __init__(self, client: redis.asyncio.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.asyncio.Redis, prefix: str, guard: RedisGuard | None = None) -> None:
         self._client = client
+        # The process's one outage strategy (a guard of this follower's own when none is given).
+        self._guard = guard if guard is not None else RedisGuard()
         self.channel = channel_of(prefix)
         # Subscribed now (for /readyz): changes made elsewhere reach this replica at once.
         self.connected = False
@@ -80,9 +82,9 @@ class KeyChanges:
     async def publish(self, change: KeyChange) -> bool:
         """Tell every replica; False when Redis could not be told (they learn it at their next refresh)."""
         try:
-            await self._client.publish(self.channel, encode(change))
+            await self._guard.call(lambda: self._client.publish(self.channel, encode(change)))
             return True
-        except REDIS_ERRORS as exc:
+        except (*REDIS_ERRORS, RedisUnavailable) as exc:
             logger.warning(
                 "key %s %s: Redis unavailable, other replicas see it at their next refresh: %s",
                 change.key_id,
@@ -158,11 +160,15 @@ class KeyChanges:
 
 def publish_once(url: str, prefix: str, change: KeyChange) -> str | None:
     """Publish from a command (no event loop): None when done, else why not."""
-    client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    return asyncio.run(_publish_once(url, prefix, change))
+
+
+async def _publish_once(url: str, prefix: str, change: KeyChange) -> str | None:
+    client = open_redis(url)
     try:
-        client.publish(channel_of(prefix), encode(change))
+        await client.publish(channel_of(prefix), encode(change))
         return None
     except REDIS_ERRORS as exc:
         return str(exc) or type(exc).__name__
     finally:
-        client.close()
+        await client.aclose()

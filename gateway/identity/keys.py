@@ -3,8 +3,11 @@
 The plaintext is shown once, when a key is created or rotated. Rotating keeps the key's id (so its
 history stays one line) and replaces its secret; revoking stops it at once.
 
-Keys live where the ledger does: in PostgreSQL when `GATEWAY_DATABASE_URL` names one (so every replica
-knows a key made through any of them), else in SQLite in the state directory.
+This module is the key store's seam: the types, the errors, the statements (`KeyStore`) and the
+`KeyDatabase` Protocol they run on. The databases are `keys_sqlite.SqliteKeys` and
+`keys_postgres.PostgresKeys`; `key_backends.open_key_store` picks one. Keys live where the ledger does:
+in PostgreSQL when `GATEWAY_DATABASE_URL` names one (so every replica knows a key made through any of
+them), else in SQLite in the state directory.
 
 Team and key names are checked here, for the API and the CLI alike: they end up in logs, headers, the
 ledger and the dashboard, so a team is a short identifier and a name is one line of printable text.
@@ -15,15 +18,11 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import threading
 import time
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Protocol
-
-from gateway.state.sqlite import open_database
 
 Role = Literal["client", "admin", "finance"]
 ROLES: tuple[Role, ...] = ("client", "admin", "finance")
@@ -110,44 +109,6 @@ class KeyDatabase(Protocol):
     def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
 
     def close(self) -> None: ...
-
-
-class SqliteKeys:
-    def __init__(self, path: Path) -> None:
-        self._db = open_database(path, SCHEMA)
-        self._lock = threading.Lock()
-
-    def execute(self, sql: str, params: Sequence[object]) -> int:
-        with self._lock:
-            return self._db.execute(sql.format(p="?"), list(params)).rowcount
-
-    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._db.execute(sql.format(p="?"), list(params)).fetchall()
-
-    def close(self) -> None:
-        self._db.close()
-
-
-def open_key_store(database_url: str | None, state_dir: Path) -> KeyStore:
-    """PostgreSQL when the ledger is there (keys shared by every replica), else SQLite in `state_dir`.
-    Keys a replica kept in its own SQLite before (earlier versions did) are copied into PostgreSQL once:
-    an upgrade loses no key."""
-    local = state_dir / "keys.sqlite"
-    if database_url and database_url.startswith(("postgres://", "postgresql://")):
-        from gateway.identity.keys_postgres import PostgresKeys
-
-        shared = KeyStore(PostgresKeys(database_url))
-        if local.exists():
-            earlier = KeyStore(SqliteKeys(local))
-            try:
-                shared.import_keys(earlier)
-            except KeysUnavailable:
-                pass  # copied at the next start; until then, those keys are not known
-            finally:
-                earlier.close()
-        return shared
-    return KeyStore(SqliteKeys(local))
 
 
 class KeyStore:

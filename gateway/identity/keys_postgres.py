@@ -1,22 +1,17 @@
 """Virtual keys in PostgreSQL (`GATEWAY_DATABASE_URL`), shared by every replica: the same table and
-statements as SQLite (`keys.KeyStore`), through one psycopg connection that is re-made after an outage.
-A call that cannot reach the database raises KeysUnavailable; the authenticator then keeps the keys it
-last read.
-
-Every call ends within seconds, whatever the server does (`state/postgres.py`: timeouts, keepalives
-and a watchdog that cuts a call outliving CALL_TIMEOUT).
+statements as SQLite (`keys.KeyStore`), through the gateway's one PostgreSQL connection manager
+(`state/postgres.PostgresConnection`: re-made after an outage, and every call ends within seconds,
+whatever the server does). A call that cannot reach the database raises KeysUnavailable; the
+authenticator then keeps the keys it last read.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
-import psycopg
-
 from gateway.identity.keys import SCHEMA, KeysUnavailable
-from gateway.state.postgres import CONNECTION_OPTIONS, UNREACHABLE, close_when_free, watchdog
+from gateway.state.postgres import Connection, PostgresConnection
 
 STATEMENT_TIMEOUT_MS = 1500
 # The whole of one call once connected: the server's statement timeout normally answers first.
@@ -25,53 +20,29 @@ CALL_TIMEOUT = 2.0
 LOCK_TIMEOUT = 1.0
 
 
+def _make_table(conn: Connection) -> None:
+    with conn.transaction():
+        # Replicas starting together: one makes the table, the others wait, then find it there.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('gateway api keys schema'))")
+        conn.execute(SCHEMA.replace("REAL", "DOUBLE PRECISION"))
+
+
 class PostgresKeys:
     def __init__(self, url: str) -> None:
-        self._url = url
-        self._lock = threading.Lock()
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def _connection(self, cut: threading.Event) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            conn = psycopg.connect(self._url, autocommit=True, **CONNECTION_OPTIONS)
-            try:
-                with watchdog(conn, CALL_TIMEOUT, cut):
-                    conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-                    with conn.transaction():
-                        conn.execute("SELECT pg_advisory_xact_lock(hashtext('gateway api keys schema'))")
-                        conn.execute(SCHEMA.replace("REAL", "DOUBLE PRECISION"))
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
-        return self._conn
-
-    def _run(self, sql: str, params: Sequence[object], fetch: bool) -> Any:
-        if not self._lock.acquire(timeout=LOCK_TIMEOUT):
-            raise KeysUnavailable(f"PostgreSQL: busy, an earlier call has not ended within {LOCK_TIMEOUT} s")
-        cut = threading.Event()
-        try:
-            conn = self._connection(cut)
-            try:
-                with watchdog(conn, CALL_TIMEOUT, cut):
-                    cursor = conn.execute(sql.format(p="%s"), list(params))
-                    return cursor.fetchall() if fetch else cursor.rowcount
-            except UNREACHABLE:
-                conn.close()
-                raise
-        except UNREACHABLE as exc:
-            if cut.is_set():
-                raise KeysUnavailable(f"PostgreSQL: no answer within {CALL_TIMEOUT:g} s") from exc
-            raise KeysUnavailable(f"PostgreSQL: {exc}".strip()) from exc
-        finally:
-            self._lock.release()
+        self._db = PostgresConnection(
+            url,
+            unavailable=KeysUnavailable,
+            statement_timeout_ms=STATEMENT_TIMEOUT_MS,
+            call_timeout=CALL_TIMEOUT,
+            lock_timeout=LOCK_TIMEOUT,
+            prepare=_make_table,
+        )
 
     def execute(self, sql: str, params: Sequence[object]) -> int:
-        return int(self._run(sql, params, fetch=False))
+        return self._db.run(lambda conn: conn.execute(sql.format(p="%s"), list(params)).rowcount)
 
     def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = self._run(sql, params, fetch=True)
-        return rows
+        return self._db.run(lambda conn: conn.execute(sql.format(p="%s"), list(params)).fetchall())
 
     def close(self) -> None:
-        close_when_free(self._lock, self._conn, CALL_TIMEOUT + LOCK_TIMEOUT)
+        self._db.close()

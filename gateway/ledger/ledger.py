@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.ledger.store import LedgerRejected, LedgerStore, LedgerUnavailable
 from gateway.ledger.record import SpendRecord
 from gateway.ledger.spool import Intent, Spool, claimed, records_only
+from gateway.ledger.store import LedgerRejected, LedgerStore, LedgerUnavailable
 
 logger = logging.getLogger("gateway.ledger.ledger")
 

@@ -1,18 +1,20 @@
 """The spend ledger on PostgreSQL (`GATEWAY_DATABASE_URL=postgresql://…`): the same table, migrations
-and report as SQLite (`ledger_store`), through psycopg 3, imported only when a PostgreSQL ledger is
-configured.
+and report as SQLite (`sqlite.py`), through psycopg 3, imported only when a PostgreSQL ledger is
+configured, and the gateway's one PostgreSQL connection manager (`state/postgres.PostgresConnection`).
 
-Every call ends within CALL_TIMEOUT whatever the server does (`state/postgres.py`: timeouts,
-keepalives, and a watchdog that cuts a hung call's connection), and waits at most LOCK_TIMEOUT for
-another call: a frozen database makes drains, reports and feedback fail with LedgerUnavailable in
-seconds (records stay in the spool) instead of holding their threads for ever."""
+It keeps one connection and reconnects after an outage: a call that fails raises LedgerUnavailable
+and the next one tries a fresh connection. Every call ends within CALL_TIMEOUT whatever the server does
+(timeouts, keepalives, and a watchdog that cuts a hung call's connection), and waits at most
+LOCK_TIMEOUT for another call: a frozen database makes drains, reports and feedback fail with
+LedgerUnavailable in seconds (records stay in the spool) instead of holding their threads for ever.
+A database that is down at start-up is no reason not to serve: the migrations run on the first
+connection that works."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -25,6 +27,7 @@ from gateway.ledger.feedback import (
     request_known_sql,
     row_of_feedback,
 )
+from gateway.ledger.record import SpendRecord
 from gateway.ledger.schema import (
     DECISION_COLUMNS,
     MIGRATIONS,
@@ -39,9 +42,9 @@ from gateway.ledger.store import (
     LedgerUnavailable,
     report_rows,
 )
-from gateway.ledger.record import SpendRecord
-from gateway.state.postgres import CONNECTION_OPTIONS, UNREACHABLE, close_when_free, watchdog
+from gateway.state.postgres import Connection, PostgresConnection
 
+T = TypeVar("T")
 # A drain inserts one spool segment (half a second of traffic) in a transaction; reports scan hours.
 STATEMENT_TIMEOUT_MS = 8000
 # The whole of one call once connected: the server's statement timeout normally answers first.
@@ -52,77 +55,43 @@ MIGRATION_TIMEOUT = 600.0
 LOCK_TIMEOUT = 5.0
 
 
+def _migrate(conn: Connection) -> None:
+    with conn.transaction():
+        # Replicas starting together: one migrates, the others wait, then find nothing to do.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('gateway ledger migrations'))")
+        conn.execute(MIGRATIONS_TABLE)
+        done = {row[0] for row in conn.execute("SELECT version FROM ledger_migrations")}
+        for migration in MIGRATIONS:
+            if migration.version not in done:
+                conn.execute(migration.postgres)
+                conn.execute(
+                    "INSERT INTO ledger_migrations VALUES (%s, %s, %s)",
+                    (migration.version, migration.description, time.time()),
+                )
+
+
 class PostgresLedgerStore:
-    """Keeps one connection (autocommit; writes in explicit transactions) and reconnects after an
-    outage: a call that fails raises LedgerUnavailable and the next one tries a fresh connection."""
-
     def __init__(self, url: str) -> None:
-        self._url = url
-        self._lock = threading.Lock()
-        self._conn: psycopg.Connection[Any] | None = None
-        self._migrated = False
+        self._db = PostgresConnection(
+            url,
+            unavailable=LedgerUnavailable,
+            statement_timeout_ms=STATEMENT_TIMEOUT_MS,
+            call_timeout=CALL_TIMEOUT,
+            lock_timeout=LOCK_TIMEOUT,
+            prepare=_migrate,
+            prepare_timeout=MIGRATION_TIMEOUT,
+        )
 
-    def _connection(self) -> psycopg.Connection[Any]:
-        """Connected and migrated; a database that is down at start-up is no reason not to serve."""
-        if self._conn is None or self._conn.closed:
-            try:
-                conn = psycopg.connect(self._url, autocommit=True, **CONNECTION_OPTIONS)
-            except psycopg.OperationalError as exc:
-                raise LedgerUnavailable(f"PostgreSQL: {exc}".strip()) from exc
-            try:
-                if not self._migrated:
-                    with watchdog(conn, MIGRATION_TIMEOUT, threading.Event()):
-                        self._migrate(conn)
-                    self._migrated = True
-                with watchdog(conn, CALL_TIMEOUT, threading.Event()):
-                    conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-            except BaseException as exc:
-                conn.close()  # never keep a connection whose migration did not happen
-                if isinstance(exc, psycopg.Error):
-                    raise LedgerUnavailable(f"PostgreSQL migration: {exc}".strip()) from exc
-                raise
-            self._conn = conn
-        return self._conn
-
-    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
-        with conn.transaction():
-            # Replicas starting together: one migrates, the others wait, then find nothing to do.
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('gateway ledger migrations'))")
-            conn.execute(MIGRATIONS_TABLE)
-            done = {row[0] for row in conn.execute("SELECT version FROM ledger_migrations")}
-            for migration in MIGRATIONS:
-                if migration.version not in done:
-                    conn.execute(migration.postgres)
-                    conn.execute(
-                        "INSERT INTO ledger_migrations VALUES (%s, %s, %s)",
-                        (migration.version, migration.description, time.time()),
-                    )
-
-    def _run(self, work: Any) -> Any:
-        if not self._lock.acquire(timeout=LOCK_TIMEOUT):
-            raise LedgerUnavailable(
-                f"PostgreSQL: busy, an earlier call has not ended within {LOCK_TIMEOUT:g} s"
-            )
+    def _run(self, work: Callable[[Connection], T]) -> T:
         try:
-            conn = self._connection()
-            cut = threading.Event()
-            try:
-                with watchdog(conn, CALL_TIMEOUT, cut):
-                    return work(conn)
-            except UNREACHABLE as exc:
-                conn.close()
-                if cut.is_set():
-                    raise LedgerUnavailable(f"PostgreSQL: no answer within {CALL_TIMEOUT:g} s") from exc
-                raise LedgerUnavailable(f"PostgreSQL: {exc}".strip()) from exc
-            except psycopg.DataError as exc:
-                raise LedgerRejected(f"PostgreSQL: {exc}".strip()) from exc
-        finally:
-            self._lock.release()
+            return self._db.run(work)
+        except psycopg.DataError as exc:
+            raise LedgerRejected(f"PostgreSQL: {exc}".strip()) from exc
 
     def insert(self, records: Sequence[SpendRecord]) -> None:
         rows = [row_of(record) for record in records]
 
-        def write(conn: psycopg.Connection[Any]) -> None:
+        def write(conn: Connection) -> None:
             with conn.transaction(), conn.cursor() as cursor:
                 cursor.executemany(insert_sql("%s"), rows)
 
@@ -142,7 +111,7 @@ class PostgresLedgerStore:
     def add_feedback(self, feedback: Feedback) -> bool:
         known_sql, team = request_known_sql("%s", feedback.team)
 
-        def write(conn: psycopg.Connection[Any]) -> bool:
+        def write(conn: Connection) -> bool:
             with conn.transaction():
                 if conn.execute(known_sql, [feedback.request_id, *team]).fetchone() is None:
                     return False
@@ -160,14 +129,11 @@ class PostgresLedgerStore:
         return [dict(zip(DECISION_COLUMNS, row, strict=True)) for row in rows]
 
     def read(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = self._run(
-            lambda conn: conn.execute(sql.format(p="%s"), list(params)).fetchall()
-        )
-        return rows
+        return self._run(lambda conn: conn.execute(sql.format(p="%s"), list(params)).fetchall())
 
     def schema_version(self) -> int:
         row = self._run(lambda conn: conn.execute("SELECT MAX(version) FROM ledger_migrations").fetchone())
-        return int(row[0] or 0)
+        return int(row[0] or 0) if row is not None else 0
 
     def close(self) -> None:
-        close_when_free(self._lock, self._conn, CALL_TIMEOUT + LOCK_TIMEOUT)
+        self._db.close()

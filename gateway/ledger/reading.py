@@ -8,8 +8,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from gateway.ledger.backends import open_ledger_store
 from gateway.ledger.ledger import Ledger
-from gateway.ledger.store import open_ledger_store
 from gateway.ledger.spool import Spool
 from gateway.settings import Settings
 

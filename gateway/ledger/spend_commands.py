@@ -10,8 +10,8 @@ from typing import Any
 
 from gateway.ledger.reading import reading_ledger
 from gateway.ledger.schema import GROUPS
-from gateway.ledger.store import LedgerUnavailable
 from gateway.ledger.spend_report import BadReportQuery, as_csv, as_table, parse_groups, parse_moment
+from gateway.ledger.store import LedgerUnavailable
 
 
 def add_spend_command(commands: Any) -> None:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio
-import redis.exceptions
+
+from gateway.state.redis_guard import REDIS_ERRORS, RedisUnavailable
 
 NANO_PER_USD = 1_000_000_000
 # A period's counter outlives its end by a week: late settlements still land and reports can read it.
@@ -49,8 +50,9 @@ class Exhausted:
     spent_nano: int
 
 
-class CountersUnavailable(Exception):
-    """The shared counters could not be reached or answered with an error; the message says which."""
+class CountersUnavailable(RedisUnavailable):
+    """The shared counters could not be reached, answered with an error, or were not asked (Redis is
+    known to be away: `state/redis_guard`); the message says which."""
 
 
 class BudgetCounters(Protocol):
@@ -88,7 +90,7 @@ def redis_errors_as_unavailable(doing: str) -> Iterator[None]:
     """Translate what redis-py raises into the one error callers handle."""
     try:
         yield
-    except (redis.exceptions.RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         raise CountersUnavailable(f"Redis counters unavailable while {doing}: {exc!r}") from exc
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from gateway.ledger.store import LedgerStore
 from gateway.limits.budget_counters import NANO_PER_USD, BudgetLine, InProcessBudgetCounters
 from gateway.limits.budgets import period_ends
-from gateway.ledger.store import LedgerStore
 
 # One scan of the month's records by time (the ledger is indexed on `at`).
 SPENT_SQL = (

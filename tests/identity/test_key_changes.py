@@ -16,11 +16,12 @@ from urllib.parse import urlsplit
 import pytest
 import redis.asyncio
 
-from gateway.identity.auth import Authenticator
-from gateway.identity.key_changes import KeyChanges
-from gateway.identity.keys import ApiKey, KeyChange, KeyStore, SqliteKeys
 from gateway.errors import AuthenticationFailed
 from gateway.fakes.background import BackgroundLoop
+from gateway.identity.auth import Authenticator
+from gateway.identity.key_changes import KeyChanges
+from gateway.identity.keys import ApiKey, KeyChange, KeyStore
+from gateway.identity.keys_sqlite import SqliteKeys
 from tests.blackhole_proxy import BlackholeProxy
 
 # Far above the test's own refreshes: only the subscriber can make a change known.

@@ -10,18 +10,18 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from gateway.errors import AuthenticationFailed
 from gateway.identity.auth import Authenticator
 from gateway.identity.keys import (
     InvalidKeyField,
     KeyNotFound,
     KeyStore,
     KeysUnavailable,
-    SqliteKeys,
     check_new_key,
     digest_of,
 )
 from gateway.identity.keys_postgres import PostgresKeys
-from gateway.errors import AuthenticationFailed
+from gateway.identity.keys_sqlite import SqliteKeys
 from tests.private_postgres import private_postgres
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -129,7 +129,7 @@ def test_on_postgresql_an_outage_keeps_the_keys_last_read_and_loses_none() -> No
 
 def test_keys_a_replica_kept_in_sqlite_are_copied_into_postgresql_once(tmp_path: Path) -> None:
     """An upgrade to shared keys loses none: the old per-replica SQLite keys move into PostgreSQL."""
-    from gateway.identity.keys import open_key_store
+    from gateway.identity.key_backends import open_key_store
 
     earlier = KeyStore(SqliteKeys(tmp_path / "keys.sqlite"))
     kept, secret = earlier.create("search", "client")

@@ -21,14 +21,15 @@ import openai
 import psycopg
 import pytest
 
+from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.ledger.ledger import Ledger
 from gateway.ledger.postgres import PostgresLedgerStore
-from gateway.ledger.store import LedgerUnavailable, SqliteLedgerStore
 from gateway.ledger.record import SpendRecord
 from gateway.ledger.spool import Intent, Spool, claimed
-from gateway.fakes.openai_upstream import FakeOpenAIUpstream
-from tests.private_postgres import PrivatePostgres, private_postgres
+from gateway.ledger.sqlite import SqliteLedgerStore
+from gateway.ledger.store import LedgerUnavailable
 from tests.conftest import RunningGateway, free_port, openai_deployment
+from tests.private_postgres import PrivatePostgres, private_postgres
 
 PROJECT = Path(__file__).resolve().parents[2]
 Upstreams = Callable[..., FakeOpenAIUpstream]
@@ -299,7 +300,7 @@ KILLED_MID_FLIGHT = """
 import asyncio, os, signal, sys
 from pathlib import Path
 from gateway.ledger.ledger import Ledger
-from gateway.ledger.store import SqliteLedgerStore
+from gateway.ledger.sqlite import SqliteLedgerStore
 from gateway.ledger.record import SpendRecord
 from gateway.ledger.spool import Intent, Spool
 

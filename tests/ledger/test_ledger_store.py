@@ -20,8 +20,9 @@ import pytest
 
 from gateway.ledger.feedback import Feedback
 from gateway.ledger.postgres import PostgresLedgerStore
-from gateway.ledger.store import LedgerStore, SqliteLedgerStore
 from gateway.ledger.record import SpendRecord
+from gateway.ledger.sqlite import SqliteLedgerStore
+from gateway.ledger.store import LedgerStore
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 

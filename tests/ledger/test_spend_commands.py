@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from gateway.ledger.ledger import Ledger
-from gateway.ledger.store import SqliteLedgerStore
-from gateway.ledger.record import SpendRecord
-from gateway.ledger.spool import Spool
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
+from gateway.ledger.ledger import Ledger
+from gateway.ledger.record import SpendRecord
+from gateway.ledger.spool import Spool
+from gateway.ledger.sqlite import SqliteLedgerStore
 from tests.conftest import RunningGateway, openai_deployment
 
 PROJECT = Path(__file__).resolve().parents[2]

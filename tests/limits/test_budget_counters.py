@@ -9,6 +9,7 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from gateway.fakes.background import BackgroundLoop
 from gateway.limits.budget_counters import (
     KEEP_AFTER_RESET,
     NANO_PER_USD,
@@ -20,7 +21,6 @@ from gateway.limits.budget_counters import (
     RedisBudgetCounters,
     Reservation,
 )
-from gateway.fakes.background import BackgroundLoop
 from tests.conftest import free_port
 
 USD = NANO_PER_USD

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from gateway.fakes.background import BackgroundLoop
+from gateway.fakes.script import prompt_tokens
 from gateway.limits.budget_counters import InProcessBudgetCounters, Reservation
 from gateway.limits.budgets import (
     IMAGE_TOKENS_AT_MOST,
@@ -18,8 +20,6 @@ from gateway.limits.budgets import (
     worst_case_nano,
 )
 from gateway.pricing import per_million
-from gateway.fakes.background import BackgroundLoop
-from gateway.fakes.script import prompt_tokens
 from gateway.tokens import TokenCounter
 
 

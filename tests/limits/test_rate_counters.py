@@ -9,6 +9,7 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from gateway.fakes.background import BackgroundLoop
 from gateway.limits.rate_counters import (
     CountersUnavailable,
     InProcessRateCounters,
@@ -17,7 +18,6 @@ from gateway.limits.rate_counters import (
     RateLine,
     RedisRateCounters,
 )
-from gateway.fakes.background import BackgroundLoop
 from tests.conftest import free_port
 
 # The start of a one-minute window (index 100), far from real time: `now` is the test's to steer.
