@@ -10,29 +10,47 @@ rule names (`shared:NAME`): one team never receives another team's answer.
 Two layers: the exact key (the normalised request), then, when the rule sets `similarity`, the
 semantic layer: the nearest cached questions with the same context key (`SemanticIndex`), each
 checked by the verifier before it counts as a hit.
+
+No model runs on the event loop: the question's embedding comes from the request's memo (the policy's
+`prepare_embeddings` put it there) or from the embedder's batcher, and the verifier runs on a worker
+thread of its own (`MicroBatcher`). Keeping an answer is off the response path: `remember` starts a
+background store and returns; a lookup in the same namespace and context waits for the stores still
+under way there (so a replica reads its own writes), `flush` waits for all of them, `aclose` too.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 from gateway.cache.keys import CacheKeys, cache_keys
-from gateway.cache.semantic_index import Vectors
 from gateway.cache.store import CachedAnswer, CacheStore
 from gateway.cache.verifier import PairScorer
+from gateway.embedding.batcher import EmbeddingBatcher, MicroBatcher, ModelBusy, short_text
 from gateway.policy.schema import CacheDirective
 from gateway.policy.signals import QUESTION_MEMO, TextEmbedder
 from gateway.providers.base import Completion
+
+if TYPE_CHECKING:
+    from gateway.cache.semantic_index import Vectors
+
+logger = logging.getLogger("gateway.cache")
 
 DEFAULT_TTL_SECONDS = 3600
 # The nearest cached questions the verifier reads, at most (~3 ms each on this machine's CPU): the right
 # one is nearly always the nearest, and this bounds what a lookup can cost.
 VERIFIED_CANDIDATES = 2
+# Verifier scores remembered (a pair scores the same every time: a question asked again in the same
+# words as before, and answered by the same entry, skips the cross-encoder).
+RECENT_PAIRS = 2048
+# Stores under way at most; past it a fresh answer is not kept (counted in `stores_skipped`).
+MAX_PENDING_STORES = 1024
 
 
 def namespace_of(directive: CacheDirective, team: str | None) -> str:
@@ -90,11 +108,31 @@ class AnswerCache:
     policy's semantic signals through the request's memo), verified before they count."""
 
     def __init__(
-        self, store: CacheStore, embedder: TextEmbedder | None = None, verifier: PairScorer | None = None
+        self,
+        store: CacheStore,
+        embedder: TextEmbedder | None = None,
+        verifier: PairScorer | None = None,
+        *,
+        batcher: EmbeddingBatcher | None = None,
+        max_pending_stores: int = MAX_PENDING_STORES,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.verifier = verifier
+        # The embedder's batcher (shared with the policy's signals); without one, a worker thread per call.
+        self.batcher = batcher
+        self._verify: MicroBatcher[tuple[str, str], float] | None = None
+        if verifier is not None:
+            self._verify = MicroBatcher(
+                _scorer(verifier), name="gateway-verifier", recent=RECENT_PAIRS, memorable=_short_pair
+            )
+        self._max_pending = max_pending_stores
+        # Every store under way, and those that are writing, by (namespace, context key).
+        self._stores: set[asyncio.Task[None]] = set()
+        self._writing: dict[tuple[str, str], set[asyncio.Task[None]]] = {}
+        self.stores_skipped = 0
+        self.stores_failed = 0
+        self.semantic_skipped = 0
 
     def keys(
         self,
@@ -109,31 +147,47 @@ class AnswerCache:
             return None
         return cache_keys(body, namespace_of(directive, team), route)
 
-    def question_vector(self, keys: CacheKeys, memo: dict[Any, Any]) -> Vectors | None:
-        """The last user turn's embedding, computed at most once per request."""
-        if self.embedder is None:
-            return None
+    async def question_vector(self, keys: CacheKeys, memo: dict[Any, Any]) -> Vectors | None:
+        """The last user turn's embedding, computed at most once per request, never on the loop."""
         if QUESTION_MEMO not in memo:
-            memo[QUESTION_MEMO] = self.embedder.embed([keys.question])[0]
+            if self.batcher is not None:
+                memo[QUESTION_MEMO] = await self.batcher.embed(keys.question)
+            elif self.embedder is not None:
+                vectors = await asyncio.to_thread(self.embedder.embed, [keys.question])
+                memo[QUESTION_MEMO] = vectors[0]
+            else:
+                return None
         vector: Vectors = memo[QUESTION_MEMO]
         return vector
 
     async def lookup(
         self, keys: CacheKeys, directive: CacheDirective, memo: dict[Any, Any]
     ) -> CacheHit | None:
+        if self._writing:
+            writing = self._writing.get((keys.namespace, keys.context))
+            if writing:
+                await asyncio.wait(set(writing))
         exact = await self.store.get(keys.namespace, keys.exact)
         if exact is not None:
             return CacheHit(exact, "exact", keys.exact)
-        if directive.similarity is None or self.verifier is None:
+        if directive.similarity is None or self._verify is None:
             return None
-        vector = self.question_vector(keys, memo)
+        try:
+            vector = await self.question_vector(keys, memo)
+        except ModelBusy:  # the embedder is swamped: this request goes without the semantic layer
+            self.semantic_skipped += 1
+            return None
         if vector is None:
             return None
         for neighbour in self.store.nearest(keys.namespace, keys.context, vector, VERIFIED_CANDIDATES):
             found = await self.store.get(keys.namespace, neighbour.key)
             if found is None:
                 continue
-            verified = self.verifier.score(keys.question, found.question)
+            try:
+                verified = await self._verify.result((keys.question, found.question))
+            except ModelBusy:
+                self.semantic_skipped += 1
+                return None
             if verified >= directive.similarity:
                 return CacheHit(found, "semantic", neighbour.key, neighbour.cosine, verified)
         return None
@@ -147,7 +201,11 @@ class AnswerCache:
         deployment: str,
         memo: dict[Any, Any],
     ) -> bool:
+        """Whether the answer is to be kept; keeping it happens in the background (see `flush`)."""
         if not keepable(completion, directive):
+            return False
+        if len(self._stores) >= self._max_pending:
+            self.stores_skipped += 1
             return False
         usage = completion.usage
         ttl = directive.ttl_seconds or DEFAULT_TTL_SECONDS
@@ -161,6 +219,65 @@ class AnswerCache:
             context=keys.context,
             question=keys.question,
         )
-        vector = self.question_vector(keys, memo) if directive.similarity is not None else None
-        await self.store.put(keys.namespace, keys.exact, answer, vector)
+        can_embed = self.batcher is not None or self.embedder is not None
+        semantic = directive.similarity is not None and can_embed
+        # Usually the lookup left the vector in the memo: the store starts writing at once, and a lookup
+        # in its group waits for it from now on. Otherwise it embeds first and only then writes.
+        ready = not semantic or QUESTION_MEMO in memo
+        task = asyncio.create_task(self._store(keys, answer, memo if semantic else None, ready))
+        self._stores.add(task)
+        task.add_done_callback(self._stores.discard)
+        if ready:
+            self._writing_in(keys, task)
         return True
+
+    async def _store(
+        self, keys: CacheKeys, answer: CachedAnswer, memo: dict[Any, Any] | None, writing: bool
+    ) -> None:
+        try:
+            vector = None
+            if memo is not None:
+                vector = await self.question_vector(keys, memo)
+            if not writing:
+                task = asyncio.current_task()
+                assert task is not None
+                self._writing_in(keys, task)
+            await self.store.put(keys.namespace, keys.exact, answer, vector)
+        except Exception as error:  # a store that fails loses one entry, never the request
+            self.stores_failed += 1
+            logger.warning("cache: keeping an answer in %s failed: %r", keys.namespace, error)
+
+    def _writing_in(self, keys: CacheKeys, task: asyncio.Task[None]) -> None:
+        group = (keys.namespace, keys.context)
+        self._writing.setdefault(group, set()).add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            tasks = self._writing.get(group)
+            if tasks is not None:
+                tasks.discard(finished)
+                if not tasks:
+                    del self._writing[group]
+
+        task.add_done_callback(done)
+
+    async def flush(self) -> None:
+        """Wait until every answer `remember` accepted so far is in the store."""
+        while self._stores:
+            await asyncio.wait(set(self._stores))
+
+    async def aclose(self) -> None:
+        """Finish the stores under way, then stop the verifier's thread."""
+        await self.flush()
+        if self._verify is not None:
+            await self._verify.aclose()
+
+
+def _short_pair(pair: tuple[str, str]) -> bool:
+    return short_text(pair[0]) and short_text(pair[1])
+
+
+def _scorer(verifier: PairScorer) -> Callable[[tuple[str, str]], float]:
+    def score(pair: tuple[str, str]) -> float:
+        return verifier.score(*pair)
+
+    return score

@@ -4,21 +4,24 @@ with the cached one by embedding; agreement is counted per route, so admins see 
 is right on their own traffic (`gateway_cache_audits_total`, and `GET /admin/cache/audits`).
 
 Checks never hold up or change the answer the client got: they run in the background, within a bound
-on checks in flight (excess ones are skipped and counted), and a failed call counts as `failed`.
+on checks in flight (excess ones are skipped and counted), and a failed call counts as `failed`. The two
+answers are embedded off the event loop: through the embedder's batcher when there is one, else on a
+worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import orjson
 
 from gateway.cache.store import CachedAnswer
+from gateway.embedding.batcher import EmbeddingBatcher
 from gateway.policy.signals import TextEmbedder
 from gateway.providers.base import ChatRequest, Completion, Deadline
 from gateway.routing.background import BoundedTasks, plain_copy
@@ -55,9 +58,11 @@ class CacheAudit:
         max_in_flight: int = 8,
         timeout: float = 120.0,
         draw: Callable[[], float] = random.random,
+        batcher: EmbeddingBatcher | None = None,
     ) -> None:
         self._executor = executor
         self._embedder = embedder
+        self._batcher = batcher
         self._count = count
         self._timeout = timeout
         self._draw = draw
@@ -80,7 +85,7 @@ class CacheAudit:
             fresh = await self._executor.run(
                 target, lambda provider: provider.complete(request, deadline), deadline
             )
-            outcome = self._compare(cached.body, fresh.result)
+            outcome = await self._compare(cached.body, fresh.result)
         except Exception as error:  # an audit must never take anything else down
             logger.info("cache audit of %s on %s failed: %r", request.request_id, target.route, error)
         totals = self.totals.setdefault(target.route, AuditTotals())
@@ -88,14 +93,22 @@ class CacheAudit:
         if self._count is not None:
             self._count(outcome, target.route)
 
-    def _compare(self, cached_body: bytes, fresh: Completion) -> AuditOutcome:
+    async def _compare(self, cached_body: bytes, fresh: Completion) -> AuditOutcome:
         cached_text, fresh_text = answer_text(cached_body), answer_text(fresh.body)
         if cached_text is None or fresh_text is None:
             return "failed"
         if cached_text.strip() == fresh_text.strip():
             return "agree"
-        vectors = np.asarray(self._embedder.embed([cached_text, fresh_text]))
-        return "agree" if float(vectors[0] @ vectors[1]) >= AGREEMENT else "disagree"
+        if self._batcher is not None:
+            cached_vector, fresh_vector = await asyncio.gather(
+                self._batcher.embed(cached_text), self._batcher.embed(fresh_text)
+            )
+        else:
+            import numpy as np  # only once a semantic hit is audited (the embedder needs it anyway)
+
+            vectors = await asyncio.to_thread(self._embedder.embed, [cached_text, fresh_text])
+            cached_vector, fresh_vector = np.asarray(vectors)
+        return "agree" if float(cached_vector @ fresh_vector) >= AGREEMENT else "disagree"
 
     async def aclose(self) -> None:
         await self._tasks.aclose()

@@ -4,11 +4,13 @@ each at most once."""
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from gateway.embedding.batcher import EmbeddingBatcher
 from gateway.policy.patterns import compile_pattern
 from gateway.policy.schema import (
     BudgetSignal,
@@ -26,6 +28,9 @@ from gateway.policy.schema import (
 )
 from gateway.settings import Settings
 from gateway.tokens import TokenCounter, content_text
+
+if TYPE_CHECKING:
+    from gateway.embedding.embedder import Embedder
 
 SignalValue = Scalar | list[str]
 # Where a request's memo keeps the last user turn's embedding; the semantic cache reads the same one.
@@ -77,38 +82,56 @@ class TextEmbedder(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SignalTools:
-    """What computing signals takes: a token counter, and the local embedder when there is one."""
+    """What computing signals takes: a token counter, and the local embedder when there is one, with
+    the batcher that runs it off the event loop for requests (`prepare_embeddings`)."""
 
     tokens: TokenCounter
     embedder: TextEmbedder | None = None
     # Why there is no embedder, for the message when a policy needs one.
     embedder_missing: str = "no embedder configured"
+    # The same embedder on its worker thread; None where nothing runs on an event loop (or in tests
+    # that embed synchronously). Its owner closes it (`aclose`).
+    batcher: EmbeddingBatcher | None = None
 
 
 class LazyEmbedder:
     """Loads the ONNX embedder on first use, so a gateway whose policy has no semantic signal never
-    pays for onnxruntime."""
+    pays for onnxruntime. Safe to call from several threads (the batcher's worker, a policy compiled
+    on a worker thread)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._embedder: TextEmbedder | None = None
+        self._embedder: Embedder | None = None
+        self._loading = threading.Lock()
+
+    def _loaded(self) -> Embedder:
+        if self._embedder is None:
+            with self._loading:
+                if self._embedder is None:
+                    from gateway.embedding.embedder import Embedder
+
+                    # 128 tokens: the length the model was trained at, and half the time of 256 on long
+                    # prompts.
+                    self._embedder = Embedder(self.path, max_tokens=128)
+        return self._embedder
 
     def embed(self, texts: Sequence[str]) -> Any:
-        if self._embedder is None:
-            from gateway.embedding.embedder import Embedder
+        return self._loaded().embed(texts)
 
-            # 128 tokens: the length the model was trained at, and half the time of 256 on long prompts.
-            self._embedder = Embedder(self.path, max_tokens=128)
-        return self._embedder.embed(texts)
+    def embed_one(self, text: str) -> Any:
+        """One text's vector: the same numbers as `embed([text])[0]`."""
+        return self._loaded().embed_one(text)
 
 
 def load_signal_tools(tokens: TokenCounter | None = None, embedder_path: Path | None = None) -> SignalTools:
-    """The tools for this machine: an embedder when its model file exists (see `make embedder`)."""
+    """The tools for this machine: an embedder when its model file exists (see `make embedder`), and its
+    batcher (which starts no thread until a request first needs it)."""
     path: Path = embedder_path or Settings.model_fields["embedder_path"].default
     tokens = tokens or TokenCounter()
     if not path.exists():
         return SignalTools(tokens, None, f"the embedder model {path} is missing: run `make embedder`")
-    return SignalTools(tokens, LazyEmbedder(path))
+    embedder = LazyEmbedder(path)
+    return SignalTools(tokens, embedder, batcher=EmbeddingBatcher(embedder.embed_one))
 
 
 class MissingSignal(LookupError):
@@ -152,7 +175,7 @@ def build_evaluator(signal: Signal, tools: SignalTools) -> Evaluator:
     if isinstance(signal, SemanticSignal):
         if tools.embedder is None:
             raise EmbedderUnavailable(tools.embedder_missing)
-        return _semantic(signal, tools.embedder)
+        return _semantic(signal, tools.embedder, tools.batcher)
     if isinstance(signal, FeatureSignal):
         return _feature(signal)
     if isinstance(signal, KeywordSignal):
@@ -170,47 +193,84 @@ def build_evaluator(signal: Signal, tools: SignalTools) -> Evaluator:
     if isinstance(signal, LearnedScoreSignal):
         if tools.embedder is None:
             raise EmbedderUnavailable(tools.embedder_missing)
-        return _learned(signal, tools.embedder)
+        return _learned(signal, tools.embedder, tools.batcher)
     if isinstance(signal, RouteHealthSignal):
         route = signal.route
         return lambda facts: facts.route_healthy(route) if facts.route_healthy else None
     raise AssertionError(f"no evaluator for {signal!r}")
 
 
-def _semantic(signal: SemanticSignal, embedder: TextEmbedder) -> Evaluator:
+def memo_key_for(scope: TextScope) -> tuple[str, str]:
+    """Where a request's memo keeps the embedding of the text in `scope` (the last user turn's is the
+    one the cache shares)."""
+    return QUESTION_MEMO if scope == "last_user" else ("embedding", scope)
+
+
+class EmbeddingEvaluator:
+    """A signal computed from the embedding of one of the request's texts. The embedding is meant to be
+    in the request's memo already (`prepare_embeddings` puts it there through the batcher, off the
+    event loop); called without it (the CLI, replay, tests), it embeds synchronously and keeps it."""
+
+    def __init__(
+        self,
+        scope: TextScope,
+        embedder: TextEmbedder,
+        batcher: EmbeddingBatcher | None,
+        from_vector: Callable[[Any, str], SignalValue],
+        *,
+        empty_is_none: bool = False,
+    ) -> None:
+        self.scope = scope
+        self.memo_key = memo_key_for(scope)
+        self.batcher = batcher
+        self._embedder = embedder
+        self._from_vector = from_vector
+        self._empty_is_none = empty_is_none
+
+    def text_to_embed(self, facts: RequestFacts) -> str | None:
+        """The text whose embedding the signal reads, or None when it reads none for this request."""
+        text = facts.text(self.scope)
+        return None if self._empty_is_none and not text else text
+
+    def __call__(self, facts: RequestFacts) -> SignalValue:
+        text = self.text_to_embed(facts)
+        if text is None:
+            return None
+        if self.memo_key not in facts.memo:
+            facts.memo[self.memo_key] = self._embedder.embed([text])[0]
+        return self._from_vector(facts.memo[self.memo_key], text)
+
+
+def _semantic(
+    signal: SemanticSignal, embedder: TextEmbedder, batcher: EmbeddingBatcher | None
+) -> EmbeddingEvaluator:
     """Nearest category by the best cosine between the request's text and each category's examples."""
     import numpy
 
     labels = [name for name, examples in signal.categories.items() for _ in examples]
     exemplars = embedder.embed([text for examples in signal.categories.values() for text in examples])
-    scope, floor = signal.scope, signal.min_similarity
+    floor = signal.min_similarity
 
-    def nearest(facts: RequestFacts) -> SignalValue:
-        key = QUESTION_MEMO if scope == "last_user" else ("embedding", scope)
-        if key not in facts.memo:
-            facts.memo[key] = embedder.embed([facts.text(scope)])[0]
-        similarities = exemplars @ facts.memo[key]
+    def nearest(vector: Any, text: str) -> SignalValue:
+        similarities = exemplars @ vector
         best = int(numpy.argmax(similarities))
         return labels[best] if float(similarities[best]) >= floor else None
 
-    return nearest
+    return EmbeddingEvaluator(signal.scope, embedder, batcher, nearest)
 
 
-def _learned(signal: LearnedScoreSignal, embedder: TextEmbedder) -> Evaluator:
+def _learned(
+    signal: LearnedScoreSignal, embedder: TextEmbedder, batcher: EmbeddingBatcher | None
+) -> EmbeddingEvaluator:
     """The router's probability over the last user turn's embedding (shared through the memo)."""
     from gateway.router.model import DEFAULT_PATH, RouterModel
 
     model = RouterModel(Path(signal.model) if signal.model else DEFAULT_PATH)
 
-    def score(facts: RequestFacts) -> SignalValue:
-        text = facts.text("last_user")
-        if not text:
-            return None
-        if QUESTION_MEMO not in facts.memo:
-            facts.memo[QUESTION_MEMO] = embedder.embed([text])[0]
-        return round(model.score(facts.memo[QUESTION_MEMO], text), 4)
+    def score(vector: Any, text: str) -> SignalValue:
+        return round(model.score(vector, text), 4)
 
-    return score
+    return EmbeddingEvaluator("last_user", embedder, batcher, score, empty_is_none=True)
 
 
 def _size(signal: SizeSignal, tokens: TokenCounter) -> Evaluator:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
@@ -97,11 +101,141 @@ def test_the_question_is_embedded_once_for_the_policy_and_the_cache() -> None:
     cache = AnswerCache(InProcessCacheStore(), embedder)
     keys = cache.keys(body, CacheDirective(similarity=0.5), "alpha", "frontier", no_cache=False)
     assert keys is not None
-    assert cache.question_vector(keys, facts.memo) is facts.memo[QUESTION_MEMO]
-    # Without the policy's embedding, the cache computes the same vector itself.
+    assert asyncio.run(cache.question_vector(keys, facts.memo)) is facts.memo[QUESTION_MEMO]
+    # Without the policy's embedding, the cache computes the same vector itself (off the loop).
     fresh: dict[object, object] = {}
-    vector = cache.question_vector(keys, fresh)
-    assert vector is not None and float(vector @ facts.memo[QUESTION_MEMO]) == pytest.approx(1.0, abs=1e-5)
+    vector = asyncio.run(cache.question_vector(keys, fresh))
+    assert vector is not None and np.array_equal(vector, facts.memo[QUESTION_MEMO])
+
+
+class ThreadsOf:
+    """A real model function that notes the threads it ran on."""
+
+    def __init__(self, model: Callable[..., Any]) -> None:
+        self.model = model
+        self.threads: set[int] = set()
+
+    def __call__(self, *args: Any) -> Any:
+        self.threads.add(threading.get_ident())
+        return self.model(*args)
+
+
+class ScoredOn:
+    """The real verifier (a PairScorer), noting the threads it ran on."""
+
+    def __init__(self) -> None:
+        from gateway.cache.verifier import LazyVerifier
+
+        self.score = ThreadsOf(LazyVerifier().score)
+
+
+ORIGINAL = "How can I improve my English speaking skills?"
+PARAPHRASE = "How do I improve my spoken English?"
+
+
+def ask(question: str) -> dict[str, Any]:
+    return {"model": "auto", "messages": [{"role": "user", "content": question}], "temperature": 0}
+
+
+def test_lookups_and_stores_run_no_model_on_the_loop_and_stores_leave_the_response_path() -> None:
+    from gateway.cache.answer_cache import AnswerCache
+    from gateway.cache.store import InProcessCacheStore
+    from gateway.cache.verifier import Verifier
+    from gateway.embedding.batcher import EmbeddingBatcher
+    from gateway.embedding.embedder import default_model_path
+    from gateway.policy.signals import QUESTION_MEMO, LazyEmbedder
+
+    embed = ThreadsOf(LazyEmbedder(default_model_path()).embed_one)
+    verifier = ScoredOn()
+    directive = CacheDirective(similarity=Verifier().card.recommended_threshold)
+    store = InProcessCacheStore()
+    answer = completion("stop", content="Practise every day.")
+
+    async def scenario() -> tuple[int, Any]:
+        batcher = EmbeddingBatcher(embed)
+        cache = AnswerCache(store, None, verifier, batcher=batcher)
+        try:
+            first = cache.keys(ask(ORIGINAL), directive, "alpha", "frontier", no_cache=False)
+            second = cache.keys(ask(PARAPHRASE), directive, "alpha", "frontier", no_cache=False)
+            assert first is not None and second is not None
+            memo: dict[Any, Any] = {}
+            assert await cache.lookup(first, directive, memo) is None
+            assert QUESTION_MEMO in memo  # embedded by the batcher for the semantic layer
+            assert await cache.remember(first, directive, answer, "frontier", "big", memo)
+            assert len(store) == 0  # kept in the background, not before the answer goes out
+            # A lookup in the same context waits for the store under way: a replica reads its writes.
+            hit = await cache.lookup(second, directive, {})
+            assert hit is not None and hit.kind == "semantic" and hit.key == first.exact
+            # Without the vector in the memo, the store embeds it first (still in the background).
+            third = cache.keys(ask("What is a good name for a cat?"), directive, "alpha", "frontier", False)
+            assert third is not None
+            assert await cache.remember(third, directive, answer, "frontier", "big", {})
+            await cache.flush()
+            assert len(store) == 2
+            return threading.get_ident(), batcher
+        finally:
+            await cache.aclose()
+            await batcher.aclose()
+
+    loop_thread, batcher = asyncio.run(scenario())
+    assert embed.threads and loop_thread not in embed.threads
+    assert verifier.score.threads and loop_thread not in verifier.score.threads
+    assert batcher.stats.computed == 3  # each question once
+
+
+def test_a_store_that_fails_loses_the_entry_not_the_request(tmp_path: Path) -> None:
+    from gateway.cache.answer_cache import AnswerCache
+    from gateway.cache.store import InProcessCacheStore
+    from gateway.embedding.batcher import EmbeddingBatcher
+    from gateway.policy.signals import LazyEmbedder
+
+    # The question has to be embedded before it is stored, and the embedder's model is not there.
+    batcher = EmbeddingBatcher(LazyEmbedder(tmp_path / "absent.onnx").embed_one)
+    store = InProcessCacheStore()
+    directive = CacheDirective(similarity=0.9)
+
+    async def scenario() -> AnswerCache:
+        cache = AnswerCache(store, batcher=batcher)
+        keys = cache.keys(ask(ORIGINAL), directive, "alpha", "frontier", no_cache=False)
+        assert keys is not None
+        assert await cache.remember(keys, directive, completion("stop", content="x"), "f", "b", {})
+        await cache.aclose()  # finishes the stores under way
+        await batcher.aclose()
+        return cache
+
+    assert asyncio.run(scenario()).stores_failed == 1
+    assert len(store) == 0
+
+
+def test_a_swamped_embedder_turns_the_semantic_layer_off_for_the_request_not_the_request_down() -> None:
+    from gateway.cache.answer_cache import AnswerCache
+    from gateway.cache.store import InProcessCacheStore
+    from gateway.embedding.batcher import EmbeddingBatcher
+    from gateway.embedding.embedder import default_model_path
+    from gateway.policy.signals import LazyEmbedder
+    from tests.embedding.test_batcher import Gate, held
+
+    gate = Gate(LazyEmbedder(default_model_path()).embed_one)
+    directive = CacheDirective(similarity=0.5)
+
+    async def scenario() -> AnswerCache:
+        batcher = EmbeddingBatcher(gate, max_waiting=1, recent=0)
+        cache = AnswerCache(InProcessCacheStore(), None, ScoredOn(), batcher=batcher)
+        try:
+            first = cache.keys(ask(ORIGINAL), directive, "alpha", "frontier", no_cache=False)
+            second = cache.keys(ask(PARAPHRASE), directive, "alpha", "frontier", no_cache=False)
+            assert first is not None and second is not None
+            waiting = asyncio.ensure_future(cache.lookup(first, directive, {}))
+            await held(gate)  # the one place in the queue is taken
+            assert await cache.lookup(second, directive, {}) is None
+            gate.open()
+            assert await waiting is None
+            return cache
+        finally:
+            await cache.aclose()
+            await batcher.aclose()
+
+    assert asyncio.run(scenario()).semantic_skipped == 1
 
 
 def test_a_verifier_that_does_not_load_turns_semantic_hits_off_instead_of_failing(tmp_path: Path) -> None:
