@@ -1,4 +1,7 @@
-# Two commands on a fresh machine: `make run` and `make test`. Everything installs into .venv.
+# Two commands on a fresh machine: `make run` and `make test`. Everything installs into .venv: `make run`
+# the runtime and the local model only; `make test` also the dev tools and the `bench` and `train` extras
+# (so `gateway bench`, `gateway eval` and `gateway cache calibrate` work after it); the benchmark targets
+# the runtime, the local model and `bench`.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -25,42 +28,42 @@ typecheck: $(VENV)/.installed-dev
 pytest: $(VENV)/.installed-dev $(EMBEDDER_MODEL) $(CHROMIUM)
 	$(BIN)/pytest
 
-bench: $(VENV)/.installed-run
+bench: $(VENV)/.installed-bench
 	@mkdir -p artifacts
 	$(BIN)/gateway bench --json artifacts/bench.json
 
 # What accounting adds per request (target: median <= 200 us) and what the ledger sustains
 # (target: >= 5,000 records/s on SQLite and on PostgreSQL at $(POSTGRES_URL)).
 POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/test
-bench-accounting: $(VENV)/.installed-run
+bench-accounting: $(VENV)/.installed-bench
 	@mkdir -p artifacts
 	$(BIN)/python -m gateway.bench.accounting --json artifacts/bench-accounting.json
 
-bench-ledger: $(VENV)/.installed-run
+bench-ledger: $(VENV)/.installed-bench
 	@mkdir -p artifacts
 	$(BIN)/python -m gateway.bench.ledger --postgres-url $(POSTGRES_URL) --json artifacts/bench-ledger.json
 
 # The semantic cache at 100,000 entries on one core (targets in gateway/bench/cache.py), with stored
 # questions from labelled pairs at $(PAIRS).
 PAIRS ?= ../shared/data/qqp/pairs.jsonl
-bench-cache: $(VENV)/.installed-run $(EMBEDDER_MODEL)
+bench-cache: $(VENV)/.installed-bench $(EMBEDDER_MODEL)
 	@mkdir -p artifacts
 	$(BIN)/python -m gateway.bench.cache --pairs $(PAIRS) --json artifacts/bench-cache.json
 
 # Each finance dashboard view with 1,000,000 ledger records, SQLite and PostgreSQL (target: <= 1 s).
-bench-dashboard: $(VENV)/.installed-run
+bench-dashboard: $(VENV)/.installed-bench
 	@mkdir -p artifacts
 	$(BIN)/python -m gateway.bench.dashboard --postgres-url $(POSTGRES_URL) --json artifacts/bench-dashboard.json
 
 ROUTER_DATA ?= ../shared/data/routellm/mt_bench ../shared/data/routellm/gsm8k/gsm8k_responses.csv
-bench-router: $(VENV)/.installed-run $(EMBEDDER_MODEL)
+bench-router: $(VENV)/.installed-bench $(EMBEDDER_MODEL)
 	taskset -c 0 $(BIN)/gateway router bench $(ROUTER_DATA) --json artifacts/bench-router.json
 
 # The Azure conversation trace replayed open-loop against the gateway and the fake upstream for 10
 # minutes (prompts from ShareGPT): throughput, latency, errors and RSS over time, with a plot.
 TRACE ?= ../shared/data/traces/AzureLLMInferenceTrace_conv.csv
 PROMPTS ?= ../shared/data/traces/ShareGPT_V3_filtered_1000.json
-soak: $(VENV)/.installed-run
+soak: $(VENV)/.installed-bench
 	@mkdir -p artifacts
 	$(BIN)/python -m gateway.bench.soak --trace $(TRACE) --prompts $(PROMPTS) --json artifacts/soak.json --png artifacts/soak.png
 
@@ -82,13 +85,19 @@ $(VENV)/.installed-run: pyproject.toml requirements.lock | $(BIN)/python
 	$(PIP) install --progress-bar on -c requirements.lock -e '.[local]'
 	@touch $@
 
-$(VENV)/.installed-dev: pyproject.toml requirements.lock | $(BIN)/python
-	$(PIP) install --progress-bar on -c requirements.lock -e '.[local,dev]'
+$(VENV)/.installed-bench: pyproject.toml requirements.lock | $(BIN)/python
+	$(PIP) install --progress-bar on -c requirements.lock -e '.[local,bench]'
 	@touch $@ $(VENV)/.installed-run
 
-# Pin the runtime dependencies again (after changing them in pyproject.toml); needs the package index.
+$(VENV)/.installed-dev: pyproject.toml requirements.lock | $(BIN)/python
+	$(PIP) install --progress-bar on -c requirements.lock -e '.[local,dev,bench,train]'
+	@touch $@ $(VENV)/.installed-run $(VENV)/.installed-bench
+
+# Pin the runtime dependencies, the local model's and the bench and train extras' again (after changing
+# them in pyproject.toml; existing pins are kept); needs the package index. The image installs with it
+# as constraints, so it gets the tested versions of what it installs and nothing more.
 lock: $(VENV)/.installed-dev
-	$(BIN)/uv pip compile pyproject.toml --extra local --python-version 3.11 \
+	$(BIN)/uv pip compile pyproject.toml --extra local --extra bench --extra train --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock' -o requirements.lock
 
 # The local sentence embedder: export all-MiniLM-L6-v2 to int8 ONNX with the build-time extra (torch

@@ -1,102 +1,181 @@
-"""The `gateway` command."""
+"""The `gateway` command.
+
+Only the command given is built: its module is imported when it runs, never for another command. So
+`gateway serve` loads the serving code and nothing of the training, calibration, report or key-store
+commands (numpy, onnxruntime, usearch, ruamel, redis... were a third of its start-up), and `gateway
+--help` lists every command without importing any. A command that needs an extra that is not installed
+(`train`) says which one, in a line.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from gateway.identity.commands import add_key_commands, run_key_command
-from gateway.ledger.spend_commands import add_spend_command, run_spend_command
-from gateway.cache.commands import add_cache_commands, run_cache_command
-from gateway.config import ConfigError, load_config
-from gateway.policy.calibrate import add_arguments as add_calibrate_arguments
-from gateway.policy.calibrate import run_calibrate_command
-from gateway.policy.commands import add_policy_commands, run_policy_command
-from gateway.router.commands import (
-    add_eval_commands,
-    add_router_commands,
-    run_eval_command,
-    run_router_command,
-)
+from gateway.extras import MissingExtra, install_hint
 
 # How long a replica told to stop (SIGTERM) lets requests and streams in flight finish before it flushes
 # its spend records and exits; a pod's termination grace period must exceed it (deploy/helm).
 DRAIN_SECONDS = 30
+# Modules that are in a source checkout only (pyproject.toml leaves them out of the wheel).
+SOURCE_ONLY = ("gateway.bench", "gateway.fakes")
+
+Run = Callable[[argparse.Namespace], int]
+# Adds the command's parser to the subcommands and returns what runs it.
+Build = Callable[[Any, str], Run]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="gateway", description="A multi-model routing gateway.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    subcommands = parser.add_subparsers(dest="command", required=True)
+    # The top level has no options but --help, so the first other word names the command.
+    chosen = next((word for word in arguments if not word.startswith("-")), None)
+    try:
+        runs = {}
+        for name, (text, build) in COMMANDS.items():
+            if name == chosen:
+                runs[name] = build(subcommands, text)
+            else:
+                subcommands.add_parser(name, help=text)
+        args = parser.parse_args(arguments)
+        return runs[args.command](args)
+    except MissingExtra as exc:
+        print(f"gateway {chosen}: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        name = exc.name or ""
+        hint = install_hint(name)
+        source_only = [package for package in SOURCE_ONLY if f"{name}.".startswith(f"{package}.")]
+        if hint is None and source_only:
+            hint = f"{source_only[0]} is in a source checkout only, not in the package (`make test` there)"
+        if hint is None:
+            raise
+        print(f"gateway {chosen}: {hint}", file=sys.stderr)
+        return 2
 
-    serve = commands.add_parser("serve", help="serve the OpenAI-compatible API")
+
+def _serve_command(subcommands: Any, text: str) -> Run:
+    serve = subcommands.add_parser("serve", help=text)
     serve.add_argument("--config", type=Path, help="the deployments (default: $GATEWAY_CONFIG)")
     serve.add_argument("--policy", type=Path, help="the routing policy (default: $GATEWAY_POLICY)")
     serve.add_argument("--host", help="address to bind (default: $GATEWAY_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: $GATEWAY_PORT or 8080)")
+    return _serve
 
-    check = commands.add_parser("check-config", help="validate a configuration file and exit")
-    check.add_argument("config", type=Path)
 
-    bench = commands.add_parser("bench", help="measure the gateway's overhead against a fake upstream")
+def _check_config_command(subcommands: Any, text: str) -> Run:
+    subcommands.add_parser("check-config", help=text).add_argument("config", type=Path)
+    return _check_config
+
+
+def _bench_command(subcommands: Any, text: str) -> Run:
+    bench = subcommands.add_parser("bench", help=text)
     bench.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     bench.add_argument("--duration", type=float, default=10.0, help="seconds per load phase")
     bench.add_argument("--no-litellm", action="store_true", help="skip LiteLLM proxy even if installed")
+    return _bench
 
-    add_policy_commands(commands)
-    add_key_commands(commands)
-    add_spend_command(commands)
-    add_cache_commands(commands)
-    add_eval_commands(commands)
-    router_verbs = add_router_commands(commands)
+
+def _policy_command(subcommands: Any, text: str) -> Run:
+    from gateway.policy.commands import add_policy_commands, run_policy_command
+
+    add_policy_commands(subcommands)
+    return run_policy_command
+
+
+def _keys_command(subcommands: Any, text: str) -> Run:
+    from gateway.identity.commands import add_key_commands, run_key_command
+
+    add_key_commands(subcommands)
+    return run_key_command
+
+
+def _spend_command(subcommands: Any, text: str) -> Run:
+    from gateway.ledger.spend_commands import add_spend_command, run_spend_command
+
+    add_spend_command(subcommands)
+    return run_spend_command
+
+
+def _cache_command(subcommands: Any, text: str) -> Run:
+    from gateway.cache.commands import add_cache_commands, run_cache_command
+
+    add_cache_commands(subcommands)
+    return run_cache_command
+
+
+def _eval_command(subcommands: Any, text: str) -> Run:
+    from gateway.router.commands import add_eval_commands, run_eval_command
+
+    add_eval_commands(subcommands)
+    return run_eval_command
+
+
+def _router_command(subcommands: Any, text: str) -> Run:
+    from gateway.policy.calibrate import add_arguments, run_calibrate_command
+    from gateway.router.commands import add_router_commands, run_router_command
+
+    verbs = add_router_commands(subcommands)
     # Calibration edits a policy, so it lives with the policy; admins find it beside the router.
-    add_calibrate_arguments(
-        router_verbs.add_parser(
-            "calibrate", help="set a policy's router threshold from a target, on recorded traffic"
-        )
-    )
+    text = "set a policy's router threshold from a target, on recorded traffic"
+    add_arguments(verbs.add_parser("calibrate", help=text))
 
-    args = parser.parse_args(argv)
-    if args.command == "policy":
-        return run_policy_command(args)
-    if args.command == "keys":
-        return run_key_command(args)
-    if args.command == "spend":
-        return run_spend_command(args)
-    if args.command == "cache":
-        return run_cache_command(args)
-    if args.command == "eval":
-        return run_eval_command(args)
-    if args.command == "router":
+    def run(args: argparse.Namespace) -> int:
         if args.router_command == "calibrate":
             return run_calibrate_command(args)
         return run_router_command(args)
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "check-config":
-        try:
-            load_config(args.config)
-        except ConfigError as exc:
-            print(exc, file=sys.stderr)
-            return 1
-        print(f"{args.config}: ok")
-        return 0
-    from gateway.bench.run import run_bench  # the benchmark's own imports stay out of `serve`
+
+    return run
+
+
+# Every command: its line in `gateway --help`, and how to build it when it is the one given.
+COMMANDS: dict[str, tuple[str, Build]] = {
+    "serve": ("serve the OpenAI-compatible API", _serve_command),
+    "check-config": ("validate a configuration file and exit", _check_config_command),
+    "bench": ("measure the gateway's overhead against a fake upstream", _bench_command),
+    "policy": ("validate, test and explain routing policies", _policy_command),
+    "keys": ("create, list, revoke and rotate virtual API keys", _keys_command),
+    "spend": ("report spend and savings from the ledger", _spend_command),
+    "cache": ("the semantic cache's verifier and thresholds", _cache_command),
+    "eval": ("judge the gateway's learned parts on labelled data", _eval_command),
+    "router": ("the learned router", _router_command),
+}
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError, load_config
+
+    try:
+        load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{args.config}: ok")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from gateway.bench.run import run_bench
 
     return run_bench(json_path=args.json, duration=args.duration, with_litellm=not args.no_litellm)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import logging
+
     import uvicorn
 
-    from gateway.ledger.store import check_database_url
     from gateway.app import create_app
+    from gateway.config import ConfigError, load_config
+    from gateway.ledger.store import check_database_url
     from gateway.policy.compile import PolicyError, load_policy
     from gateway.policy.signals import load_signal_tools
-    from gateway.runtime import StartupError, check_exposure, has_any_key
+    from gateway.services import StartupError, check_exposure, has_any_key
     from gateway.settings import Settings
     from gateway.tokens import TokenCounter
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import tiktoken
+if TYPE_CHECKING:
+    import tiktoken
 
 # OpenAI's accounting adds a few tokens per message for the role and separators.
 TOKENS_PER_MESSAGE = 3
@@ -34,6 +35,8 @@ class TokenCounter:
 
     def _get(self) -> tiktoken.Encoding:
         if self._encoding is None:
+            import tiktoken
+
             use_bundled_tiktoken_files()
             self._encoding = tiktoken.get_encoding(self._name)
         return self._encoding

@@ -11,26 +11,47 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qs, urlencode
 
 import orjson
 from fastapi import APIRouter, Cookie, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
-from jinja2 import Environment, PackageLoader, select_autoescape
 
-from gateway.identity.auth import Principal
-from gateway.ledger.store import LedgerUnavailable
+from gateway.api.access import ServicesDep
 from gateway.dashboard.session import COOKIE
 from gateway.dashboard.views import BadFilter, Filters, SpendView, as_csv, spend_view
 from gateway.errors import AuthenticationFailed
-from gateway.runtime import Runtime
+from gateway.identity.auth import Principal
+from gateway.ledger.store import LedgerUnavailable
+from gateway.services import Services
+
+if TYPE_CHECKING:
+    from jinja2 import Environment, Template
 
 router = APIRouter(prefix="/dashboard")
-TEMPLATES = Environment(
-    loader=PackageLoader("gateway.dashboard", "templates"), autoescape=select_autoescape()
-)
-TEMPLATES.filters["datetime"] = lambda timestamp: _utc(float(timestamp))
+
+
+class LazyTemplates:
+    """The pages' Jinja2 templates, loaded with the first page: a gateway whose dashboard nobody opens
+    never imports jinja2 (start-up time and memory)."""
+
+    def __init__(self) -> None:
+        self._environment: Environment | None = None
+
+    def get_template(self, name: str) -> Template:
+        if self._environment is None:
+            from jinja2 import Environment, PackageLoader, select_autoescape
+
+            environment = Environment(
+                loader=PackageLoader("gateway.dashboard", "templates"), autoescape=select_autoescape()
+            )
+            environment.filters["datetime"] = lambda timestamp: _utc(float(timestamp))
+            self._environment = environment
+        return self._environment.get_template(name)
+
+
+TEMPLATES = LazyTemplates()
 STATIC = Path(__file__).resolve().parents[1] / "dashboard" / "static"
 ROLES = ("finance", "admin")
 # plotly.js as the `plotly` package ships it (found without importing the Python library).
@@ -64,13 +85,12 @@ def _utc(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def signed_in(runtime: Runtime, cookie: str | None) -> Principal | None:
+def signed_in(services: Services, cookie: str | None) -> Principal | None:
     """The session's principal when it may read the dashboard; an open gateway needs no session."""
-    assert runtime.auth is not None and runtime.sessions is not None
-    if runtime.auth.open:
-        return runtime.auth.principal(None)
-    key_id = runtime.sessions.key_of(cookie)
-    principal = runtime.auth.principal_of_key(key_id) if key_id else None
+    if services.auth.open:
+        return services.auth.principal(None)
+    key_id = services.sessions.key_of(cookie)
+    principal = services.auth.principal_of_key(key_id) if key_id else None
     return principal if principal is not None and principal.role in ROLES else None
 
 
@@ -79,20 +99,18 @@ def to_sign_in() -> RedirectResponse:
 
 
 @router.get("/login", response_model=None)
-async def sign_in_page(request: Request, session: SessionCookie = None) -> Response:
-    if signed_in(request.app.state.runtime, session) is not None:
+async def sign_in_page(request: Request, services: ServicesDep, session: SessionCookie = None) -> Response:
+    if signed_in(services, session) is not None:
         return RedirectResponse("/dashboard", status_code=303)
     return page("login.html")
 
 
 @router.post("/login", response_model=None)
-async def sign_in(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    assert runtime.auth is not None and runtime.sessions is not None
+async def sign_in(request: Request, services: ServicesDep) -> Response:
     form = parse_qs((await request.body())[:8192].decode("utf-8", "replace"))
     key = (form.get("key") or [""])[0].strip()
     try:
-        principal = runtime.auth.principal(f"Bearer {key}") if key else None
+        principal = services.auth.principal(f"Bearer {key}") if key else None
     except AuthenticationFailed:
         principal = None
     if principal is None or principal.key_id is None:
@@ -106,8 +124,8 @@ async def sign_in(request: Request) -> Response:
     response = RedirectResponse("/dashboard", status_code=303, headers=SECURITY_HEADERS)
     response.set_cookie(
         COOKIE,
-        runtime.sessions.issue(principal.key_id),
-        max_age=runtime.sessions.max_age,
+        services.sessions.issue(principal.key_id),
+        max_age=services.sessions.max_age,
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
@@ -137,14 +155,15 @@ Query = Annotated[ViewQuery, Depends()]
 
 
 @router.get("", response_model=None)
-async def spend_page(request: Request, query: Query, session: SessionCookie = None) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    principal = signed_in(runtime, session)
+async def spend_page(
+    request: Request, services: ServicesDep, query: Query, session: SessionCookie = None
+) -> Response:
+    principal = signed_in(services, session)
     if principal is None:
         return to_sign_in()
     started = time.perf_counter()
     try:
-        view = await _view(runtime, query)
+        view = await _view(services, query)
     except BadFilter as error:
         return page("error.html", status=400, message=str(error))
     except LedgerUnavailable:
@@ -162,18 +181,19 @@ async def spend_page(request: Request, query: Query, session: SessionCookie = No
         chart_json=_script_safe(orjson.dumps(chart).decode()),
         export=f"/dashboard/export.csv?{urlencode(view.filters.query())}",
         groups=("team", "route", "model", "rule", "deployment", "cache"),
-        audits=_audits(runtime),
+        audits=_audits(services),
         rendered_ms=(time.perf_counter() - started) * 1000,
     )
 
 
 @router.get("/export.csv", response_model=None)
-async def export(request: Request, query: Query, session: SessionCookie = None) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    if signed_in(runtime, session) is None:
+async def export(
+    request: Request, services: ServicesDep, query: Query, session: SessionCookie = None
+) -> Response:
+    if signed_in(services, session) is None:
         return to_sign_in()
     try:
-        view = await _view(runtime, query)
+        view = await _view(services, query)
     except BadFilter as error:
         return page("error.html", status=400, message=str(error))
     name = f"spend-{view.filters.since}-{view.filters.until}-by-{view.filters.group}.csv"
@@ -200,22 +220,19 @@ async def static(name: str) -> Response:
     )
 
 
-async def _view(runtime: Runtime, query: ViewQuery) -> SpendView:
-    assert runtime.accountant is not None and runtime.accountant.ledger is not None
-    ledger = runtime.accountant.ledger
+async def _view(services: Services, query: ViewQuery) -> SpendView:
+    ledger = services.ledger
     filters = Filters.parse(query.since, query.until, query.team, query.group, datetime.now(UTC).date())
     await ledger.drain()  # what this replica answered so far counts too
-    budgets = runtime.policies.current.policy.budgets if runtime.policies is not None else None
+    budgets = services.policies.current.policy.budgets
     return await asyncio.to_thread(spend_view, ledger.store, filters, budgets)
 
 
-def _audits(runtime: Runtime) -> list[dict[str, Any]]:
+def _audits(services: Services) -> list[dict[str, Any]]:
     """The semantic cache's live precision per route, as this replica's shadow checks found it."""
-    if runtime.audit is None:
-        return []
     return [
         {"route": route, "agree": totals.agree, "disagree": totals.disagree, "precision": totals.precision}
-        for route, totals in sorted(runtime.audit.totals.items())
+        for route, totals in sorted(services.audits.totals.items())
     ]
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from gateway.cache.semantic_index import CANDIDATE_FLOOR, Neighbour, SemanticIndex, Vectors
+if TYPE_CHECKING:
+    from gateway.cache.semantic_index import Neighbour, SemanticIndex, Vectors
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,17 @@ class InProcessCacheStore:
     def __init__(self, max_entries: int = 10_000) -> None:
         self._max = max_entries
         self._entries: OrderedDict[tuple[str, str], CachedAnswer] = OrderedDict()
-        self.index = SemanticIndex()
+        # Built with the first question that has a vector: a policy that caches exactly (or not at all)
+        # never imports numpy and usearch.
+        self._index: SemanticIndex | None = None
+
+    @property
+    def index(self) -> SemanticIndex:
+        if self._index is None:
+            from gateway.cache.semantic_index import SemanticIndex
+
+            self._index = SemanticIndex()
+        return self._index
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -80,7 +91,11 @@ class InProcessCacheStore:
             self._forget(old_namespace, old_key)
 
     def nearest(self, namespace: str, context: str, vector: Vectors, count: int = 4) -> list[Neighbour]:
-        return self.index.nearest(namespace, context, vector, count, CANDIDATE_FLOOR)
+        if self._index is None:
+            return []
+        from gateway.cache.semantic_index import CANDIDATE_FLOOR
+
+        return self._index.nearest(namespace, context, vector, count, CANDIDATE_FLOOR)
 
     async def invalidate(self, namespace: str | None = None, key: str | None = None) -> int:
         if namespace is None and key is not None:
@@ -88,19 +103,22 @@ class InProcessCacheStore:
         if namespace is None:
             dropped = len(self._entries)
             self._entries.clear()
-            self.index.drop()
+            if self._index is not None:
+                self._index.drop()
             return dropped
         if key is not None:
             return 1 if self._forget(namespace, key) else 0
         doomed = [entry for entry in self._entries if entry[0] == namespace]
         for entry in doomed:
             del self._entries[entry]
-        self.index.drop(namespace)
+        if self._index is not None:
+            self._index.drop(namespace)
         return len(doomed)
 
     def _forget(self, namespace: str, key: str) -> bool:
         answer = self._entries.pop((namespace, key), None)
         if answer is None:
             return False
-        self.index.remove(namespace, answer.context, key)
+        if self._index is not None:
+            self._index.remove(namespace, answer.context, key)
         return True

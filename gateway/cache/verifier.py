@@ -16,13 +16,12 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
 import orjson
-from tokenizers import Tokenizer
 
-from gateway.embedding.embedder import cpu_session
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 logger = logging.getLogger("gateway.cache")
 
@@ -84,6 +83,8 @@ def check_files(path: Path) -> None:
 
 
 def load_pair_tokenizer(path: Path) -> Tokenizer:
+    from tokenizers import Tokenizer
+
     tokenizer = Tokenizer.from_file(str(path))
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=MAX_TOKENS)
@@ -91,7 +92,12 @@ def load_pair_tokenizer(path: Path) -> Tokenizer:
 
 
 class Verifier:
+    """The model itself: onnxruntime, tokenizers and numpy, imported when one is loaded (`LazyVerifier`
+    loads it on the first semantic lookup, so a gateway that caches exactly never imports them)."""
+
     def __init__(self, path: Path = DEFAULT_PATH, *, threads: int = 1) -> None:
+        from gateway.embedding.embedder import cpu_session
+
         check_files(path)
         self._session = cpu_session(path, threads)
         found = self._session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
@@ -104,6 +110,8 @@ class Verifier:
 
     def score(self, query: str, candidate: str) -> float:
         """The probability that `query` asks what `candidate` asked."""
+        import numpy as np
+
         encoding = self._tokenizer.encode(query, candidate)
         ids = np.array([encoding.ids], dtype=np.int64)
         feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}

@@ -26,16 +26,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap
 
 from gateway.policy.compile import CompiledPolicy, PolicyError, compile_policy_text
 from gateway.policy.records import DecisionRecord
 from gateway.policy.replay import replay
 from gateway.policy.signals import SignalTools
+
+if TYPE_CHECKING:
+    # ruamel.yaml comes with the `train` extra (gateway.extras): imported when a policy is read.
+    from ruamel.yaml.comments import CommentedMap
 
 THRESHOLD_OPERATORS = ("gt", "gte")
 # The signal's values are rounded to this many places (gateway.policy.signals), and so are thresholds.
@@ -76,6 +78,9 @@ class PolicyDocument:
     """The policy file as a round-trip YAML tree (comments kept), compiled on demand."""
 
     def __init__(self, path: Path) -> None:
+        from ruamel.yaml import YAML
+        from ruamel.yaml.comments import CommentedMap
+
         self.path = path
         self._yaml = YAML()
         self._yaml.preserve_quotes = True
@@ -236,8 +241,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.ledger.reading import reading_ledger, since_time
     from gateway.config import load_config
+    from gateway.ledger.reading import reading_ledger, since_time
     from gateway.policy.records import decision_of
     from gateway.policy.signals import load_signal_tools
 
@@ -331,9 +336,9 @@ def _summary(calibration: Calibration, output: Path, policy: Path) -> str:
 
 def run_calibrate_command(args: argparse.Namespace) -> int:
     """`gateway router calibrate`: a bad policy, target, ledger or sample is reported in a line or two."""
-    from gateway.ledger.store import LedgerUnavailable
     from gateway.config import ConfigError
     from gateway.embedding.embedder import EmbedderMissing
+    from gateway.ledger.store import LedgerUnavailable
     from gateway.router.model import RouterMissing
     from gateway.router.outcomes import OutcomesError
 

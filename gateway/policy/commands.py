@@ -10,9 +10,9 @@ from typing import Any
 
 import pydantic
 
+from gateway.config import ConfigError, load_config
 from gateway.ledger.reading import reading_ledger, since_time
 from gateway.ledger.store import LedgerUnavailable
-from gateway.config import ConfigError, load_config
 from gateway.policy.bench import run_policy_bench
 from gateway.policy.compile import CompiledPolicy, PolicyError, golden_failure, load_policy
 from gateway.policy.decide import decide

@@ -39,7 +39,7 @@ from gateway.policy.source import (
     load_policy_file,
     load_policy_source,
 )
-from gateway.router.model import RouterMissing
+from gateway.router.artifact import RouterMissing
 
 Loc = tuple[str | int, ...]
 ProblemAt = Callable[[Loc, str], str]

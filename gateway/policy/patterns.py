@@ -1,13 +1,12 @@
 """Regular expressions from policies, run with RE2: matching takes time linear in the text, whatever the
 pattern, so a pattern like `(a|aa)+$` cannot hold a request's CPU hostage (Python's `re` backtracks
 exponentially on it). RE2 has no backreferences or lookaround; a policy that uses them is refused when it
-loads, with RE2's reason. Compiling is bounded in memory too, so a huge pattern is refused, not built."""
+loads, with RE2's reason. Compiling is bounded in memory too, so a huge pattern is refused, not built.
+RE2 is imported by the first pattern compiled: a policy without regex signals never loads it."""
 
 from __future__ import annotations
 
 from typing import Any
-
-import re2
 
 # RE2's memory budget for one compiled pattern; a pattern that needs more is refused.
 MAX_PATTERN_MEMORY = 8 << 20
@@ -23,6 +22,8 @@ class PatternError(ValueError):
 
 def compile_pattern(pattern: str, *, case_sensitive: bool) -> Any:
     """A compiled RE2 pattern (`.search(text)` as `re`); PatternError saying why one cannot be."""
+    import re2
+
     options = re2.Options()
     options.case_sensitive = case_sensitive
     options.log_errors = False

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from gateway.extras import require
 from gateway.router.evaluate import (
     EMBED_TOKENS,
     FOLDS,
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from gateway.embedding.embedder import Embedder, default_model_path
     from gateway.tokens import TokenCounter
 
+    require("sklearn", *(["matplotlib"] if args.png else []))  # before minutes of embedding
     embedder = Embedder(default_model_path(), max_tokens=EMBED_TOKENS)
     tokens = TokenCounter()
     report: dict[str, Any] = {}

@@ -48,9 +48,9 @@ def add_router_commands(commands: Any) -> Any:
 
 
 def run_router_command(args: argparse.Namespace) -> int:
-    from gateway.ledger.store import LedgerUnavailable
     from gateway.config import ConfigError
     from gateway.embedding.embedder import EmbedderMissing
+    from gateway.ledger.store import LedgerUnavailable
     from gateway.router import bench, feedback_data, training
     from gateway.router.model import RouterMissing
     from gateway.router.outcomes import OutcomesError

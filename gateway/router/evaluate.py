@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from gateway.extras import require
 from gateway.router.features import design, feature_matrix, standardiser
 from gateway.router.metrics import RouterFigures, curve, figures, oracle_curve, random_curve
 from gateway.router.outcomes import OutcomeSet, load_outcomes
@@ -80,6 +81,7 @@ def cross_validated_scores(
 def run(args: argparse.Namespace) -> int:
     from gateway.embedding.embedder import Embedder, default_model_path
 
+    require("sklearn", *(["matplotlib"] if args.png else []))  # before minutes of embedding
     embedder = Embedder(args.embedder or default_model_path(), max_tokens=EMBED_TOKENS)
     results: dict[str, RouterFigures] = {}
     curves: dict[str, dict[str, Any]] = {}

@@ -15,14 +15,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from gateway.router.artifact import DEFAULT_PATH as DEFAULT_PATH
+from gateway.router.artifact import FORMAT as FORMAT
+from gateway.router.artifact import RouterMissing as RouterMissing
 from gateway.router.features import FEATURES, text_features
-
-FORMAT = "gateway-router/2"
-DEFAULT_PATH = Path(__file__).with_name("models") / "router.npz"
-
-
-class RouterMissing(RuntimeError):
-    pass
 
 
 class RouterModel:

@@ -1,9 +1,10 @@
 """deploy/Dockerfile passes hadolint (installed from PyPI with the dev tools; no Docker engine needed),
 and keeps the properties the deployment relies on: two stages, a non-root numeric user, a health check,
-the graceful stop signal."""
+the graceful stop signal, and an image with the runtime's dependencies only (no bench, train or dev extra)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -40,3 +41,32 @@ def test_the_image_runs_as_a_numeric_non_root_user_with_a_health_check() -> None
     users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
     assert users and users[-1].isdigit() and users[-1] != "0"
     assert "HEALTHCHECK" in text and "/healthz" in text and "STOPSIGNAL SIGTERM" in text
+
+
+def pip_installs(text: str) -> dict[str, list[str]]:
+    """Each virtualenv the Dockerfile installs the project into -> the extras named there (`.[a,b]`,
+    or `[a]` echoed by a shell condition)."""
+    installs: dict[str, list[str]] = {}
+    joined = text.replace("\\\n", " ")
+    # Commands a RUN chains (`&& /opt/...`): not the `&& echo` inside a `$(...)` condition.
+    for command in re.split(r"&&\s*(?=/)|\n", joined):
+        install = re.search(r"(/opt/\w+)/bin/pip install .*?\"\.(.*)\"", command)
+        if install is not None:
+            extras = re.findall(r"\[([\w,-]+)\]", install[2])
+            installs.setdefault(install[1], []).extend(e for group in extras for e in group.split(","))
+    return installs
+
+
+def test_the_image_installs_the_runtime_only() -> None:
+    """No `bench`, `train` or `dev` extra in the image: the shipped environment is the runtime (and, when
+    asked for, the local model); torch's export environment is a build stage's and is not copied."""
+    text = DOCKERFILE.read_text()
+    installs = pip_installs(text)
+    assert installs == {"/opt/gateway": ["local"], "/opt/export": ["embed-export"]}
+    runtime = text[text.index("AS runtime") :]
+    assert "COPY --from=build /opt/gateway /opt/gateway" in runtime and "/opt/export" not in runtime
+
+
+def test_the_install_check_reads_extras() -> None:
+    text = 'RUN /opt/gateway/bin/pip install -c requirements.lock ".[local,train]"\n'
+    assert pip_installs(text) == {"/opt/gateway": ["local", "train"]}
