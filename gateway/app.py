@@ -1,14 +1,16 @@
-"""create_app(settings): the ASGI application. Nothing is built at import time; the lifespan builds it all.
+"""create_app(settings): the ASGI application. Nothing is built at import time; the lifespan builds the
+`Services`, which FastAPI's handlers get as a dependency (lifespan state) and the plain-ASGI endpoints
+hold directly.
 
-`/v1/chat/completions` is dispatched straight to its plain ASGI endpoint (the hot path); every
-other path goes through FastAPI.
+The inbound APIs' paths (`/v1/chat/completions`, …) are dispatched straight to their plain ASGI
+endpoints (the hot path); every other path goes through FastAPI.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,7 +19,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from gateway.identity.keys import KeysUnavailable
 from gateway.api import (
     admin,
     cache,
@@ -32,9 +33,11 @@ from gateway.api import (
     openapi,
     spend,
 )
-from gateway.api.http import CHAT_PATHS, request_id_of
+from gateway.api.http import RequestIds
+from gateway.api.inbound import InboundEndpoint
 from gateway.errors import GatewayError, InvalidRequest, UpstreamUnavailable
-from gateway.runtime import Runtime
+from gateway.identity.keys import KeysUnavailable
+from gateway.services import Services, open_services
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.api")
@@ -47,22 +50,22 @@ GC_THRESHOLDS = (20_000, 50, 50)
 
 
 def create_app(settings: Settings | None = None, environ: dict[str, str] | None = None) -> GatewayApp:
-    runtime = Runtime(settings or Settings(), environ)
+    chosen = settings or Settings()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.runtime = runtime
-        try:
-            await runtime.start()
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Services]]:
+        async with open_services(chosen, environ) as services:
+            gateway.started(services)
             # Everything built so far lives as long as the process: keep the collector off it.
             gc.freeze()
             # Each request allocates a few hundred objects, nearly all freed by reference counting;
             # the default young-generation threshold (700) ran the collector every couple of
             # requests (+11% throughput at 50 clients with this, measured with py-spy's load).
             gc.set_threshold(*GC_THRESHOLDS)
-            yield
-        finally:
-            await runtime.stop()
+            try:
+                yield {"services": services}
+            finally:
+                gateway.stopped()
 
     api = FastAPI(title="gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     api.include_router(models.router)
@@ -82,13 +85,31 @@ def create_app(settings: Settings | None = None, environ: dict[str, str] | None 
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(KeysUnavailable, _keys_unavailable)
     api.add_exception_handler(Exception, _unexpected_error)
-    return GatewayApp(api, runtime)
+    gateway = GatewayApp(api)
+    return gateway
 
 
 class GatewayApp:
-    def __init__(self, api: FastAPI, runtime: Runtime) -> None:
+    def __init__(self, api: FastAPI) -> None:
         self.api = api
-        self.runtime = runtime
+        self._services: Services | None = None
+        self._endpoints: Mapping[str, InboundEndpoint] = {}
+        self._request_ids = RequestIds()
+
+    @property
+    def services(self) -> Services:
+        """The running gateway's services (between start-up and shutdown)."""
+        if self._services is None:
+            raise RuntimeError("the gateway is not running")
+        return self._services
+
+    def started(self, services: Services) -> None:
+        self._services = services
+        self._endpoints = services.endpoints
+        self._request_ids = services.request_ids
+
+    def stopped(self) -> None:
+        self._endpoints = {}
 
     async def __call__(
         self,
@@ -99,10 +120,12 @@ class GatewayApp:
         if scope["type"] != "http":
             await self.api(scope, receive, send)
             return
-        if scope["path"] in CHAT_PATHS and self.runtime.chat is not None:
-            await self.runtime.chat(scope, receive, send)
+        endpoint = self._endpoints.get(scope["path"])
+        if endpoint is not None:
+            await endpoint(scope, receive, send)
             return
-        request_id = request_id_of(scope).encode()
+        sent = next((value for key, value in scope["headers"] if key == b"x-request-id"), None)
+        request_id = self._request_ids.of(sent.decode("latin-1") if sent is not None else None).encode()
 
         async def send_with_request_id(message: Message) -> None:
             if message["type"] == "http.response.start":

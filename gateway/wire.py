@@ -1,67 +1,83 @@
-"""OpenAI wire format: validation of incoming chat requests.
+"""The gateway's internal request and answer, whatever API a client spoke and whatever an upstream speaks.
 
-The gateway validates the fields it relies on and the ones whose wrong type an upstream would
-answer with a confusing error; everything else passes through to OpenAI-compatible upstreams
-unchanged. Validation works on the parsed dict, which is then forwarded as it is, so the request
-is never rebuilt from a model.
+An inbound adapter (`gateway.inbound`) turns a client's body into a `ChatRequest`; a provider turns a
+`ChatRequest` into an upstream call and gives back a `Completion` (a whole OpenAI `chat.completion`
+body) or a `ChatStream` (complete SSE events in OpenAI's chunk format), each with its `Usage`.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
-
-import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from gateway.errors import InvalidRequest
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 
-class _PassThrough(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+    # True when the upstream reported nothing and the gateway counted the tokens itself.
+    estimated: bool = False
+
+    @classmethod
+    def from_openai(cls, usage: dict[str, Any]) -> Usage:
+        return cls(
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            total_tokens=int(usage.get("total_tokens") or 0),
+            details={k: v for k, v in usage.items() if k.endswith("_details") and v},
+        )
 
 
-class Message(_PassThrough):
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
+@dataclass(slots=True)
+class ChatRequest:
+    """One request on its way through the gateway: `body` is an OpenAI chat request (the client's own
+    JSON for chat completions, forwarded as it is), `model` still the client's; `api` is the inbound
+    API it came through."""
 
-
-class StreamOptions(_PassThrough):
+    body: dict[str, Any]
+    request_id: str
+    stream: bool = False
     include_usage: bool = False
+    api: str = "chat.completions"
 
 
-class ChatCompletionRequest(_PassThrough):
-    model: Annotated[str, Field(min_length=1)]
-    messages: Annotated[list[Message], Field(min_length=1)]
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    n: Annotated[int, Field(ge=1, le=128)] | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    seed: int | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
-    user: str | None = None
+@dataclass(slots=True)
+class Deadline:
+    """An absolute point on the monotonic clock by which the whole request must be answered."""
+
+    at: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
 
 
-def parse_chat_request(
-    raw: bytes, *, default_model: str | None = None
-) -> tuple[dict[str, Any], ChatCompletionRequest]:
-    """Parse and validate a request body; raise `InvalidRequest` naming the offending field."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.") from exc
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    if default_model is not None:
-        body.setdefault("model", default_model)
-    try:
-        validated = ChatCompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"])
-        raise InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param) from exc
-    return body, validated
+@dataclass(slots=True)
+class Completion:
+    body: bytes
+    usage: Usage | None
+    upstream_seconds: float
+
+
+class ChatStream(Protocol):
+    """An open upstream stream, returned only once its first event has arrived.
+
+    Iterating yields blocks of complete SSE events (`data: {...}\\n\\n`) in OpenAI's chunk format, never
+    the closing `data: [DONE]`. Iteration ends normally only when the upstream finished the stream
+    properly; a stream broken midway raises an `UpstreamError`. Usage-only chunks are yielded only
+    when the client asked for them (`include_usage`); `usage` is filled in either way.
+    """
+
+    usage: Usage | None
+    first_byte_seconds: float
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...

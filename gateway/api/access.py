@@ -8,14 +8,21 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from gateway.identity.auth import Principal, require_role
-from gateway.runtime import Runtime
+from gateway.services import Services
 
 
-def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+def services(request: Request) -> Services:
+    """The running gateway's services (the lifespan's state)."""
+    found: Services = request.state.services
+    return found
+
+
+ServicesDep = Annotated[Services, Depends(services)]
+
+
+def caller(services: ServicesDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
     """The principal of the bearer key (401 without a valid one, unless the gateway is open)."""
-    runtime: Runtime = request.app.state.runtime
-    assert runtime.auth is not None
-    return runtime.auth.principal(authorization)
+    return services.auth.principal(authorization)
 
 
 def admin(principal: Annotated[Principal, Depends(caller)]) -> Principal:

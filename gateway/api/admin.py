@@ -10,13 +10,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from gateway.identity.auth import Principal
-from gateway.api.access import ADMIN_ONLY, Admin
+from gateway.api.access import ADMIN_ONLY, Admin, ServicesDep
 from gateway.api.openapi import POLICY_BODY
 from gateway.errors import Conflict, InvalidRequest, NotFound
+from gateway.identity.auth import Principal
 from gateway.policy.compile import PolicyError
 from gateway.policy.store import PolicyNotWritable, PolicyStore
-from gateway.runtime import Runtime
+from gateway.services import Services
 
 router = APIRouter(prefix="/admin/policies", dependencies=ADMIN_ONLY)
 
@@ -26,8 +26,8 @@ def _author(principal: Principal) -> str:
     return f"key {principal.key_id}" if principal.key_id else "loopback (open gateway)"
 
 
-def _store(runtime: Runtime, name: str) -> PolicyStore:
-    store = runtime.policies
+def _store(services: Services, name: str) -> PolicyStore:
+    store = services.policies
     assert store is not None
     if name != store.name:
         raise NotFound(f"No live policy named '{name}' (the live policy is '{store.name}').")
@@ -35,9 +35,8 @@ def _store(runtime: Runtime, name: str) -> PolicyStore:
 
 
 @router.get("")
-async def list_policies(request: Request) -> dict[str, Any]:
-    runtime: Runtime = request.app.state.runtime
-    store = runtime.policies
+async def list_policies(request: Request, services: ServicesDep) -> dict[str, Any]:
+    store = services.policies
     assert store is not None
     return {
         "live": {
@@ -50,8 +49,10 @@ async def list_policies(request: Request) -> dict[str, Any]:
 
 
 @router.put("/{name}", openapi_extra={"requestBody": POLICY_BODY})
-async def apply_policy(name: str, request: Request, principal: Admin) -> dict[str, Any]:
-    store = _store(request.app.state.runtime, name)
+async def apply_policy(
+    name: str, request: Request, services: ServicesDep, principal: Admin
+) -> dict[str, Any]:
+    store = _store(services, name)
     try:
         text = (await request.body()).decode()
     except UnicodeDecodeError as exc:
@@ -60,10 +61,8 @@ async def apply_policy(name: str, request: Request, principal: Admin) -> dict[st
 
 
 @router.get("/{name}/versions")
-async def list_versions(name: str, request: Request) -> dict[str, Any]:
-    runtime: Runtime = request.app.state.runtime
-    store = _store(runtime, name)
-    assert runtime.history is not None
+async def list_versions(name: str, request: Request, services: ServicesDep) -> dict[str, Any]:
+    store = _store(services, name)
     return {
         "name": name,
         "live_version": store.version,
@@ -75,17 +74,17 @@ async def list_versions(name: str, request: Request) -> dict[str, Any]:
                 "digest": v.digest,
                 "diff": v.diff,
             }
-            for v in runtime.history.versions(name)
+            for v in services.history.versions(name)
         ],
     }
 
 
 @router.post("/{name}/rollback/{version}")
-async def roll_back(name: str, version: int, request: Request, principal: Admin) -> dict[str, Any]:
-    runtime: Runtime = request.app.state.runtime
-    store = _store(runtime, name)
-    assert runtime.history is not None
-    text = runtime.history.source_of(name, version)
+async def roll_back(
+    name: str, version: int, request: Request, services: ServicesDep, principal: Admin
+) -> dict[str, Any]:
+    store = _store(services, name)
+    text = services.history.source_of(name, version)
     if text is None:
         raise NotFound(f"Policy '{name}' has no version {version}.")
     applied = await _apply(store, text, f"{_author(principal)} (rollback to v{version})")

@@ -8,9 +8,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from gateway.api.access import ADMIN_ONLY
+from gateway.api.access import ADMIN_ONLY, ServicesDep
 from gateway.errors import InvalidRequest
-from gateway.runtime import Runtime
 
 router = APIRouter(prefix="/admin/cache", dependencies=ADMIN_ONLY)
 
@@ -18,14 +17,13 @@ router = APIRouter(prefix="/admin/cache", dependencies=ADMIN_ONLY)
 @router.delete("")
 async def invalidate(
     request: Request,
+    services: ServicesDep,
     team: str | None = None,
     namespace: str | None = None,
     key: str | None = None,
     all: bool = False,
 ) -> dict[str, Any]:
-    runtime: Runtime = request.app.state.runtime
-    assert runtime.pipeline is not None
-    cache = runtime.pipeline.cache
+    cache = services.cache
     if cache is None:
         return {"dropped": 0}
     if team is not None and namespace is not None:
@@ -42,12 +40,9 @@ async def invalidate(
 
 
 @router.get("/audits")
-async def audits(request: Request) -> dict[str, Any]:
+async def audits(request: Request, services: ServicesDep) -> dict[str, Any]:
     """Semantic hits checked live (a rule's `verify_sample`), per route, since this replica started."""
-    runtime: Runtime = request.app.state.runtime
-    audit = runtime.audit
-    if audit is None:
-        return {"routes": {}, "skipped": 0}
+    audit = services.audits
     return {
         "routes": {
             route: {

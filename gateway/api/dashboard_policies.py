@@ -16,14 +16,15 @@ from urllib.parse import parse_qs, urlsplit
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from gateway.identity.auth import Principal
+from gateway.api.access import ServicesDep
 from gateway.api.dashboard import SessionCookie, page, signed_in, to_sign_in
-from gateway.pipeline import Caller
+from gateway.identity.auth import Principal
+from gateway.inbound.chat_completions import parse_chat_request
+from gateway.path.caller import Caller
 from gateway.policy.compile import PolicyError
 from gateway.policy.diff import policy_diff
-from gateway.providers.base import ChatRequest
-from gateway.runtime import Runtime
-from gateway.wire import parse_chat_request
+from gateway.services import Services
+from gateway.wire import ChatRequest
 
 router = APIRouter(prefix="/dashboard/policies")
 MAX_FORM_BYTES = 1_000_000
@@ -31,10 +32,12 @@ SAMPLE = '{"messages": [{"role": "user", "content": "Write a Python function tha
 Form = dict[str, list[str]]
 
 
-def _admin_session(request: Request, session: str | None, *, posting: bool) -> Principal | Response:
+def _admin_session(
+    request: Request, services: Services, session: str | None, *, posting: bool
+) -> Principal | Response:
     """The signed-in admin, or the page to answer instead: sign in first, or 403 for other roles and
     for posts from another site."""
-    principal = signed_in(request.app.state.runtime, session)
+    principal = signed_in(services, session)
     if principal is None:
         return to_sign_in()
     if principal.role != "admin" or (posting and not _same_origin(request)):
@@ -43,42 +46,40 @@ def _admin_session(request: Request, session: str | None, *, posting: bool) -> P
 
 
 @router.get("", response_model=None)
-async def policies_page(request: Request, session: SessionCookie = None) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    principal = _admin_session(request, session, posting=False)
+async def policies_page(request: Request, services: ServicesDep, session: SessionCookie = None) -> Response:
+    principal = _admin_session(request, services, session, posting=False)
     if isinstance(principal, Response):
         return principal
     applied = request.query_params.get("applied")
-    return _render(runtime, principal, _live_source(runtime), SAMPLE, applied=applied)
+    return _render(services, principal, _live_source(services), SAMPLE, applied=applied)
 
 
 @router.post("", response_model=None)
-async def policies_action(request: Request, session: SessionCookie = None) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    principal = _admin_session(request, session, posting=True)
+async def policies_action(request: Request, services: ServicesDep, session: SessionCookie = None) -> Response:
+    principal = _admin_session(request, services, session, posting=True)
     if isinstance(principal, Response):
         return principal
     form = await _form(request)
     if form is None:
         return page("error.html", status=413, principal=principal, message="The form is larger than 1 MB.")
     action = _field(form, "action")
-    text = _field(form, "text") or _live_source(runtime)
+    text = _field(form, "text") or _live_source(services)
     sample = _field(form, "sample") or SAMPLE
     author = f"dashboard, key {principal.key_id}" if principal.key_id else "dashboard (open gateway)"
-    store = runtime.policies
-    assert store is not None and runtime.history is not None
+    store = services.policies
+    assert store is not None and services.history is not None
     if action == "validate":
-        return _render(runtime, principal, text, sample, check=await _check(runtime, text))
+        return _render(services, principal, text, sample, check=await _check(services, text))
     if action == "apply":
         try:
             version = await store.apply(text, author, write_file=True)
         except PolicyError as error:
             refused = {"ok": False, "problems": error.problems, "applied": False}
-            return _render(runtime, principal, text, sample, check=refused, status=400)
+            return _render(services, principal, text, sample, check=refused, status=400)
         return RedirectResponse(f"/dashboard/policies?applied={version}", status_code=303)
     if action == "rollback":
         version_text = _field(form, "version")
-        source = runtime.history.source_of(store.name, int(version_text)) if version_text.isdigit() else None
+        source = services.history.source_of(store.name, int(version_text)) if version_text.isdigit() else None
         if source is None:
             message = f"There is no version {version_text!r} to roll back to."
             return page("error.html", status=404, principal=principal, message=message)
@@ -86,15 +87,15 @@ async def policies_action(request: Request, session: SessionCookie = None) -> Re
             applied = await store.apply(source, f"{author} (rollback to v{version_text})", write_file=True)
         except PolicyError as error:  # e.g. a deployment it names is gone
             refused = {"ok": False, "problems": error.problems, "applied": False}
-            return _render(runtime, principal, source, sample, check=refused, status=400)
+            return _render(services, principal, source, sample, check=refused, status=400)
         return RedirectResponse(f"/dashboard/policies?applied={applied}", status_code=303)
     if action == "explain":
-        return _render(runtime, principal, text, sample, explained=_explain(runtime, sample))
+        return _render(services, principal, text, sample, explained=await _explain(services, sample))
     return page("error.html", status=400, principal=principal, message="Unknown action.")
 
 
-async def _check(runtime: Runtime, text: str) -> dict[str, Any]:
-    store = runtime.policies
+async def _check(services: Services, text: str) -> dict[str, Any]:
+    store = services.policies
     assert store is not None
     try:
         compiled = await store.check(text)
@@ -108,17 +109,18 @@ async def _check(runtime: Runtime, text: str) -> dict[str, Any]:
     }
 
 
-def _explain(runtime: Runtime, sample: str) -> dict[str, Any]:
-    assert runtime.pipeline is not None
+async def _explain(services: Services, sample: str) -> dict[str, Any]:
     try:
-        body, _ = parse_chat_request(sample.encode(), default_model="auto")
+        body = parse_chat_request(sample.encode(), default_model="auto")
     except Exception as error:  # the sample is the admin's text: say what is wrong with it
         return {"error": str(getattr(error, "message", error))}
-    return runtime.pipeline.explain(ChatRequest(body=body, request_id="dashboard-explain"), Caller())
+    return await services.path.decide.explain(
+        ChatRequest(body=body, request_id="dashboard-explain"), Caller()
+    )
 
 
 def _render(
-    runtime: Runtime,
+    services: Services,
     principal: Principal,
     text: str,
     sample: str,
@@ -128,15 +130,15 @@ def _render(
     applied: str | None = None,
     status: int = 200,
 ) -> HTMLResponse:
-    store = runtime.policies
-    assert store is not None and runtime.history is not None
+    store = services.policies
+    assert store is not None and services.history is not None
     return page(
         "policies.html",
         status=status,
         principal=principal,
         live={"name": store.name, "version": store.version, "rules": len(store.current.rules)},
         last_error=store.last_error,
-        versions=list(reversed(runtime.history.versions(store.name))),
+        versions=list(reversed(services.history.versions(store.name))),
         text=text,
         sample=sample,
         check=check,
@@ -145,10 +147,10 @@ def _render(
     )
 
 
-def _live_source(runtime: Runtime) -> str:
-    store = runtime.policies
-    assert store is not None and runtime.history is not None
-    return runtime.history.source_of(store.name, store.version) or store.path.read_text()
+def _live_source(services: Services) -> str:
+    store = services.policies
+    assert store is not None and services.history is not None
+    return services.history.source_of(store.name, store.version) or store.path.read_text()
 
 
 async def _form(request: Request) -> Form | None:

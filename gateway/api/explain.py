@@ -9,28 +9,26 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 
-from gateway.api.http import caller_of, request_id_of
+from gateway.api.access import ServicesDep
+from gateway.api.http import caller_of, wanted_headers
 from gateway.api.openapi import CHAT_BODY
 from gateway.errors import BodyTooLarge
-from gateway.providers.base import ChatRequest
+from gateway.inbound.chat_completions import parse_chat_request
 from gateway.routing.catalog import AUTO
-from gateway.runtime import Runtime
-from gateway.wire import parse_chat_request
+from gateway.wire import ChatRequest
 
 router = APIRouter()
 
 
 @router.post("/v1/route/explain", openapi_extra={"requestBody": CHAT_BODY})
 async def explain_route(
-    request: Request, authorization: Annotated[str | None, Header()] = None
+    request: Request, services: ServicesDep, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:
-    runtime: Runtime = request.app.state.runtime
-    assert runtime.auth is not None
-    principal = runtime.auth.principal(authorization)
-    assert runtime.pipeline is not None
+    principal = services.auth.principal(authorization)
     raw = await request.body()
-    if len(raw) > runtime.settings.max_body_bytes:
-        raise BodyTooLarge(f"The request body exceeds the limit of {runtime.settings.max_body_bytes} bytes.")
-    body, _ = parse_chat_request(raw, default_model=AUTO)
-    chat = ChatRequest(body=body, request_id=request_id_of(request.scope))
-    return runtime.pipeline.explain(chat, caller_of(request.scope, principal))
+    if len(raw) > services.settings.max_body_bytes:
+        raise BodyTooLarge(f"The request body exceeds the limit of {services.settings.max_body_bytes} bytes.")
+    body = parse_chat_request(raw, default_model=AUTO)
+    headers = wanted_headers(request.scope["headers"])
+    chat = ChatRequest(body=body, request_id=services.request_ids.of(headers.get(b"x-request-id")))
+    return await services.path.decide.explain(chat, caller_of(headers, principal))

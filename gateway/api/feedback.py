@@ -11,11 +11,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.api.access import Caller, ServicesDep
+from gateway.errors import NotFound, UpstreamUnavailable
 from gateway.ledger.feedback import Feedback
 from gateway.ledger.store import LedgerUnavailable
-from gateway.api.access import Caller
-from gateway.errors import NotFound, UpstreamUnavailable
-from gateway.runtime import Runtime
 
 router = APIRouter()
 
@@ -37,10 +36,10 @@ class FeedbackBody(BaseModel):
 
 
 @router.post("/v1/feedback")
-async def give_feedback(principal: Caller, body: FeedbackBody, request: Request) -> dict[str, Any]:
-    runtime: Runtime = request.app.state.runtime
-    assert runtime.accountant is not None
-    ledger = runtime.accountant.ledger
+async def give_feedback(
+    principal: Caller, body: FeedbackBody, request: Request, services: ServicesDep
+) -> dict[str, Any]:
+    ledger = services.ledger
     assert ledger is not None
     feedback = Feedback(
         id=f"fb-{uuid.uuid4().hex}",

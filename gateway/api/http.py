@@ -2,16 +2,50 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+import itertools
+import os
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from gateway.identity.auth import Principal
 from gateway.errors import GatewayError
-from gateway.pipeline import Caller
+from gateway.identity.auth import Principal
+from gateway.path.caller import Caller
 
-CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 _MAX_REQUEST_ID = 128
+# The request headers the hot path reads, gathered in one pass over the client's headers.
+_WANTED = frozenset(
+    {
+        b"authorization",
+        b"content-length",
+        b"x-request-id",
+        b"x-gateway-tags",
+        b"traceparent",
+        b"cache-control",
+    }
+)
+
+
+def wanted_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, str]:
+    """The headers the hot path reads, by lower-case name (ASGI servers lower-case them), first one wins."""
+    found: dict[bytes, str] = {}
+    for key, value in raw:
+        if key in _WANTED and key not in found:
+            found[key] = value.decode("latin-1")
+    return found
+
+
+class RequestIds:
+    """The client's x-request-id when it sent a sane one, else a new id: random per process, then a
+    counter (a uuid4 per request cost more than the rest of reading its headers)."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._next = itertools.count()
+
+    def of(self, sent: str | None) -> str:
+        if sent and len(sent) <= _MAX_REQUEST_ID and sent.isprintable() and sent.isascii():
+            return sent
+        return f"{self._prefix}{next(self._next):08x}"
 
 
 def header_value(scope: MutableMapping[str, Any], name: bytes) -> str | None:
@@ -21,20 +55,14 @@ def header_value(scope: MutableMapping[str, Any], name: bytes) -> str | None:
     return None
 
 
-def request_id_of(scope: MutableMapping[str, Any]) -> str:
-    """The client's x-request-id when it sent a sane one, else a new id."""
-    sent = header_value(scope, b"x-request-id")
-    if sent and len(sent) <= _MAX_REQUEST_ID and sent.isprintable() and sent.isascii():
-        return sent
-    return uuid.uuid4().hex
-
-
 async def send_error(
     send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
     error: GatewayError,
     headers: list[tuple[bytes, bytes]],
+    body: bytes | None = None,
 ) -> None:
-    body = error.to_json()
+    """The error as a response: its body in the API's error format (`body`), OpenAI's by default."""
+    body = error.to_json() if body is None else body
     response_headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -50,16 +78,17 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
-def caller_of(scope: MutableMapping[str, Any], principal: Principal) -> Caller:
-    """Who is asking: the key's team and role, and the request's tags (`x-gateway-tags: a, b`)."""
-    tags = header_value(scope, b"x-gateway-tags")
+def caller_of(headers: dict[bytes, str], principal: Principal) -> Caller:
+    """Who is asking: the key's team and role, and the request's tags (`x-gateway-tags: a, b`);
+    `headers` as `wanted_headers` gathered them."""
+    tags = headers.get(b"x-gateway-tags")
     return Caller(
         team=principal.team,
         key=principal.key_id,
         role=principal.role,
         tags=tuple(tag.strip() for tag in tags.split(",") if tag.strip()) if tags else (),
-        traceparent=header_value(scope, b"traceparent"),
-        no_cache=_no_cache(header_value(scope, b"cache-control")),
+        traceparent=headers.get(b"traceparent"),
+        no_cache=_no_cache(headers.get(b"cache-control")),
     )
 
 

@@ -13,18 +13,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.api.access import ADMIN_ONLY, ServicesDep
+from gateway.errors import InvalidRequest, NotFound
 from gateway.identity.keys import (
     NAME_MAX_LENGTH,
     TEAM_PATTERN,
     InvalidKeyField,
     KeyChange,
     KeyNotFound,
-    KeyStore,
     Role,
 )
-from gateway.api.access import ADMIN_ONLY
-from gateway.errors import InvalidRequest, NotFound
-from gateway.runtime import Runtime
+from gateway.services import Services
 
 router = APIRouter(prefix="/admin/keys", dependencies=ADMIN_ONLY)
 
@@ -41,59 +40,50 @@ class NewKey(BaseModel):
     ] = ""
 
 
-def _keys(request: Request) -> tuple[Runtime, KeyStore]:
-    """The runtime and its key store (the router lets admins only this far)."""
-    runtime: Runtime = request.app.state.runtime
-    assert runtime.keys is not None
-    return runtime, runtime.keys
-
-
 @router.post("")
-async def create_key(new: NewKey, request: Request) -> dict[str, Any]:
-    runtime, store = _keys(request)
+async def create_key(new: NewKey, request: Request, services: ServicesDep) -> dict[str, Any]:
+    store = services.keys
     try:
         key, secret = await asyncio.to_thread(store.create, new.team, new.role, new.name)
     except InvalidKeyField as exc:
         raise InvalidRequest(str(exc), param=exc.field, code=f"invalid_{exc.field}") from exc
-    await _changed(runtime, KeyChange(key.id, "create"))
+    await _changed(services, KeyChange(key.id, "create"))
     return {**key.public(), "key": secret}
 
 
 @router.get("")
-async def list_keys(request: Request, all: bool = False) -> dict[str, Any]:
-    _, store = _keys(request)
+async def list_keys(request: Request, services: ServicesDep, all: bool = False) -> dict[str, Any]:
+    store = services.keys
     keys = await asyncio.to_thread(store.list, include_revoked=all)
     return {"keys": [key.public() for key in keys]}
 
 
 @router.post("/{key_id}/revoke")
-async def revoke_key(key_id: str, request: Request) -> dict[str, Any]:
-    runtime, store = _keys(request)
+async def revoke_key(key_id: str, request: Request, services: ServicesDep) -> dict[str, Any]:
+    store = services.keys
     try:
         key = await asyncio.to_thread(store.revoke, key_id)
     except KeyNotFound as exc:
         raise NotFound(str(exc)) from exc
-    await _changed(runtime, KeyChange(key.id, "revoke"))
+    await _changed(services, KeyChange(key.id, "revoke"))
     return key.public()
 
 
 @router.post("/{key_id}/rotate")
-async def rotate_key(key_id: str, request: Request) -> dict[str, Any]:
-    runtime, store = _keys(request)
+async def rotate_key(key_id: str, request: Request, services: ServicesDep) -> dict[str, Any]:
+    store = services.keys
     try:
         key, secret = await asyncio.to_thread(store.rotate, key_id)
     except KeyNotFound as exc:
         raise NotFound(str(exc)) from exc
-    await _changed(runtime, KeyChange(key.id, "rotate"))
+    await _changed(services, KeyChange(key.id, "rotate"))
     return {**key.public(), "key": secret}
 
 
-async def _changed(runtime: Runtime, change: KeyChange) -> None:
+async def _changed(services: Services, change: KeyChange) -> None:
     """This replica stops accepting an old secret at once and knows the new keys before answering; other
     replicas hear of it through Redis (else within their refresh interval)."""
-    assert runtime.auth is not None
     if change.stops_a_secret:
-        runtime.auth.forget_key(change.key_id)
-    if runtime.key_changes is not None:
-        await runtime.key_changes.publish(change)
-    await runtime.auth.reload()
+        services.auth.forget_key(change.key_id)
+    await services.key_changes.publish(change)
+    await services.auth.reload()

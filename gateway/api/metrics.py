@@ -8,16 +8,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 
+from gateway.api.access import ServicesDep
 from gateway.identity.auth import require_role
-from gateway.runtime import Runtime
 
 router = APIRouter()
 
 
 @router.get("/metrics", response_model=None)
-async def metrics(request: Request, authorization: Annotated[str | None, Header()] = None) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    assert runtime.auth is not None and runtime.telemetry is not None
-    require_role(runtime.auth.principal(authorization), "admin", "finance")
-    body, content_type = runtime.telemetry.prometheus_text()
+async def metrics(
+    request: Request, services: ServicesDep, authorization: Annotated[str | None, Header()] = None
+) -> Response:
+    require_role(services.auth.principal(authorization), "admin", "finance")
+    body, content_type = services.telemetry.prometheus_text()
     return Response(body, media_type=content_type)

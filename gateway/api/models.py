@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 
+from gateway.api.access import ServicesDep
 from gateway.routing.catalog import AUTO
-from gateway.runtime import Runtime
 
 router = APIRouter()
 
@@ -16,12 +16,10 @@ router = APIRouter()
 @router.get("/v1/models")
 @router.get("/models", include_in_schema=False)
 async def list_models(
-    request: Request, authorization: Annotated[str | None, Header()] = None
+    request: Request, services: ServicesDep, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:
-    runtime: Runtime = request.app.state.runtime
-    assert runtime.auth is not None
-    runtime.auth.principal(authorization)
-    catalog, policies = runtime.catalog, runtime.policies
+    services.auth.principal(authorization)
+    catalog, policies = services.catalog, services.policies
     assert catalog is not None and policies is not None
     policy = policies.current.policy
     created = int(time.time())

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from gateway.wire import ChatCompletionRequest
+from gateway.inbound.chat_completions import CHAT_COMPLETION_REQUEST
 
 REF = "#/components/schemas/{model}"
 # A chat request, as `POST /v1/chat/completions` and `POST /v1/route/explain` read it.
@@ -54,7 +54,7 @@ def describe(api: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if api.openapi_schema is None:
             schema = get_openapi(title=api.title, version=api.version, routes=api.routes)
-            request = ChatCompletionRequest.model_json_schema(ref_template=REF)
+            request = CHAT_COMPLETION_REQUEST.json_schema(ref_template=REF)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(request.pop("$defs", {}))
             components["ChatCompletionRequest"] = request

@@ -8,11 +8,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from gateway.identity.auth import require_role
-from gateway.ledger.store import LedgerUnavailable
-from gateway.ledger.spend_report import BadReportQuery, as_csv, parse_groups, parse_moment
+from gateway.api.access import ServicesDep
 from gateway.errors import InvalidRequest, UpstreamUnavailable
-from gateway.runtime import Runtime
+from gateway.identity.auth import require_role
+from gateway.ledger.spend_report import BadReportQuery, as_csv, parse_groups, parse_moment
+from gateway.ledger.store import LedgerUnavailable
 
 router = APIRouter()
 Authorization = Annotated[str | None, Header()]
@@ -21,6 +21,7 @@ Authorization = Annotated[str | None, Header()]
 @router.get("/spend", response_model=None)
 async def spend(
     request: Request,
+    services: ServicesDep,
     authorization: Authorization = None,
     group_by: Annotated[str, Query(description="comma-separated: team, route, model, rule, day, …")] = "team",
     since: Annotated[str | None, Query(description="a day (2026-11-01), ISO time or unix seconds")] = None,
@@ -28,10 +29,8 @@ async def spend(
     team: str | None = None,
     format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
 ) -> dict[str, Any] | Response:
-    runtime: Runtime = request.app.state.runtime
-    assert runtime.auth is not None and runtime.accountant is not None
-    require_role(runtime.auth.principal(authorization), "finance", "admin")
-    ledger = runtime.accountant.ledger
+    require_role(services.auth.principal(authorization), "finance", "admin")
+    ledger = services.ledger
     assert ledger is not None
     try:
         groups = parse_groups(group_by)

@@ -1,7 +1,7 @@
-"""`python -m gateway.bench.accounting`: what accounting adds to one request, measured on the real
-`Accountant` with the calls the pipeline makes, in its order: rate limits, budget reservation, the
-intent (spooled before the upstream call), the spend record (spooled, observed by telemetry, span
-finished) and the settlement.
+"""`python -m gateway.bench.accounting`: what accounting adds to one request, measured on the request
+path's real admit and record steps with the calls `RequestPath` makes, in its order: the span, rate
+limits, budget reservation, the intent (spooled before the upstream call), the spend record (spooled,
+observed by telemetry, span finished) and the settlement.
 
 Three set-ups: no budgets or limits (the embedded default), a team with a daily and a monthly budget
 and a requests- and tokens-per-minute limit, and the same with the request span recorded by an OTel
@@ -22,20 +22,30 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from gateway.accountant import Accountant, Ticket
-from gateway.limits.budget_counters import InProcessBudgetCounters
-from gateway.ledger.ledger import Ledger
-from gateway.ledger.store import SqliteLedgerStore
-from gateway.pricing import PriceBook, load_price_map
-from gateway.limits.rate_counters import InProcessRateCounters
-from gateway.ledger.spool import Spool
 from gateway.config import Deployment
+from gateway.ledger.ledger import Ledger
+from gateway.ledger.spool import Spool
+from gateway.ledger.sqlite import SqliteLedgerStore
+from gateway.limits.budget_counters import InProcessBudgetCounters
+from gateway.limits.rate_counters import InProcessRateCounters
+from gateway.path.admit import Admission, Admitted
+from gateway.path.answer import Answer
+from gateway.path.caller import Caller
+from gateway.path.cost import RoutePrices
+from gateway.path.decide import Routing
+from gateway.path.record import Ending, Recording
+from gateway.policy.compile import CompiledPolicy
+from gateway.policy.records import DecisionLog
 from gateway.policy.schema import Policy
-from gateway.providers.base import ChatRequest, Usage
+from gateway.pricing import PriceBook, load_price_map
+from gateway.providers.factory import build_provider
+from gateway.routing.catalog import Candidate, Target
 from gateway.telemetry.telemetry import Telemetry
 from gateway.tokens import TokenCounter
+from gateway.wire import ChatRequest, Usage
 
 TARGET_US = 200.0
 MESSAGES = [
@@ -72,38 +82,43 @@ async def _run(policy: Policy, telemetry: Telemetry, requests: int, state: Path)
         "big": Deployment.model_validate({"provider": "openai", "model": "gpt-4o"}),
         "small": Deployment.model_validate({"provider": "openai", "model": "gpt-4o-mini"}),
     }
-    prices = PriceBook(deployments, load_price_map())
+    tokens = TokenCounter()
+    prices = RoutePrices(PriceBook(deployments, load_price_map()))
     ledger = Ledger(Spool(state / "spool"), SqliteLedgerStore(state / "ledger.sqlite"))
-    accountant = Accountant(
-        prices, TokenCounter(), InProcessBudgetCounters(), InProcessRateCounters(), ledger, telemetry
-    )
-    candidates = [prices.price_of("big")]
-    longest = prices.max_output_of("big")
-    usage = Usage(41, 120, 161, {"prompt_tokens_details": {"cached_tokens": 0}})
-    body = {"model": "auto", "messages": MESSAGES, "max_tokens": 200}
-    accountant.spend_price(policy, "frontier", "big")  # warm the token counter and the price map
-    accountant.tokens.count_messages(MESSAGES)
-    timings: list[float] = []
-    for index in range(requests):
-        request = ChatRequest(body=body, request_id=f"r{index}")
-        started = time.perf_counter()
-        ticket = Ticket(request, "search", "k1", time.time(), started)
-        ticket.span = telemetry.start_request(request.request_id, "auto", False)
-        await accountant.admit_rates(ticket, policy)
-        ticket.policy, ticket.policy_name, ticket.rule, ticket.route = policy, "bench", "default", "frontier"
-        await accountant.reserve(ticket, policy, candidates, longest)
-        accountant.intend(ticket, "big")  # spooled before the upstream call
-        ticket.in_flight = "big"
-        ticket.deployment, ticket.upstream_seconds = "big", 0.0
-        accountant.spend(policy, "frontier", "big", usage)  # the cost headers
-        accountant.account(ticket, status=200, usage=usage, ttfb_seconds=0.5)
-        accountant.settle_later(ticket)
-        await asyncio.sleep(0)  # let the settlement run, as it would between requests
-        timings.append((time.perf_counter() - started) * 1e6)
-        if index % 5_000 == 4_999:
-            await ledger.drain()  # the periodic drain, outside the timed calls
-            print(f"  {index + 1}/{requests}", file=sys.stderr)
-    await accountant.aclose()
+    decisions = DecisionLog(state / "decisions.sqlite")
+    admission = Admission(prices, tokens, InProcessBudgetCounters(), InProcessRateCounters(), telemetry)
+    recording = Recording(prices, tokens, ledger, telemetry, decisions)
+    async with aiohttp.ClientSession() as session:  # the candidate is never called
+        big = build_provider(deployments["big"], session, {}, tokens, "no local model")
+        compiled = CompiledPolicy("bench", policy, {}, ())
+        routing = Routing(Target("frontier", (Candidate("frontier", big),), False), "default", None, compiled)
+        usage = Usage(41, 120, 161, {"prompt_tokens_details": {"cached_tokens": 0}})
+        body = {"model": "auto", "messages": MESSAGES, "max_tokens": 200}
+        caller = Caller(team="search", key="k1")
+        prices.price(policy, "frontier", "big")  # warm the token counter and the price map
+        tokens.count_messages(MESSAGES)
+        timings: list[float] = []
+        for index in range(requests):
+            request = ChatRequest(body=body, request_id=f"r{index}")
+            started = time.perf_counter()
+            trail = recording.begin(request, caller, started)
+            admitted = Admitted(request, caller.team, caller.key, trail.at)
+            await admission.admit_rates(admitted, policy)
+            await admission.reserve(admitted, routing)
+            recording.calling(trail, routing, admitted, "big")  # spooled before the upstream call
+            answer = Answer("frontier", "big", "default", None, 0.0)
+            record = recording.end(
+                trail, routing, admitted, answer, None, Ending(usage=usage, ttfb_seconds=0.5)
+            )
+            admission.settle_later(admitted, record.cost_usd, record.completion_tokens)
+            await asyncio.sleep(0)  # let the settlement run, as it would between requests
+            timings.append((time.perf_counter() - started) * 1e6)
+            if index % 5_000 == 4_999:
+                await ledger.drain()  # the periodic drain, outside the timed calls
+                print(f"  {index + 1}/{requests}", file=sys.stderr)
+    await admission.aclose()
+    await ledger.close()
+    decisions.close()
     return timings
 
 

@@ -194,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 task.result()  # raises what stopped the start-up
                 raise RuntimeError("the gateway stopped before it started")
             time.sleep(0.05)
-        runtime = app.runtime
-        cache = runtime.cache
+        cache = app.services.cache
         assert isinstance(cache, AnswerCache) and isinstance(cache.store, InProcessCacheStore)
         directive = CacheDirective(similarity=threshold, ttl_seconds=86400)
         namespace = namespace_of(directive, None)

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
-from gateway.limits.budgets import EVERY, Budgets
 from gateway.ledger.rollup import LATENCY_BOUNDS_MS, LATENCY_COLUMNS
+from gateway.limits.budgets import EVERY, Budgets
 
 GROUPS = ("team", "route", "model", "rule", "deployment", "cache")
 DEFAULT_DAYS = 30

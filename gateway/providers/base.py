@@ -1,85 +1,18 @@
 """The one small interface every provider implements.
 
-A provider turns an OpenAI-format chat request into an upstream call and gives back OpenAI-format
-bytes: a whole `chat.completion` body, or a stream of complete SSE events. Errors from the library
-underneath (aiohttp, litellm) are translated inside the provider into `gateway.errors`.
+A provider turns the internal request (`gateway.wire.ChatRequest`) into an upstream call and gives back
+OpenAI-format bytes: a whole `chat.completion` body, or a stream of complete SSE events. Errors from the
+library underneath (aiohttp, litellm) are translated inside the provider into `gateway.errors`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from gateway.config import Deployment
+from gateway.wire import ChatRequest, ChatStream, Completion, Deadline, Usage
 
-
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    details: dict[str, Any] = field(default_factory=dict)
-    # True when the upstream reported nothing and the gateway counted the tokens itself.
-    estimated: bool = False
-
-    @classmethod
-    def from_openai(cls, usage: dict[str, Any]) -> Usage:
-        return cls(
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            total_tokens=int(usage.get("total_tokens") or 0),
-            details={k: v for k, v in usage.items() if k.endswith("_details") and v},
-        )
-
-
-@dataclass(slots=True)
-class ChatRequest:
-    """A validated OpenAI chat request: `body` is the client's JSON, `model` still the client's."""
-
-    body: dict[str, Any]
-    request_id: str
-    stream: bool = False
-    include_usage: bool = False
-
-
-@dataclass(slots=True)
-class Deadline:
-    """An absolute point on the monotonic clock by which the whole request must be answered."""
-
-    at: float
-
-    @classmethod
-    def after(cls, seconds: float) -> Deadline:
-        return cls(time.monotonic() + seconds)
-
-    def remaining(self) -> float:
-        return self.at - time.monotonic()
-
-
-@dataclass(slots=True)
-class Completion:
-    body: bytes
-    usage: Usage | None
-    upstream_seconds: float
-
-
-class ChatStream(Protocol):
-    """An open upstream stream, returned only once its first event has arrived.
-
-    Iterating yields complete SSE events (`data: {...}\\n\\n`) in OpenAI's chunk format, never the
-    closing `data: [DONE]`. Iteration ends normally only when the upstream finished the stream
-    properly; a stream broken midway raises an `UpstreamError`. Usage-only chunks are yielded only
-    when the client asked for them (`include_usage`); `usage` is filled in either way.
-    """
-
-    usage: Usage | None
-    first_byte_seconds: float
-
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
-
-    async def aclose(self) -> None: ...
+__all__ = ["ChatRequest", "ChatStream", "Completion", "Deadline", "Provider", "Usage"]
 
 
 class Provider(Protocol):

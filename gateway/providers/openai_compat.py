@@ -27,6 +27,8 @@ from gateway.providers.base import ChatRequest, Completion, Deadline, Usage
 from gateway.tokens import TokenCounter
 
 _DONE = b"data: [DONE]"
+# [DONE] where it starts an event (the same text inside a chunk's content is not the end).
+_DONE_EVENT = b"\n\n" + _DONE
 
 
 class OpenAICompatProvider:
@@ -160,10 +162,9 @@ class OpenAIStream:
         self._request = request
         self._include_usage = request.include_usage
         self._tokens = tokens
-        self._content_events = 0
-        self._last_event = b""
         self._buffer = b""
         self._pending: list[bytes] = []
+        self._passed: list[bytes] = []
         self._done = False
         self.usage: Usage | None = None
         self.first_byte_seconds = 0.0
@@ -186,23 +187,49 @@ class OpenAIStream:
         if b"\r" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n")
         data = self._buffer + chunk if self._buffer else chunk
-        *events, self._buffer = data.split(b"\n\n")
-        kept: list[bytes] = []
-        for event in events:
-            if not event:
-                continue
-            if event.startswith(_DONE):
-                self._done = True
-                break
-            if (b'"usage":{' in event or b'"usage": {' in event) and not self._take_usage(event):
-                continue
-            if _carries_content(event):
-                self._content_events += 1
-            self._last_event = event
-            kept.append(event + b"\n\n")
-        if kept:
-            self._pending.append(b"".join(kept))
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._buffer = data
+            return True
+        complete, self._buffer = data[: end + 2], data[end + 2 :]
+        done = 0 if complete.startswith(_DONE) else complete.find(_DONE_EVENT)
+        if done >= 0:
+            self._done = True
+            complete = complete[: done + 2 if done else 0]  # whole events before the [DONE] event
+        if b'"usage":' in complete or b'"usage": ' in complete:
+            complete = self._take_usage_events(complete)
+        if complete:
+            self._pass(complete)
         return True
+
+    def _take_usage_events(self, block: bytes) -> bytes:
+        """Record the usage of the events in `block` that carry one; the block without the usage-only
+        events the client did not ask for. Only those events are parsed, found by position."""
+        kept, start = [], 0
+        while True:
+            found = _usage_object(block, start)
+            if found < 0:
+                break
+            begin = block.rfind(b"\n\n", 0, found)
+            begin = begin + 2 if begin >= 0 else 0
+            end = block.find(b"\n\n", found)
+            end = end + 2 if end >= 0 else len(block)
+            if not self._take_usage(block[begin:end].rstrip(b"\n")):
+                kept.append(block[start:begin])
+                start = end
+                continue
+            kept.append(block[start:end])
+            start = end
+        kept.append(block[start:])
+        return b"".join(kept)
+
+    def _pass(self, block: bytes) -> None:
+        self._pending.append(block)
+        if self.usage is None:
+            # Kept (the same bytes the client gets) to count the answer should no usage come.
+            self._passed.append(block)
+        elif self._passed:
+            self._passed.clear()
 
     def _take_usage(self, event: bytes) -> bool:
         """Record the usage in this event; False when the event should not reach the client."""
@@ -239,12 +266,14 @@ class OpenAIStream:
         """The upstream sent no usage: count it (content chunks ≈ completion tokens) and, when the
         client asked for usage, build the final usage chunk it would have sent."""
         prompt = self._tokens.count_messages(self._request.body.get("messages") or ())
-        completion = self._content_events
+        events = [event for block in self._passed for event in block.split(b"\n\n") if event]
+        completion = sum(1 for event in events if _carries_content(event))
         self.usage = Usage(prompt, completion, prompt + completion, estimated=True)
         if not self._include_usage:
             return b""
+        last_event = events[-1] if events else b""
         try:
-            last = orjson.loads(self._last_event[self._last_event.index(b"{") :])
+            last = orjson.loads(last_event[last_event.index(b"{") :])
         except (ValueError, orjson.JSONDecodeError):
             last = {}
         chunk = {
@@ -268,6 +297,14 @@ class OpenAIStream:
             self._response.release()
         else:
             self._response.close()
+
+
+def _usage_object(block: bytes, start: int) -> int:
+    """Where the next `"usage": {…}` of a block is (a `"usage": null` is no usage), or -1."""
+    tight, spaced = block.find(b'"usage":{', start), block.find(b'"usage": {', start)
+    if tight < 0:
+        return spaced
+    return tight if spaced < 0 else min(tight, spaced)
 
 
 def _carries_content(event: bytes) -> bool:

@@ -11,12 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.identity.keys import KeyStore, SqliteKeys
 from gateway.fakes.background import BackgroundLoop
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
+from gateway.identity.keys import KeyStore
+from gateway.identity.keys_sqlite import SqliteKeys
 from tests.conftest import RunningGateway, openai_deployment
-from tests.test_accountant import ledger_rows
+from tests.path.test_admit_and_record import ledger_rows
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 PRICE = {"input_per_mtok": 1000, "output_per_mtok": 10000}

@@ -92,6 +92,24 @@ def test_stream_ends_with_done_and_carries_routing_headers(upstreams: Upstreams,
     assert raw.count(b"data: ") == 1 + 5 + 1 + 1  # role chunk, content, finish, [DONE]
 
 
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_text_that_looks_like_the_end_or_usage_is_only_text(
+    upstreams: Upstreams, gateway: Gateway, chunks: int
+) -> None:
+    """The stream is passed on without parsing every event: `data: [DONE]` or `"usage": {` inside an
+    answer's text neither ends the stream nor is taken for usage."""
+    content = 'Write "data: [DONE]" then "usage": {"total_tokens": 1} and go on'
+    upstream = upstreams(Behaviour(content=content, chunks=chunks))
+    gw = gateway(single_route(upstream))
+    stream = gw.client().chat.completions.create(
+        model="auto", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    received = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in received if c.choices)
+    assert text == content
+    assert received[-1].usage is not None and received[-1].usage.completion_tokens == len(content.split())
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_tool_calls_reach_the_client(upstreams: Upstreams, gateway: Gateway, stream: bool) -> None:
     upstream = upstreams(Behaviour(tool_call=True))

@@ -44,7 +44,7 @@ def plant_key(gw: RunningGateway, team: str) -> str:
     """A client key of a team the API no longer accepts (made before team names were checked), written
     into the gateway's key store directly; its secret."""
     secret = "gw-planted-key"
-    runtime = gw.app.runtime
+    runtime = gw.app.services
     assert runtime.auth is not None
     with contextlib.closing(sqlite3.connect(runtime.settings.state_dir / "keys.sqlite")) as db, db:
         db.execute(

@@ -12,9 +12,9 @@ import httpx
 import orjson
 import pytest
 
-from gateway.ledger.store import SqliteLedgerStore
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
+from gateway.ledger.sqlite import SqliteLedgerStore
 from tests.conftest import RunningGateway, openai_deployment
 from tests.gateway_process import run_command
 

@@ -64,5 +64,5 @@ def test_the_shipped_configuration_answers_from_the_real_local_model(
         client.chat.completions.create(model="frontier", messages=question)
     assert caught.value.status_code == 503
 
-    local_model = gw.app.runtime.local_model
+    local_model = gw.app.services.local_model
     assert local_model is not None and local_model.pid is not None

@@ -12,9 +12,10 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.identity.keys import KeyStore, SqliteKeys
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
+from gateway.identity.keys import KeyStore
+from gateway.identity.keys_sqlite import SqliteKeys
 from gateway.telemetry.names import LATENCY_BUCKETS_S
 from tests.conftest import RunningGateway, openai_deployment
 

@@ -112,7 +112,7 @@ def test_a_policy_edit_goes_live_without_a_restart_and_a_broken_one_does_not(
     wait_until(lambda: ask(gw, "hi").headers["x-gateway-route"] == "local")
 
     policy.write_text("routes: {local: {deployments: [small]}}\ndefault_route: nowhere\n")
-    store = gw.app.runtime.policies
+    store = gw.app.services.policies
     assert store is not None
     wait_until(lambda: store.last_error is not None)
     assert store.last_error is not None and "default_route: unknown route 'nowhere'" in store.last_error[0]
@@ -152,7 +152,7 @@ def test_no_request_fails_or_is_misrouted_while_the_policy_flips_under_load(
             write_policy(policy, flipped if flip % 2 == 0 else spec)
             time.sleep(0.03)
         results = [result for future in futures for result in future.result()]
-    store = gw.app.runtime.policies
+    store = gw.app.services.policies
     assert store is not None and store.reloads >= 5
     assert all(status == 200 for status, _, _ in results)
     assert all(expected[rule] == route for _, rule, route in results)

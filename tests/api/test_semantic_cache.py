@@ -12,16 +12,17 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.identity.keys import KeyStore, SqliteKeys
 from gateway.cache.semantic_index import CANDIDATE_FLOOR
 from gateway.cache.verifier import Verifier
 from gateway.embedding.embedder import Embedder, default_model_path
 from gateway.fakes.background import BackgroundLoop
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
+from gateway.identity.keys import KeyStore
+from gateway.identity.keys_sqlite import SqliteKeys
 from tests.api.test_cache import PRICE, chats, client_keys
 from tests.conftest import RunningGateway, openai_deployment
-from tests.test_accountant import ledger_rows
+from tests.path.test_admit_and_record import ledger_rows
 
 ORIGINAL = "How can I improve my English speaking skills?"
 PARAPHRASE = "How do I improve my spoken English?"
@@ -214,7 +215,7 @@ def test_a_sample_of_semantic_hits_is_checked_against_a_fresh_answer(
 
 def indexed(gw: RunningGateway) -> int:
     """How many questions the replica's semantic index holds (read from the test's thread)."""
-    cache = gw.app.runtime.cache
+    cache = gw.app.services.cache
     assert cache is not None
     return len(getattr(cache.store, "index"))  # noqa: B009 - both stores have one; the Protocol does not say
 

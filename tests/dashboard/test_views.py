@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.limits.budgets import Budgets, SpendLimit
-from gateway.ledger.store import SqliteLedgerStore
-from gateway.ledger.record import SpendRecord
 from gateway.bench.dashboard import main as bench_main
 from gateway.dashboard.views import BadFilter, Filters, as_csv, budget_burn, spend_view
+from gateway.ledger.record import SpendRecord
+from gateway.ledger.sqlite import SqliteLedgerStore
+from gateway.limits.budgets import Budgets, SpendLimit
 
 DAY = date(2026, 3, 10)
 NOON = datetime(2026, 3, 10, 12, tzinfo=UTC).timestamp()

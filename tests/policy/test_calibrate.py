@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.ledger.store import SqliteLedgerStore
 from gateway.ledger.record import SpendRecord
+from gateway.ledger.sqlite import SqliteLedgerStore
 from gateway.policy.calibrate import for_quality
 from tests.gateway_process import run_command
 

@@ -57,10 +57,10 @@ def recorded(
             assert client.post(
                 "/chat/completions", json=body, headers={"x-request-id": f"r{index}"}
             ).is_success
-    records = gw.app.runtime.records
+    records = gw.app.services.decisions
     assert records is not None
     bg.run(records.flush())
-    return gw.app.runtime.settings.config, gw.app.runtime.settings.state_dir / "decisions.sqlite"
+    return gw.app.services.settings.config, gw.app.services.settings.state_dir / "decisions.sqlite"
 
 
 def write(tmp_path: Path, name: str, policy: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ def shadowed(big: FakeOpenAIUpstream, small: FakeOpenAIUpstream) -> dict[str, An
 
 
 def shadows_of(gw: RunningGateway, bg: BackgroundLoop, count: int) -> list[ShadowRecord]:
-    records = gw.app.runtime.records
+    records = gw.app.services.decisions
     assert records is not None
     deadline = time.monotonic() + 5
     while True:
@@ -71,7 +71,7 @@ def test_a_failing_or_slow_shadow_does_not_touch_the_real_answer(
 
     small.default = Behaviour(latency=2.0)
     assert httpx.post(f"{gw.base_url}/chat/completions", json=body).status_code == 200
-    records = gw.app.runtime.records
+    records = gw.app.services.decisions
     assert records is not None
     bg.run(records.flush())
     assert len(records.read_shadows()) == 1  # the real answer came back while its shadow still waits

@@ -1,7 +1,8 @@
-"""`POST /v1/chat/completions` as a plain ASGI endpoint: the hot path, kept free of framework layers.
+"""Every inbound API's endpoint, as plain ASGI: the hot path, kept free of framework layers.
 
-HTTP only: read and check the body, authenticate, hand the request to the pipeline, and write the
-answer (JSON, or an SSE stream that ends with `[DONE]` only when the upstream finished it).
+HTTP only: read and check the body, authenticate, let the API's adapter parse it, hand the request to
+the request path, and write the answer in the adapter's format (JSON, or an SSE stream that ends
+properly only when the upstream finished it).
 """
 
 from __future__ import annotations
@@ -13,19 +14,20 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from gateway.identity.auth import Authenticator
-from gateway.api.http import caller_of, header_value, request_id_of, send_error
+from gateway.api.http import RequestIds, caller_of, send_error, wanted_headers
 from gateway.errors import BodyTooLarge, GatewayError, InvalidRequest
-from gateway.pipeline import CLIENT_CLOSED, Answer, Caller, ChatPipeline
-from gateway.providers.base import ChatRequest
-from gateway.wire import parse_chat_request
+from gateway.identity.auth import Authenticator
+from gateway.inbound.adapter import InboundApi
+from gateway.path.caller import Caller
+from gateway.path.request_path import CLIENT_CLOSED, Exchange, RequestPath
+from gateway.wire import ChatRequest
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-logger = logging.getLogger("gateway.api.chat")
+logger = logging.getLogger("gateway.api.inbound")
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _SSE_HEADERS = [
@@ -33,41 +35,46 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-_DONE = b"data: [DONE]\n\n"
 
 
-class ChatCompletionsEndpoint:
-    def __init__(self, pipeline: ChatPipeline, auth: Authenticator, max_body_bytes: int) -> None:
-        self._pipeline = pipeline
+class InboundEndpoint:
+    """One inbound API (its adapter) on the request path."""
+
+    def __init__(
+        self,
+        api: InboundApi,
+        path: RequestPath,
+        auth: Authenticator,
+        request_ids: RequestIds,
+        max_body_bytes: int,
+    ) -> None:
+        self.api = api
+        self._path = path
         self._auth = auth
+        self._request_ids = request_ids
         self._max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        request_id = request_id_of(scope)
+        wanted = wanted_headers(scope["headers"])
+        request_id = self._request_ids.of(wanted.get(b"x-request-id"))
         headers = [(b"x-request-id", request_id.encode())]
+        api = self.api
         if scope["method"] != "POST":
             error = InvalidRequest(f"Method {scope['method']} is not allowed on {scope['path']}; use POST.")
             error.status = 405
-            await send_error(send, error, headers)
+            await send_error(send, error, headers, api.error_body(error))
             return
         try:
-            principal = self._auth.principal(header_value(scope, b"authorization"))
-            raw = await self._read_body(scope, receive)
-            body, validated = parse_chat_request(raw)
-            request = ChatRequest(
-                body=body,
-                request_id=request_id,
-                stream=bool(validated.stream),
-                include_usage=bool(validated.stream_options and validated.stream_options.include_usage),
-            )
+            principal = self._auth.principal(wanted.get(b"authorization"))
+            raw = await self._read_body(wanted.get(b"content-length"), receive)
+            request = api.parse(raw, request_id)
         except GatewayError as error:
-            await send_error(send, error, headers)
+            await send_error(send, error, headers, api.error_body(error))
             return
-        await self._answer(request, caller_of(scope, principal), started, headers, receive, send)
+        await self._answer(request, caller_of(wanted, principal), started, headers, receive, send)
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        declared = header_value(scope, b"content-length")
+    async def _read_body(self, declared: str | None, receive: Receive) -> bytes:
         if declared and declared.isdigit() and int(declared) > self._max_body_bytes:
             raise BodyTooLarge(f"The request body exceeds the limit of {self._max_body_bytes} bytes.")
         message = await receive()
@@ -97,25 +104,31 @@ class ChatCompletionsEndpoint:
         send: Send,
     ) -> None:
         watcher = DisconnectWatcher(receive)
-        answer: Answer | None = None
+        exchange: Exchange | None = None
         ended, reason = CLIENT_CLOSED, "client_disconnected"  # how it ended, unless recorded already
         sent: list[bytes] = []  # what a stream sent: a cut one is paid for what it produced
         try:
             try:
-                answer = await self._pipeline.answer(request, caller, started)
+                exchange = await self._path.answer(request, caller, started)
             except GatewayError as error:
-                await send_error(send, error, headers)
+                await send_error(send, error, headers, self.api.error_body(error))
                 return
-            headers += _routing_headers(answer)
+            headers += _routing_headers(exchange)
+            answer = exchange.answer
             if answer.stream is not None:
-                await self._send_stream(answer, started, headers, send, sent)
+                await self._send_stream(exchange, started, headers, send, sent)
             elif answer.completion is not None:
                 overhead = time.perf_counter() - started - answer.upstream_seconds
                 headers.append((b"x-gateway-overhead-ms", f"{overhead * 1000:.3f}".encode()))
-                body = answer.completion.body
-                headers.append((b"content-length", str(len(body)).encode()))
+                body = self.api.body_of(answer.completion)
                 # Recorded before the answer leaves: a crash after this point cannot lose its spend.
-                self._pipeline.finish(answer, ttfb_seconds=time.perf_counter() - started)
+                record = self._path.finish(exchange, ttfb_seconds=time.perf_counter() - started)
+                if record.cost_usd is not None:
+                    headers.append((b"x-gateway-cost-usd", f"{record.cost_usd:.8f}".encode()))
+                saved = record.saved_usd
+                if saved is not None:
+                    headers.append((b"x-gateway-saved-usd", f"{saved:.8f}".encode()))
+                headers.append((b"content-length", str(len(body)).encode()))
                 await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS + headers})
                 await send({"type": "http.response.body", "body": body})
         except asyncio.CancelledError:
@@ -132,48 +145,51 @@ class ChatCompletionsEndpoint:
             ended, reason = 500, "internal_error"
             failure = GatewayError(f"The gateway failed to handle request {request.request_id}.")
             with contextlib.suppress(Exception):  # if the response had started, nothing more can be said
-                await send_error(send, failure, headers)
+                await send_error(send, failure, headers, self.api.error_body(failure))
         finally:
             watcher.stop()
-            if answer is not None:  # no-op when already recorded; else the client left or we failed
-                self._pipeline.finish(answer, status=ended, error=reason, streamed=sent)
+            if exchange is not None:  # no-op when already recorded; else the client left or we failed
+                self._path.finish(exchange, status=ended, error=reason, streamed=sent)
 
     async def _send_stream(
         self,
-        answer: Answer,
+        exchange: Exchange,
         started: float,
         headers: list[tuple[bytes, bytes]],
         send: Send,
         kept: list[bytes],
     ) -> None:
+        answer = exchange.answer
         stream = answer.stream
         assert stream is not None
         overhead = time.perf_counter() - started - answer.upstream_seconds
         headers.append((b"x-gateway-overhead-ms", f"{overhead * 1000:.3f}".encode()))
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + headers})
         ttfb = time.perf_counter() - started
+        api = self.api
         try:
-            async for block in stream:
+            async for block in api.events_of(stream):
                 kept.append(block)
                 await send({"type": "http.response.body", "body": block, "more_body": True})
         except GatewayError as error:
-            # Bytes were already sent: say so in-band and end without [DONE], never a silent clean end.
+            # Bytes were already sent: say so in-band and end without the API's end, never a silent
+            # clean end.
             logger.warning("stream from %s broke: %s", answer.deployment, error.message)
-            self._pipeline.finish(
-                answer, status=error.status, error=error.code, ttfb_seconds=ttfb, streamed=kept
+            self._path.finish(
+                exchange, status=error.status, error=error.code, ttfb_seconds=ttfb, streamed=kept
             )
-            await send({"type": "http.response.body", "body": b"data: " + error.to_json() + b"\n\n"})
+            await send({"type": "http.response.body", "body": api.stream_error(error)})
             return
         finally:
             await stream.aclose()
-        # Recorded before [DONE] leaves: a client that saw the end of its answer finds it in the ledger.
-        self._pipeline.finish(answer, ttfb_seconds=ttfb, streamed=kept if answer.log_bodies else None)
-        await send({"type": "http.response.body", "body": _DONE})
+        # Recorded before the end leaves: a client that saw the end of its answer finds it in the ledger.
+        self._path.finish(exchange, ttfb_seconds=ttfb, streamed=kept if exchange.log_bodies else None)
+        await send({"type": "http.response.body", "body": api.stream_end(stream)})
 
 
-def _routing_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
+def _routing_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
+    answer = exchange.answer
     headers = [
-        *_spend_headers(answer),
         (b"x-gateway-route", answer.route.encode()),
         (b"x-gateway-rule", _header_safe(answer.rule)),
         (b"x-gateway-deployment", answer.deployment.encode()),
@@ -188,18 +204,6 @@ def _routing_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
         headers.append((b"x-gateway-cache-similarity", f"{answer.similarity:.4f}".encode()))
     if answer.verified is not None:
         headers.append((b"x-gateway-cache-verified", f"{answer.verified:.4f}".encode()))
-    return headers
-
-
-def _spend_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
-    spend = answer.spend
-    if spend is None:
-        return []
-    headers = []
-    if spend.cost_usd is not None:
-        headers.append((b"x-gateway-cost-usd", f"{spend.cost_usd:.8f}".encode()))
-    if spend.saved_usd is not None:
-        headers.append((b"x-gateway-saved-usd", f"{spend.saved_usd:.8f}".encode()))
     return headers
 
 

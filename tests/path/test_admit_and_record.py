@@ -23,22 +23,29 @@ import orjson
 import pytest
 import redis
 
-from gateway.accountant import Accountant, Ticket
-from gateway.limits.budget_counters import InProcessBudgetCounters
-from gateway.limits.fallback_counters import RETRY_SHARED_AFTER
-from gateway.ledger.ledger import Ledger
-from gateway.ledger.store import SqliteLedgerStore
-from gateway.pricing import PriceBook
-from gateway.limits.rate_counters import InProcessRateCounters
-from gateway.ledger.spool import Spool
 from gateway.config import Deployment
 from gateway.fakes.anthropic_upstream import AnthropicBehaviour, FakeAnthropicUpstream
 from gateway.fakes.background import BackgroundLoop
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
+from gateway.ledger.ledger import Ledger
+from gateway.ledger.spool import Spool
+from gateway.ledger.sqlite import SqliteLedgerStore
+from gateway.path.admit import Admitted
+from gateway.path.answer import Answer
+from gateway.path.caller import Caller
+from gateway.path.cost import RoutePrices
+from gateway.path.decide import Routing
+from gateway.path.record import Ending, Recording
+from gateway.policy.compile import CompiledPolicy
+from gateway.policy.records import DecisionLog
 from gateway.policy.schema import Policy
-from gateway.providers.base import ChatRequest, Usage
+from gateway.pricing import PriceBook
+from gateway.routing.catalog import Target
+from gateway.state.redis_guard import RETRY_SHARED_AFTER
+from gateway.telemetry.telemetry import Telemetry
 from gateway.tokens import TokenCounter
+from gateway.wire import ChatRequest, Usage
 from tests.conftest import RunningGateway, answers_ping, free_port, openai_deployment
 from tests.gateway_process import start_gateway, write_spec
 
@@ -52,9 +59,7 @@ PRICE = {"input_per_mtok": 1000, "output_per_mtok": 10000}
 
 def ledger_rows(gw: RunningGateway, bg: BackgroundLoop, state_dir: Path) -> list[dict[str, Any]]:
     """Every record the gateway wrote, once it drained its spool into its SQLite ledger."""
-    accountant = gw.app.runtime.accountant
-    assert accountant is not None and accountant.ledger is not None
-    bg.run(accountant.ledger.drain())
+    bg.run(gw.app.services.ledger.drain())
     return read_ledger(state_dir / "ledger.sqlite")
 
 
@@ -478,7 +483,7 @@ def test_a_hung_redis_is_waited_for_once_not_on_every_request(
     try:
         gw = gateway(spec, api_keys=[CLIENT_KEY], redis_url=hole.url, state_dir=tmp_path / "state")
         took = []
-        with caplog.at_level(logging.WARNING, logger="gateway.accountant"):
+        with caplog.at_level(logging.WARNING, logger="gateway.state.redis"):
             for _ in range(8):
                 started = time.monotonic()
                 assert ask(gw, model="local").status_code == 200
@@ -642,8 +647,8 @@ def test_a_policy_can_log_bodies_redacted_for_plain_and_streamed_answers(
 
 
 def test_a_cached_answer_is_recorded_at_zero_with_its_saving(tmp_path: Path, bg: BackgroundLoop) -> None:
-    """The cache (issue 5) marks its hits on the ticket; the accountant prices them at $0 and counts
-    what the reference route would have charged as saved."""
+    """An answer from the cache (issue 5) is recorded at $0, and what the reference route would have
+    charged is counted as saved."""
     deployments = {"big": Deployment.model_validate({"provider": "openai", "model": "x", "price": PRICE})}
     policy = Policy.model_validate(
         {
@@ -653,19 +658,20 @@ def test_a_cached_answer_is_recorded_at_zero_with_its_saving(tmp_path: Path, bg:
         }
     )
     ledger = Ledger(Spool(tmp_path / "spool"), SqliteLedgerStore(tmp_path / "ledger.sqlite"))
-    accountant = Accountant(
-        PriceBook(deployments, {}), TokenCounter(), InProcessBudgetCounters(), InProcessRateCounters(), ledger
-    )
+    decisions = DecisionLog(tmp_path / "decisions.sqlite")
+    prices = RoutePrices(PriceBook(deployments, {}))
+    recording = Recording(prices, TokenCounter(), ledger, Telemetry(), decisions)
     request = ChatRequest(body={"model": "auto", "messages": MESSAGES}, request_id="r1")
-    ticket = Ticket(
-        request, "search", None, time.time(), time.perf_counter(), policy=policy, route="frontier"
-    )
-    ticket.cache = "semantic"
-    record = accountant.account(ticket, status=200, usage=Usage(12, 10, 22))
+    trail = recording.begin(request, Caller(team="search"), time.perf_counter())
+    routing = Routing(Target("frontier", (), False), "default", None, CompiledPolicy("p", policy, {}, ()))
+    cached = Answer("frontier", "big", "default", None, 0.0, cache="semantic")
+    admitted = Admitted(request, "search", None, trail.at)
+    record = recording.end(trail, routing, admitted, cached, None, Ending(usage=Usage(12, 10, 22)))
     assert record.cache == "semantic"
     assert record.cost_usd == 0.0
     assert record.reference_usd == pytest.approx((12 * 1000 + 10 * 10000) / 1e6)
     assert record.saved_usd == record.reference_usd
-    bg.run(accountant.aclose())
+    bg.run(ledger.close())
+    decisions.close()
     (row,) = read_ledger(tmp_path / "ledger.sqlite")
     assert (row["cache"], row["cost_usd"], row["saved_usd"]) == ("semantic", 0.0, pytest.approx(0.112))

@@ -1,0 +1,187 @@
+"""The answer step: from the cache when the rule caches and it holds the answer (at $0), else from the
+route's upstreams in order, with retries and fallbacks (`RouteExecutor`); a fresh answer is kept for the
+next time, a shadow copy sent where the rule asks. Its `Answer` and `Attempt` are its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from gateway.cache.answer_cache import AnswerCache, CacheHit
+from gateway.cache.capture import KeepingStream
+from gateway.cache.keys import CacheKeys
+from gateway.cache.replay import ReplayStream
+from gateway.cache.store import CachedAnswer
+from gateway.path.caller import Caller
+from gateway.path.decide import Routing
+from gateway.policy.schema import Overrides
+from gateway.providers.base import Provider
+from gateway.routing.catalog import Target
+from gateway.routing.executor import Outcome, RouteExecutor
+from gateway.routing.shadow import ShadowCopies
+from gateway.telemetry.telemetry import Telemetry
+from gateway.wire import ChatRequest, ChatStream, Completion, Deadline, Usage
+
+
+class CacheAudits(Protocol):
+    """Re-asks the upstream for a share of semantic hits, to measure the cache's live precision."""
+
+    def maybe_check(
+        self, request: ChatRequest, target: Target, cached: CachedAnswer, share: float
+    ) -> None: ...
+
+
+@dataclass(slots=True)
+class Answer:
+    route: str
+    deployment: str
+    rule: str
+    fallback: str | None
+    upstream_seconds: float
+    completion: Completion | None = None
+    stream: ChatStream | None = None
+    # miss / exact / semantic when the rule caches, None when the cache was not asked.
+    cache: str | None = None
+    # The entry's key (for invalidation), when the cache was asked.
+    cache_key: str | None = None
+    # Semantic hits: the questions' cosine and the verifier's probability that they mean the same.
+    similarity: float | None = None
+    verified: float | None = None
+
+    @property
+    def usage(self) -> Usage | None:
+        if self.completion is not None:
+            return self.completion.usage
+        return self.stream.usage if self.stream is not None else None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """The deployment being called right now: what a call cut off by the client is paid for."""
+
+    in_flight: str | None = None
+
+
+class Answering:
+    def __init__(
+        self,
+        executor: RouteExecutor,
+        cache: AnswerCache,
+        audit: CacheAudits,
+        shadows: ShadowCopies,
+        telemetry: Telemetry,
+        request_timeout: float,
+    ) -> None:
+        self.cache = cache
+        self._executor = executor
+        self._audit = audit
+        self._shadows = shadows
+        self._telemetry = telemetry
+        self._request_timeout = request_timeout
+
+    def cache_keys(self, request: ChatRequest, caller: Caller, routing: Routing) -> CacheKeys | None:
+        """The request's cache keys when its rule caches and it may be cached, else None."""
+        if routing.decision is None or routing.decision.cache is None:
+            return None
+        return self.cache.keys(
+            request.body, routing.decision.cache, caller.team, routing.target.route, caller.no_cache
+        )
+
+    async def from_cache(self, request: ChatRequest, routing: Routing, keys: CacheKeys) -> Answer | None:
+        """The cached answer, as a body or replayed as a stream (it costs nothing); None on a miss."""
+        decision = routing.decision
+        assert decision is not None and decision.cache is not None  # keys come only with a cache rule
+        memo = routing.facts.memo if routing.facts is not None else {}
+        hit = await self.cache.lookup(keys, decision.cache, memo)
+        self._telemetry.count_cache_lookup(hit.kind if hit is not None else "miss", routing.target.route)
+        if hit is None:
+            return None
+        if hit.kind == "semantic":
+            self._audit.maybe_check(request, routing.target, hit.answer, decision.cache.verify_sample)
+        return _cached_answer(request, routing, hit)
+
+    async def from_upstream(
+        self, request: ChatRequest, routing: Routing, attempt: Attempt, keys: CacheKeys | None
+    ) -> Answer:
+        decision = routing.decision
+        if decision is not None and decision.shadow is not None:
+            self._shadows.send(request, decision.rule, decision.shadow, routing.policy.policy)
+        answer = await self._call(request, routing, attempt)
+        if keys is not None:
+            answer.cache, answer.cache_key = "miss", keys.exact
+            await self._keep(answer, keys, routing)
+        return answer
+
+    async def _call(self, request: ChatRequest, routing: Routing, attempt: Attempt) -> Answer:
+        target, rule, decision = routing.target, routing.rule, routing.decision
+        timeout = self._request_timeout
+        if decision is not None and decision.overrides is not None:
+            request = _with_overrides(request, decision.overrides)
+            timeout = min(timeout, decision.overrides.timeout_seconds or timeout)
+        deadline = Deadline.after(timeout)
+
+        def calling(provider: Provider) -> Provider:
+            attempt.in_flight = provider.deployment.name
+            return provider
+
+        if request.stream:
+            streamed: Outcome[ChatStream] = await self._executor.run(
+                target, lambda provider: calling(provider).open_stream(request, deadline), deadline
+            )
+            return Answer(
+                streamed.route, streamed.deployment, rule, streamed.fallback, streamed.upstream_seconds,
+                stream=streamed.result,
+            )  # fmt: skip
+        completed: Outcome[Completion] = await self._executor.run(
+            target, lambda provider: calling(provider).complete(request, deadline), deadline
+        )
+        return Answer(
+            completed.route, completed.deployment, rule, completed.fallback, completed.upstream_seconds,
+            completion=completed.result,
+        )  # fmt: skip
+
+    async def _keep(self, answer: Answer, keys: CacheKeys, routing: Routing) -> None:
+        """Keep a fresh answer for the next time; a stream is kept once it has finished."""
+        cache = self.cache
+        directive = routing.decision.cache if routing.decision is not None else None
+        if directive is None:
+            return
+        memo: dict[Any, Any] = routing.facts.memo if routing.facts is not None else {}
+        route, deployment = answer.route, answer.deployment
+        if answer.completion is not None:
+            await cache.remember(keys, directive, answer.completion, route, deployment, memo)
+        elif answer.stream is not None:
+
+            async def keep(body: bytes, usage: Usage | None) -> None:
+                await cache.remember(keys, directive, Completion(body, usage, 0.0), route, deployment, memo)
+
+            answer.stream = KeepingStream(answer.stream, keep)
+
+
+def _cached_answer(request: ChatRequest, routing: Routing, hit: CacheHit) -> Answer:
+    cached = hit.answer
+    answer = Answer(
+        routing.target.route, cached.deployment, routing.rule, None, 0.0, cache=hit.kind, cache_key=hit.key,
+        similarity=hit.similarity, verified=hit.verified,
+    )  # fmt: skip
+    if request.stream:
+        answer.stream = ReplayStream(cached.body, request.include_usage)
+    else:
+        usage = Usage(
+            cached.prompt_tokens, cached.completion_tokens, cached.prompt_tokens + cached.completion_tokens
+        )
+        answer.completion = Completion(cached.body, usage, 0.0)
+    return answer
+
+
+def _with_overrides(request: ChatRequest, overrides: Overrides) -> ChatRequest:
+    """Cap the answer's length as the rule says (the client's own lower limit stands)."""
+    cap = overrides.max_tokens
+    if cap is None:
+        return request
+    body: dict[str, Any] = dict(request.body)
+    field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    asked = body.get(field)
+    if not isinstance(asked, int) or asked > cap:
+        body[field] = cap
+    return replace(request, body=body)

@@ -1,0 +1,123 @@
+"""The decide step: where a request goes and which rule said so — the policy for `model: auto`, the
+catalog for a route or deployment the client named. Calls no model; its `Routing` is its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import BudgetExceeded
+from gateway.path.caller import Caller
+from gateway.path.cost import RoutePrices
+from gateway.policy.compile import CompiledPolicy
+from gateway.policy.decide import Decision, decide
+from gateway.policy.prepare import prepare_embeddings
+from gateway.policy.schema import Policy
+from gateway.policy.signals import RequestFacts
+from gateway.policy.store import PolicyStore
+from gateway.routing.catalog import AUTO, Catalog, Target
+from gateway.wire import ChatRequest
+
+# The rule reported for requests that named a route or deployment themselves.
+EXPLICIT_RULE = "explicit"
+
+BudgetSpent = Callable[[Policy, str | None, str | None], float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    target: Target
+    rule: str
+    decision: Decision | None
+    policy: CompiledPolicy
+    # What the policy looked at; its memo (the question's embedding) is shared with the cache.
+    facts: RequestFacts | None = None
+
+
+class Decide:
+    def __init__(
+        self, catalog: Catalog, policies: PolicyStore, prices: RoutePrices, budget_spent: BudgetSpent
+    ) -> None:
+        self.catalog = catalog
+        self.policies = policies
+        self._prices = prices
+        self._budget_spent = budget_spent
+
+    def facts(self, request: ChatRequest, caller: Caller, policy: Policy) -> RequestFacts:
+        budget_spent = self._budget_spent
+        return RequestFacts(
+            body=request.body,
+            team=caller.team,
+            key=caller.key,
+            role=caller.role,
+            tags=caller.tags,
+            request_id=request.request_id,
+            route_healthy=lambda route: self.catalog.route_healthy(policy, route),
+            budget_spent=lambda: budget_spent(policy, caller.team, caller.key),
+        )
+
+    async def prepare(
+        self, request: ChatRequest, caller: Caller, *, explain: bool = False
+    ) -> RequestFacts | None:
+        """The facts `route` decides on, with the embeddings the policy's rules can read (every signal's,
+        when explaining) already in their memo, computed off the event loop and batched with other
+        requests'; None when the request names its route or deployment (no policy)."""
+        if request.body["model"] != AUTO:
+            return None
+        compiled = self.policies.current
+        facts = self.facts(request, caller, compiled.policy)
+        await prepare_embeddings(compiled, facts, explain=explain)
+        return facts
+
+    def route(
+        self,
+        request: ChatRequest,
+        caller: Caller,
+        *,
+        explain: bool = False,
+        facts: RequestFacts | None = None,
+    ) -> Routing:
+        compiled = self.policies.current
+        if request.body["model"] != AUTO:
+            target = self.catalog.resolve(request.body["model"], compiled.policy, request.request_id)
+            return Routing(target, EXPLICIT_RULE, None, compiled)
+        if facts is None:
+            facts = self.facts(request, caller, compiled.policy)
+        decision = decide(compiled, facts, explain=explain)
+        target = self.catalog.for_decision(decision, compiled.policy, request.request_id)
+        return Routing(target, decision.rule, decision, compiled, facts)
+
+    async def explain(self, request: ChatRequest, caller: Caller) -> dict[str, Any]:
+        """What the request path would do with this request, and why, without calling any model: the
+        same routing code, with every rule and signal evaluated (embeddings off the event loop)."""
+        facts = await self.prepare(request, caller, explain=True)
+        routing = self.route(request, caller, explain=True, facts=facts)
+        target = routing.target
+        if routing.decision is not None:
+            explained = routing.decision.as_json()
+        else:
+            explained = {"rule": EXPLICIT_RULE, "route": target.route}
+        explained["policy"] = routing.policy.name
+        explained["candidates"] = [
+            {
+                "route": candidate.route,
+                "deployment": candidate.provider.deployment.name,
+                "usable": self.catalog.deployment_usable(candidate.provider.deployment.name),
+            }
+            for candidate in target.candidates
+        ]
+        return explained
+
+    def reroute(self, routing: Routing, route: str, budget: str, request: ChatRequest) -> Routing:
+        """The policy's zero-cost route for a caller whose budget is spent, if it really is free."""
+        policy = routing.policy.policy
+        target = self.catalog.resolve(route, policy, request.request_id)
+        for candidate in target.candidates:
+            price = self._prices.price(policy, candidate.route, candidate.provider.deployment.name)
+            if price is None or price.input or price.output:
+                raise BudgetExceeded(
+                    f"Budget exhausted: the {budget} is used up, and route '{route}' that "
+                    "the policy names for this case is not free."
+                )
+        return Routing(target, f"{routing.rule} (budget exhausted)", routing.decision, routing.policy)
