@@ -74,11 +74,10 @@ def _check_config_command(subcommands: Any, text: str) -> Run:
 
 
 def _bench_command(subcommands: Any, text: str) -> Run:
-    bench = subcommands.add_parser("bench", help=text)
-    bench.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    bench.add_argument("--duration", type=float, default=10.0, help="seconds per load phase")
-    bench.add_argument("--no-litellm", action="store_true", help="skip LiteLLM proxy even if installed")
-    return _bench
+    from gateway.bench.command import add_bench_arguments, run_bench_command
+
+    add_bench_arguments(subcommands.add_parser("bench", help=text))
+    return run_bench_command
 
 
 def _policy_command(subcommands: Any, text: str) -> Run:
@@ -157,12 +156,6 @@ def _check_config(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.config}: ok")
     return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from gateway.bench.run import run_bench
-
-    return run_bench(json_path=args.json, duration=args.duration, with_litellm=not args.no_litellm)
 
 
 def _serve(args: argparse.Namespace) -> int:

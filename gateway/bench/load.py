@@ -2,21 +2,29 @@
 
 Each worker keeps one keep-alive connection and sends pre-built request bytes; responses are parsed
 by httptools (C) on a bare asyncio Protocol, so the client costs a few microseconds per request.
+A phase sends one request over and over, or takes each request from a `RequestSource` (a different
+body per request, built ahead); it can also count the values of one response header (the cache's).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import httptools
 import orjson
 
 PROMPT = "Say hello to the benchmark"
+# The next request's bytes, each call; shared by a phase's workers (the event loop runs one at a time).
+RequestSource = Callable[[], bytes]
+# What a counted header's value is recorded as when a response does not carry it.
+NO_HEADER = "none"
 # How long a phase waits for in-flight requests after its window closed before giving up on them.
 DRAIN_SECONDS = 5.0
 
@@ -50,6 +58,10 @@ class Endpoint:
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
+        return self.encode(body)
+
+    def encode(self, body: Mapping[str, Any]) -> bytes:
+        """A whole HTTP/1.1 request for this body (sent as it is: `model` is the caller's)."""
         payload = orjson.dumps(body)
         lines = [
             f"POST {self.path} HTTP/1.1",
@@ -73,6 +85,8 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
         self._parts: list[bytes] = []
         self.closed = False
+        # The counted header's value in the last response (only `_HeaderConnection` sets it).
+        self.header_value = NO_HEADER
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -111,6 +125,7 @@ class _Connection(asyncio.Protocol):
             raise ProtocolError("connection is closed")
         waiter = self._loop.create_future()
         self._waiter = waiter
+        self.header_value = NO_HEADER
         self._transport.write(request)
         return waiter
 
@@ -120,11 +135,28 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
 
-async def _connect(endpoint: Endpoint, keep_body: bool) -> _Connection:
+class _HeaderConnection(_Connection):
+    """A connection that also keeps one response header's value. httptools calls `on_header` only on a
+    protocol that has it, so connections that count nothing do not pay for a call per header."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, keep_body: bool, header: bytes) -> None:
+        super().__init__(loop, keep_body)
+        self._header = header.lower()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == self._header:
+            self.header_value = value.decode("latin-1")
+
+
+async def _connect(endpoint: Endpoint, keep_body: bool, header: bytes | None = None) -> _Connection:
     loop = asyncio.get_running_loop()
-    _, connection = await loop.create_connection(
-        lambda: _Connection(loop, keep_body), endpoint.host, endpoint.port
-    )
+
+    def protocol() -> _Connection:
+        if header is None:
+            return _Connection(loop, keep_body)
+        return _HeaderConnection(loop, keep_body, header)
+
+    _, connection = await loop.create_connection(protocol, endpoint.host, endpoint.port)
     return connection
 
 
@@ -135,6 +167,21 @@ async def request_once(endpoint: Endpoint, request: bytes) -> tuple[int, bytes]:
         return await connection.send(request)
     finally:
         connection.close()
+
+
+async def header_once(endpoint: Endpoint, request: bytes, header: bytes) -> tuple[int, bytes, str]:
+    """One request on a fresh connection: its status, body and the value of `header`."""
+    connection = await _connect(endpoint, keep_body=True, header=header)
+    try:
+        status, body = await connection.send(request)
+        return status, body, connection.header_value
+    finally:
+        connection.close()
+
+
+def repeated(request: bytes) -> RequestSource:
+    """The same request every time."""
+    return itertools.repeat(request).__next__
 
 
 def stream_verdict(body: bytes) -> tuple[bool, bool]:
@@ -166,6 +213,8 @@ class PhaseResult:
     latencies_ns: list[int] = field(default_factory=list)
     # CPU seconds (or any counter) spent during the window, per meter name.
     meters: dict[str, float] = field(default_factory=dict)
+    # The counted header's values over the requests answered 200 in the window (empty: nothing counted).
+    header_values: Counter[str] = field(default_factory=Counter)
 
     @property
     def rate(self) -> float:
@@ -185,7 +234,12 @@ class _State:
 
 
 async def _worker(
-    endpoint: Endpoint, request: bytes, check_stream: bool, state: _State, result: PhaseResult
+    endpoint: Endpoint,
+    requests: RequestSource,
+    check_stream: bool,
+    header: bytes | None,
+    state: _State,
+    result: PhaseResult,
 ) -> None:
     connection: _Connection | None = None
     clock = time.perf_counter_ns
@@ -193,12 +247,13 @@ async def _worker(
         while not state.stopped:
             if connection is None or connection.closed:
                 try:
-                    connection = await _connect(endpoint, keep_body=check_stream)
+                    connection = await _connect(endpoint, keep_body=check_stream, header=header)
                 except OSError:
                     if state.recording:
                         result.errors += 1
                     await asyncio.sleep(0.01)
                     continue
+            request = requests()
             started = clock()
             try:
                 status, body = await connection.send(request)
@@ -220,6 +275,8 @@ async def _worker(
                     continue
                 if not usage:
                     result.missing_usage += 1
+            if header is not None:
+                result.header_values[connection.header_value] += 1
             result.requests += 1
             result.latencies_ns.append(elapsed)
     finally:
@@ -235,15 +292,22 @@ async def run_phase(
     warmup: float,
     duration: float,
     meters: Mapping[str, Callable[[], float]],
+    requests: RequestSource | None = None,
+    count_header: bytes | None = None,
 ) -> PhaseResult:
     """Run `clients` closed-loop workers; record only the `duration` window after `warmup`.
 
-    `meters` (e.g. a process's CPU seconds) are read at both ends of the window.
+    `meters` (e.g. a process's CPU seconds) are read at both ends of the window. Requests come from
+    `requests`, or are the endpoint's one request; with `count_header`, that response header's
+    values are counted.
     """
     result = PhaseResult(clients=clients, stream=stream)
     state = _State()
-    request = endpoint.request(stream=stream)
-    tasks = [asyncio.create_task(_worker(endpoint, request, stream, state, result)) for _ in range(clients)]
+    source = requests if requests is not None else repeated(endpoint.request(stream=stream))
+    tasks = [
+        asyncio.create_task(_worker(endpoint, source, stream, count_header, state, result))
+        for _ in range(clients)
+    ]
     gc_was_enabled = gc.isenabled()
     gc.disable()  # the client allocates no cycles worth collecting; pauses would only add noise
     try:

@@ -22,7 +22,12 @@ STOP_SECONDS = 5.0
 
 
 class ChildFailed(Exception):
-    """A child process exited or never became ready; the message carries the end of its log."""
+    """A child process exited or never became ready; the message carries the end of its log, the
+    summary (one line) what happened and the last line the child wrote."""
+
+    def __init__(self, message: str, summary: str | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary or message.splitlines()[0]
 
 
 def free_port() -> int:
@@ -116,7 +121,15 @@ class Child:
     def failure(self, what: str) -> ChildFailed:
         code = self.process.poll()
         state = f"exited with {code}" if code is not None else "still running"
-        return ChildFailed(f"{self.name} {what} ({state}); its output ends:\n{self.log_tail()}")
+        return ChildFailed(
+            f"{self.name} {what} ({state}); its output ends:\n{self.log_tail()}",
+            f"{self.name} {what} ({state}): {self.last_words()}",
+        )
+
+    def last_words(self) -> str:
+        """The last non-blank line of its output (a failed start-up's reason, usually)."""
+        lines = [line.strip() for line in self.log_tail(40).splitlines() if line.strip()]
+        return lines[-1] if lines else "no output"
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -131,13 +144,23 @@ class Child:
             self.process.wait(STOP_SECONDS)
 
 
-def spawn(name: str, argv: Sequence[str], *, env: dict[str, str], log: Path, cpus: set[int] | None) -> Child:
-    """Start `argv` in a new session with output to `log`, pinned to `cpus` right after the fork."""
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    *,
+    env: dict[str, str],
+    log: Path,
+    cpus: set[int] | None,
+    cwd: Path | None = None,
+) -> Child:
+    """Start `argv` in a new session with output to `log`, pinned to `cpus` right after the fork;
+    in `cwd` when given (else the bench's own directory)."""
     with log.open("wb") as out:
         started = time.perf_counter()
         process = subprocess.Popen(
             list(argv),
             env=env,
+            cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

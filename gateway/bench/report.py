@@ -1,13 +1,15 @@
-"""Figures from the raw phase results, the table printed at the end, and the JSON written with --json.
+"""Figures from the raw phase results, the tables printed at the end, and the JSON written with --json.
 
-One list of rows drives both the table and the JSON keys, so the two always carry the same figures.
+One list of rows drives both the main table and the JSON keys, so the two always carry the same
+figures; one list of columns does the same for the depth table (one gateway per row, each with its
+own policy).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from gateway.bench.load import PhaseResult
 
@@ -99,7 +101,7 @@ def figures(run: TargetRun, direct: TargetRun) -> dict[str, Figure]:
 
 
 def phase_json(phase: PhaseResult) -> dict[str, Any]:
-    return {
+    shown: dict[str, Any] = {
         "clients": phase.clients,
         "stream": phase.stream,
         "seconds": round(phase.seconds, 3),
@@ -112,6 +114,9 @@ def phase_json(phase: PhaseResult) -> dict[str, Any]:
         "latency_p99_ms": phase.percentile_ms(0.99),
         "cpu_seconds": {name: round(value, 3) for name, value in phase.meters.items()},
     }
+    if phase.header_values:
+        shown["cache_header"] = dict(phase.header_values.most_common())
+    return shown
 
 
 def cell(value: Figure | str, fmt: str) -> str:
@@ -170,3 +175,161 @@ def bottleneck_notes(direct: TargetRun, proxies: Sequence[TargetRun]) -> list[st
                     "figure is a lower bound."
                 )
     return notes
+
+
+# ---- the depth table ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class DepthRun:
+    """One row of the depth table: a gateway with one policy, measured at 1 and 50 clients; or why
+    the row could not be measured."""
+
+    name: str
+    label: str
+    # What the policy adds, in a few words (the table's second column).
+    runs: str = ""
+    status: Literal["measured", "failed"] = "measured"
+    error: str | None = None
+    # The `x-gateway-cache` value every answer of this row should carry (None: not a cache row).
+    expect: str | None = None
+    startup_s: float | None = None
+    rss_idle_bytes: int | None = None
+    rss_after_bytes: int | None = None
+    phases: dict[str, PhaseResult] = field(default_factory=dict)
+    # Row-specific facts for the JSON (how its cache was filled, which prompts it sent).
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DepthTarget:
+    key: str
+    text: str
+    meets: Callable[[float], bool]
+
+
+DEPTH_TARGETS: dict[str, DepthTarget] = {
+    "semantic-signal": DepthTarget("throughput_rps", "≥ 800 req/s", lambda v: v >= 800),
+    "semantic-cache-hit": DepthTarget("latency_p50_ms", "p50 ≤ 3 ms", lambda v: v <= 3.0),
+}
+# When fewer of a cache row's answers than this carry the expected header, its figures are not that
+# row's: the note says so.
+EXPECTED_SHARE = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class DepthColumn:
+    key: str
+    label: str
+    fmt: str
+
+
+DEPTH_COLUMNS: tuple[DepthColumn, ...] = (
+    DepthColumn("throughput_rps", "req/s, 50 clients", ",.0f"),
+    DepthColumn("ratio_to_floor", "ratio to floor", ".2f"),
+    DepthColumn("cpu_us_per_request", "CPU/request (µs)", ",.0f"),
+    DepthColumn("latency_p50_ms", "p50, 1 client (ms)", ".3f"),
+    DepthColumn("latency_p99_ms", "p99, 1 client (ms)", ".3f"),
+    DepthColumn("errors", "errors", "d"),
+)
+
+
+# Every depth row's figures in the JSON; the table shows DEPTH_COLUMNS of them.
+DEPTH_FIGURES = (
+    "throughput_rps", "ratio_to_floor", "cpu_us_per_request", "latency_p50_ms", "latency_p99_ms",
+    "latency_p50_50_clients_ms", "errors", "expected_cache_share", "startup_s", "rss_idle_mb",
+    "rss_after_load_mb",
+)  # fmt: skip
+
+
+def depth_figures(run: DepthRun, floor_rps: float | None) -> dict[str, Figure]:
+    """A depth row's figures; all None for a row that failed."""
+    latency, throughput = run.phases.get(LATENCY), run.phases.get(THROUGHPUT)
+    if run.status != "measured" or latency is None or throughput is None:
+        return {key: None for key in DEPTH_FIGURES}
+    rate = throughput.rate
+    share = None
+    if run.expect is not None:
+        counted = latency.header_values + throughput.header_values
+        total = sum(counted.values())
+        share = counted[run.expect] / total if total else 0.0
+    return {
+        "throughput_rps": rate,
+        "ratio_to_floor": rate / floor_rps if floor_rps else None,
+        "cpu_us_per_request": _per(throughput.meters.get("proxy"), throughput.requests),
+        "latency_p50_ms": latency.percentile_ms(0.5),
+        "latency_p99_ms": latency.percentile_ms(0.99),
+        "latency_p50_50_clients_ms": throughput.percentile_ms(0.5),
+        "errors": latency.errors + throughput.errors,
+        "expected_cache_share": share,
+        "startup_s": run.startup_s,
+        "rss_idle_mb": run.rss_idle_bytes / MB if run.rss_idle_bytes is not None else None,
+        "rss_after_load_mb": run.rss_after_bytes / MB if run.rss_after_bytes is not None else None,
+    }
+
+
+def _cache_cell(run: DepthRun, values: Mapping[str, Figure]) -> str:
+    share = values.get("expected_cache_share")
+    if run.expect is None or share is None:
+        return "—"
+    return f"{share:.0%} {run.expect}"
+
+
+def depth_table(rows: Sequence[tuple[DepthRun, Mapping[str, Figure]]]) -> str:
+    """A Markdown table: one row per depth row, its figures, its cache answers and its target."""
+    header = ["row", "runs", *(column.label for column in DEPTH_COLUMNS), "cache answers", "target"]
+    body = []
+    for run, values in rows:
+        target = DEPTH_TARGETS.get(run.name)
+        if run.status != "measured":
+            cells = ["failed", *("—" for _ in DEPTH_COLUMNS[1:])]
+        else:
+            cells = [cell(values[column.key], column.fmt) for column in DEPTH_COLUMNS]
+        body.append([run.label, run.runs, *cells, _cache_cell(run, values), target.text if target else "—"])
+    return markdown_table(header, body, left={0, 1, len(header) - 2, len(header) - 1})
+
+
+def depth_misses(rows: Sequence[tuple[DepthRun, Mapping[str, Figure]]]) -> list[str]:
+    """The depth targets missed, as `label: value (target)`; a failed row misses its target."""
+    missed = []
+    for run, values in rows:
+        target = DEPTH_TARGETS.get(run.name)
+        if target is None:
+            continue
+        column = next(c for c in DEPTH_COLUMNS if c.key == target.key)
+        value = values.get(target.key)
+        if run.status != "measured":
+            missed.append(f"{run.label}: not measured, the row failed (target {target.text})")
+        elif value is None or not target.meets(value):
+            missed.append(f"{run.label}, {column.label}: {cell(value, column.fmt)} (target {target.text})")
+    return missed
+
+
+def depth_notes(rows: Sequence[tuple[DepthRun, Mapping[str, Figure]]]) -> list[str]:
+    """Why rows failed, and cache rows whose answers were not what the row is about."""
+    notes = []
+    for run, values in rows:
+        if run.status != "measured":
+            notes.append(f"depth row {run.label} failed: {run.error}")
+            continue
+        share = values.get("expected_cache_share")
+        if run.expect is not None and isinstance(share, float) and share < EXPECTED_SHARE:
+            notes.append(
+                f"depth row {run.label}: only {share:.0%} of its answers said x-gateway-cache: {run.expect}, "
+                "so its figures are not those of that path alone"
+            )
+    return notes
+
+
+def depth_json(run: DepthRun, values: Mapping[str, Figure]) -> dict[str, Any]:
+    return {
+        "label": run.label,
+        "runs": run.runs,
+        "status": run.status,
+        "error": run.error,
+        "expected_cache_header": run.expect,
+        "target": DEPTH_TARGETS[run.name].text if run.name in DEPTH_TARGETS else None,
+        "figures": dict(values),
+        "phases": {name: phase_json(phase) for name, phase in run.phases.items()},
+        **run.details,
+    }

@@ -35,7 +35,7 @@ from gateway.cache.verifier import PairScorer
 from gateway.embedding.batcher import EmbeddingBatcher, MicroBatcher, ModelBusy, short_text
 from gateway.policy.schema import CacheDirective
 from gateway.policy.signals import QUESTION_MEMO, TextEmbedder
-from gateway.providers.base import Completion
+from gateway.wire import Completion
 
 if TYPE_CHECKING:
     from gateway.cache.semantic_index import Vectors

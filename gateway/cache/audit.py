@@ -23,10 +23,10 @@ import orjson
 from gateway.cache.store import CachedAnswer
 from gateway.embedding.batcher import EmbeddingBatcher
 from gateway.policy.signals import TextEmbedder
-from gateway.providers.base import ChatRequest, Completion, Deadline
 from gateway.routing.background import BoundedTasks, plain_copy
 from gateway.routing.catalog import Target
 from gateway.routing.executor import RouteExecutor
+from gateway.wire import ChatRequest, Completion, Deadline
 
 logger = logging.getLogger("gateway.cache")
 

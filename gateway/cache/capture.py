@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from gateway.providers.base import ChatStream, Usage
+from gateway.wire import ChatStream, Usage
 
 _DATA = b"data: "
 

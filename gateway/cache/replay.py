@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from gateway.providers.base import Usage
+from gateway.wire import Usage
 
 
 class ReplayStream:

@@ -10,9 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from gateway.config import Deployment
-from gateway.wire import ChatRequest, ChatStream, Completion, Deadline, Usage
-
-__all__ = ["ChatRequest", "ChatStream", "Completion", "Deadline", "Provider", "Usage"]
+from gateway.wire import ChatRequest, ChatStream, Completion, Deadline
 
 
 class Provider(Protocol):

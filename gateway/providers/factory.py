@@ -7,9 +7,10 @@ from collections.abc import Callable, Mapping
 import aiohttp
 
 from gateway.config import Deployment
-from gateway.providers.base import ChatRequest, ChatStream, Completion, Deadline, Provider
+from gateway.providers.base import Provider
 from gateway.providers.openai_compat import OpenAICompatProvider
 from gateway.tokens import TokenCounter
+from gateway.wire import ChatRequest, ChatStream, Completion, Deadline
 
 
 class SupervisedLocalProvider:

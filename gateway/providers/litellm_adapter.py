@@ -28,9 +28,9 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.providers.base import ChatRequest, ChatStream, Completion, Deadline, Usage
 from gateway.providers.litellm_wire import chunk_json, completion_json
 from gateway.tokens import use_bundled_tiktoken_files
+from gateway.wire import ChatRequest, ChatStream, Completion, Deadline, Usage
 
 # OpenAI chat parameters passed on to litellm. An allow-list, not "everything but model/stream":
 # litellm also reads control keywords (api_base, api_key, mock_response, ...) from the same call,

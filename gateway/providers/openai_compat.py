@@ -23,8 +23,8 @@ from gateway.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from gateway.providers.base import ChatRequest, Completion, Deadline, Usage
 from gateway.tokens import TokenCounter
+from gateway.wire import ChatRequest, Completion, Deadline, Usage
 
 _DONE = b"data: [DONE]"
 # [DONE] where it starts an event (the same text inside a chunk's content is not the end).

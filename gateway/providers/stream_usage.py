@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from gateway.providers.base import Usage
 from gateway.tokens import TokenCounter
+from gateway.wire import Usage
 
 
 def usage_of_cut_stream(tokens: TokenCounter, body: dict[str, Any], sent: bytes) -> Usage:

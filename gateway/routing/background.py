@@ -9,7 +9,7 @@ from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any
 
-from gateway.providers.base import ChatRequest
+from gateway.wire import ChatRequest
 
 
 def plain_copy(request: ChatRequest) -> ChatRequest:

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from gateway.errors import GatewayError, RateLimited, UpstreamTimeout, UpstreamUnavailable
-from gateway.providers.base import Deadline, Provider
+from gateway.providers.base import Provider
 from gateway.routing.catalog import Target
 from gateway.routing.health import DeploymentHealth
+from gateway.wire import Deadline
 
 T = TypeVar("T")
 

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from gateway.errors import GatewayError
 from gateway.policy.records import ShadowRecord
 from gateway.policy.schema import Policy
-from gateway.providers.base import ChatRequest, Completion, Deadline
 from gateway.routing.background import BoundedTasks, plain_copy
 from gateway.routing.catalog import Catalog
 from gateway.routing.executor import RouteExecutor
+from gateway.wire import ChatRequest, Completion, Deadline
 
 logger = logging.getLogger("gateway.shadow")
 

@@ -15,7 +15,7 @@ import pytest
 from gateway.cache.answer_cache import cacheable_request, keepable, namespace_of
 from gateway.cache.keys import cache_keys
 from gateway.policy.schema import CacheDirective
-from gateway.providers.base import Completion
+from gateway.wire import Completion
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 

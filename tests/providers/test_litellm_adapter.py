@@ -25,8 +25,8 @@ from gateway.errors import (
 )
 from gateway.fakes.anthropic_upstream import AnthropicBehaviour, FakeAnthropicUpstream
 from gateway.fakes.background import BackgroundLoop
-from gateway.providers.base import ChatRequest, ChatStream, Deadline
 from gateway.providers.litellm_adapter import LiteLLMProvider
+from gateway.wire import ChatRequest, ChatStream, Deadline
 
 KEY = "sk-ant-test-0123456789-do-not-leak"
 ENV = {"TEST_ANTHROPIC_KEY": KEY}
