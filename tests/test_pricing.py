@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.pricing import FREE, PriceBook, TokenPrice, load_price_map
 from gateway.config import Deployment, Price
+from gateway.pricing import FREE, PriceBook, TokenPrice, load_price_map
 
 
 def deployment(**fields: object) -> Deployment:

@@ -15,10 +15,10 @@ import httpx
 import pytest
 import yaml
 
-from gateway.identity.keys import digest_of
 from gateway.bench.ledger import scratch_postgres
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
+from gateway.identity.keys import digest_of
 from tests.conftest import openai_deployment
 from tests.gateway_process import GatewayProcess, start_gateway, write_spec
 

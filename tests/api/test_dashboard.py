@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.identity.keys import digest_of
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
+from gateway.identity.keys import digest_of
 from tests.api.test_spend import spec as spend_spec
 from tests.conftest import RunningGateway
 

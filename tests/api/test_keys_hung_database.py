@@ -17,10 +17,10 @@ import httpx
 import psycopg
 import pytest
 
-from gateway.identity.keys import KeyStore
-from gateway.identity.keys_postgres import PostgresKeys
 from gateway.bench.ledger import scratch_postgres
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
+from gateway.identity.keys import KeyStore
+from gateway.identity.keys_postgres import PostgresKeys
 from tests.blackhole_proxy import BlackholeProxy
 from tests.conftest import openai_deployment
 from tests.gateway_process import GatewayProcess, start_gateway, write_spec

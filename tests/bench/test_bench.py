@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.bench.depth_rows import DEPTH_ROWS
 from gateway.bench.depth import LABELS
+from gateway.bench.depth_rows import DEPTH_ROWS
 from gateway.bench.report import DEPTH_FIGURES, FIGURES
 from gateway.bench.run import run_bench
 from gateway.settings import Settings
