@@ -115,8 +115,9 @@ class RequestPath:
             raise
         finally:
             if routing is not None:
-                deployment = answer.deployment if answer is not None else None
-                self.recording.decided(trail, routing, deployment, status)
+                # The deployment that answered this request: none for an answer from the cache.
+                called = answer.deployment if answer is not None and answer.cache in (None, "miss") else None
+                self.recording.decided(trail, routing, called, status)
 
     def finish(
         self,
