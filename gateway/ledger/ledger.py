@@ -144,9 +144,7 @@ class Ledger:
             return records
         ended = {record.id for record in records}
         interrupted = {
-            entry.id: entry.record
-            for entry in entries
-            if isinstance(entry, Intent) and entry.id not in ended
+            entry.id: entry.record for entry in entries if isinstance(entry, Intent) and entry.id not in ended
         }
         if interrupted:
             logger.warning(
