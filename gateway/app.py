@@ -33,7 +33,7 @@ from gateway.api import (
     openapi,
     spend,
 )
-from gateway.api.http import RequestIds
+from gateway.api.http import RequestIds, header_value
 from gateway.api.inbound import InboundEndpoint
 from gateway.errors import GatewayError, InvalidRequest, UpstreamUnavailable
 from gateway.identity.keys import KeysUnavailable
@@ -124,8 +124,7 @@ class GatewayApp:
         if endpoint is not None:
             await endpoint(scope, receive, send)
             return
-        sent = next((value for key, value in scope["headers"] if key == b"x-request-id"), None)
-        request_id = self._request_ids.of(sent.decode("latin-1") if sent is not None else None).encode()
+        request_id = self._request_ids.of(header_value(scope, b"x-request-id")).encode()
 
         async def send_with_request_id(message: Message) -> None:
             if message["type"] == "http.response.start":

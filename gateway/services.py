@@ -39,7 +39,7 @@ from gateway.limits.budget_counters import BudgetCounters, InProcessBudgetCounte
 from gateway.limits.budget_seed import seed_from_ledger
 from gateway.limits.rate_counters import InProcessRateCounters, RateCounters, RedisRateCounters
 from gateway.path.admit import Admission
-from gateway.path.answer import Answering
+from gateway.path.answer import Answering, CacheAudits
 from gateway.path.cost import RoutePrices
 from gateway.path.decide import Decide
 from gateway.path.record import Recording
@@ -88,13 +88,11 @@ class NoOtherReplicas:
         return True
 
 
-class Audits(Protocol):
+class Audits(CacheAudits, Protocol):
+    """The answer step's audits, with what they found so far (the dashboard and `/admin/cache/audits`)."""
+
     totals: dict[str, AuditTotals]
     skipped: int
-
-    def maybe_check(
-        self, request: ChatRequest, target: Target, cached: CachedAnswer, share: float
-    ) -> None: ...
 
 
 class NoAudits:

@@ -1,5 +1,6 @@
 """The decide step: where a request goes and which rule said so — the policy for `model: auto`, the
-catalog for a route or deployment the client named. Calls no model; its `Routing` is its own."""
+catalog for a route or deployment the client named. Calls no model but the local embedder (off the event
+loop); its `Routing` is its own."""
 
 from __future__ import annotations
 
@@ -57,33 +58,16 @@ class Decide:
             budget_spent=lambda: budget_spent(policy, caller.team, caller.key),
         )
 
-    async def prepare(
-        self, request: ChatRequest, caller: Caller, *, explain: bool = False
-    ) -> RequestFacts | None:
-        """The facts `route` decides on, with the embeddings the policy's rules can read (every signal's,
-        when explaining) already in their memo, computed off the event loop and batched with other
-        requests'; None when the request names its route or deployment (no policy)."""
-        if request.body["model"] != AUTO:
-            return None
-        compiled = self.policies.current
-        facts = self.facts(request, caller, compiled.policy)
-        await prepare_embeddings(compiled, facts, explain=explain)
-        return facts
-
-    def route(
-        self,
-        request: ChatRequest,
-        caller: Caller,
-        *,
-        explain: bool = False,
-        facts: RequestFacts | None = None,
-    ) -> Routing:
+    async def route(self, request: ChatRequest, caller: Caller, *, explain: bool = False) -> Routing:
+        """Where the request goes, from the live policy read once: the embeddings its rules can read (every
+        signal's, when explaining) computed off the event loop and batched with other requests', then the
+        pure `decide`."""
         compiled = self.policies.current
         if request.body["model"] != AUTO:
             target = self.catalog.resolve(request.body["model"], compiled.policy, request.request_id)
             return Routing(target, EXPLICIT_RULE, None, compiled)
-        if facts is None:
-            facts = self.facts(request, caller, compiled.policy)
+        facts = self.facts(request, caller, compiled.policy)
+        await prepare_embeddings(compiled, facts, explain=explain)
         decision = decide(compiled, facts, explain=explain)
         target = self.catalog.for_decision(decision, compiled.policy, request.request_id)
         return Routing(target, decision.rule, decision, compiled, facts)
@@ -91,8 +75,7 @@ class Decide:
     async def explain(self, request: ChatRequest, caller: Caller) -> dict[str, Any]:
         """What the request path would do with this request, and why, without calling any model: the
         same routing code, with every rule and signal evaluated (embeddings off the event loop)."""
-        facts = await self.prepare(request, caller, explain=True)
-        routing = self.route(request, caller, explain=True, facts=facts)
+        routing = await self.route(request, caller, explain=True)
         target = routing.target
         if routing.decision is not None:
             explained = routing.decision.as_json()

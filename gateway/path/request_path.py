@@ -81,9 +81,8 @@ class RequestPath:
         status = 200
         try:
             await self.admission.admit_rates(admitted, self.policies.current.policy)
-            facts = await self.decide.prepare(request, caller)
             with trail.span.child(SPAN_POLICY):
-                routing = self.decide.route(request, caller, facts=facts)
+                routing = await self.decide.route(request, caller)
             keys = self.answering.cache_keys(request, caller, routing)
             if keys is not None:
                 answer = await self.answering.from_cache(request, routing, keys)
