@@ -53,6 +53,7 @@ from gateway.pricing import PriceBook, load_price_map
 from gateway.providers.base import Provider
 from gateway.providers.factory import build_provider
 from gateway.providers.managed_local import ManagedLocalModel, find_smollm2_model
+from gateway.readiness import BackingService, KeyDatabase, LedgerDatabase, SharedRedis
 from gateway.routing.catalog import Catalog, Target
 from gateway.routing.executor import RouteExecutor
 from gateway.routing.health import DeploymentHealth
@@ -106,11 +107,6 @@ class NoAudits:
         return None
 
 
-class LocalModel(Protocol):
-    @property
-    def healthy(self) -> bool: ...
-
-
 @dataclass(frozen=True, slots=True)
 class Services:
     settings: Settings
@@ -145,52 +141,6 @@ class Services:
         """How each backing service stands, as last seen (no I/O): `ok`, and when not, since when and
         why. Serving goes on without any of them."""
         return {service.name: service.status() for service in self.backing}
-
-
-class BackingService(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    def status(self) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerDatabase:
-    ledger: Ledger
-    name: str = "ledger"
-
-    def status(self) -> dict[str, Any]:
-        ledger = self.ledger
-        return {
-            "ok": ledger.failing_since is None,
-            "failing_since": ledger.failing_since,
-            "error": ledger.last_error,
-            "spooled_segments": ledger.waiting_segments,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class KeyDatabase:
-    auth: Authenticator
-    name: str = "keys"
-
-    def status(self) -> dict[str, Any]:
-        since = self.auth.seconds_since_key_refresh
-        return {
-            "ok": self.auth.key_store_healthy,
-            "error": self.auth.key_store_error,
-            "seconds_since_refresh": round(since, 1) if since is not None else None,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class SharedRedis:
-    probe: RedisProbe
-    name: str = "redis"
-
-    def status(self) -> dict[str, Any]:
-        probe = self.probe
-        return {"ok": probe.healthy, "failing_since": probe.failing_since, "error": probe.last_error}
 
 
 class _Background:
