@@ -48,12 +48,6 @@ class Answer:
     similarity: float | None = None
     verified: float | None = None
 
-    @property
-    def usage(self) -> Usage | None:
-        if self.completion is not None:
-            return self.completion.usage
-        return self.stream.usage if self.stream is not None else None
-
 
 @dataclass(slots=True)
 class Attempt:

@@ -44,11 +44,6 @@ class Exchange:
     trail: Trail
 
     @property
-    def record(self) -> SpendRecord | None:
-        """The spend record, once `finish` wrote it."""
-        return self.trail.record
-
-    @property
     def log_bodies(self) -> bool:
         """Whether the policy wants the answer's text in the ledger (streams then keep their bytes)."""
         return self.routing.policy.policy.log_bodies
