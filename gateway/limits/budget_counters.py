@@ -48,6 +48,13 @@ class Exhausted:
     line: BudgetLine
     # What that line had spent and reserved at that moment.
     spent_nano: int
+    # The part of `spent_nano` reserved by requests still in flight, which settle at or below it.
+    held_nano: int = 0
+
+    def may_fit_after_settling(self, amount_nano: int) -> bool:
+        """Whether the amount would fit once the requests in flight have settled: the line is full of
+        reservations, not of spend, so waiting for them may admit it."""
+        return self.held_nano > 0 and self.spent_nano - self.held_nano + amount_nano <= self.line.limit_nano
 
 
 class CountersUnavailable(RedisUnavailable):
@@ -58,13 +65,14 @@ class CountersUnavailable(RedisUnavailable):
 class BudgetCounters(Protocol):
     async def reserve(self, lines: Sequence[BudgetLine], amount_nano: int) -> Reservation | Exhausted:
         """Atomically across all lines: if every line has spent + amount <= limit, add the amount to
-        every line and return a Reservation; otherwise change nothing and return Exhausted for the first
-        line that failed. A line already at or over its limit is exhausted even for amount 0."""
+        every line (and to what it holds for requests in flight) and return a Reservation; otherwise
+        change nothing and return Exhausted for the first line that failed. A line already at or over
+        its limit is exhausted even for amount 0."""
         ...
 
     async def settle(self, reservation: Reservation, actual_nano: int) -> None:
-        """Replace the reserved amount by the actual cost on every line (release is `settle(r, 0)`).
-        Never rejects: real spend is recorded even above the limit."""
+        """Replace the reserved amount by the actual cost on every line (release is `settle(r, 0)`), and
+        release what the reservation held. Never rejects: real spend is recorded even above the limit."""
         ...
 
     async def spent(self, lines: Sequence[BudgetLine]) -> list[int]:
@@ -126,16 +134,19 @@ class InProcessBudgetCounters:
 
     def __init__(self, sweep_every: float = 3600.0) -> None:
         self._values = PeriodValues(sweep_every)
+        self._held = PeriodValues(sweep_every)
 
     async def reserve(self, lines: Sequence[BudgetLine], amount_nano: int) -> Reservation | Exhausted:
         _check(lines, amount_nano)
         self._values.sweep_now_and_then()
+        self._held.sweep_now_and_then()
         for line in lines:
             spent = self._values.get(line.key) or 0
             if spent >= line.limit_nano or spent + amount_nano > line.limit_nano:
-                return Exhausted(line, spent)
+                return Exhausted(line, spent, self._held.get(line.key) or 0)
         for line in lines:
             self._values.set(line, (self._values.get(line.key) or 0) + amount_nano)
+            self._held.set(line, (self._held.get(line.key) or 0) + amount_nano)
         return Reservation(tuple(lines), amount_nano)
 
     def raise_to(self, line: BudgetLine, value_nano: int) -> None:
@@ -148,6 +159,7 @@ class InProcessBudgetCounters:
         delta = actual_nano - reservation.amount_nano
         for line in reservation.lines:
             self._values.set(line, (self._values.get(line.key) or 0) + delta)
+            self._held.set(line, max(0, (self._held.get(line.key) or 0) - reservation.amount_nano))
 
     async def spent(self, lines: Sequence[BudgetLine]) -> list[int]:
         return [self._values.get(line.key) or 0 for line in lines]
@@ -159,36 +171,46 @@ class InProcessBudgetCounters:
         return None
 
 
-# KEYS: the lines' keys. ARGV: amount, then each line's limit, then each line's expiry (unix seconds).
-# Returns {1, new value per line} or {0, index of the first exhausted line (1-based), its value}.
+# Each line has two keys: its value (spent plus reserved) and what it holds for requests in flight.
+# KEYS: the lines' value keys, then their held keys. ARGV: amount, then each line's limit, then each
+# line's expiry (unix seconds). Returns {1, new value per line} or {0, index of the first exhausted
+# line (1-based), its value, what it holds}.
 RESERVE_SCRIPT = """
-local n = #KEYS
+local n = #KEYS / 2
 local amount = tonumber(ARGV[1])
 for i = 1, n do
     local spent = tonumber(redis.call('GET', KEYS[i]) or '0')
     local limit = tonumber(ARGV[1 + i])
     if spent >= limit or spent + amount > limit then
-        return {0, i, spent}
+        return {0, i, spent, tonumber(redis.call('GET', KEYS[n + i]) or '0')}
     end
 end
 local result = {1}
 for i = 1, n do
     result[i + 1] = redis.call('INCRBY', KEYS[i], amount)
+    redis.call('INCRBY', KEYS[n + i], amount)
     if redis.call('TTL', KEYS[i]) == -1 then
         redis.call('EXPIREAT', KEYS[i], ARGV[1 + n + i])
+    end
+    if redis.call('TTL', KEYS[n + i]) == -1 then
+        redis.call('EXPIREAT', KEYS[n + i], ARGV[1 + n + i])
     end
 end
 return result
 """
 
-# KEYS: the lines' keys. ARGV: delta, then each line's expiry. Returns the new value per line.
+# KEYS: the lines' value keys, then their held keys. ARGV: delta, the reserved amount to release,
+# then each line's expiry. Returns the new value per line.
 SETTLE_SCRIPT = """
-local n = #KEYS
+local n = #KEYS / 2
 local result = {}
 for i = 1, n do
     result[i] = redis.call('INCRBY', KEYS[i], ARGV[1])
     if redis.call('TTL', KEYS[i]) == -1 then
-        redis.call('EXPIREAT', KEYS[i], ARGV[1 + i])
+        redis.call('EXPIREAT', KEYS[i], ARGV[2 + i])
+    end
+    if tonumber(ARGV[2]) > 0 and redis.call('DECRBY', KEYS[n + i], ARGV[2]) < 0 then
+        redis.call('SET', KEYS[n + i], 0, 'KEEPTTL')
     end
 end
 return result
@@ -201,6 +223,8 @@ class RedisBudgetCounters:
     def __init__(self, client: redis.asyncio.Redis, prefix: str = "gw:budget:") -> None:
         self._client = client
         self._prefix = prefix
+        # What each line holds for requests in flight, e.g. "gw:budget-held:team:search:day:2026-11-26".
+        self._held_prefix = prefix.rstrip(":") + "-held:"
         self._reserve = client.register_script(RESERVE_SCRIPT)
         self._settle = client.register_script(SETTLE_SCRIPT)
         self._seen = PeriodValues(sweep_every=3600.0)
@@ -212,12 +236,12 @@ class RedisBudgetCounters:
             return Reservation((), amount_nano)
         args = [amount_nano, *(line.limit_nano for line in lines), *(_expires_at(line) for line in lines)]
         with redis_errors_as_unavailable(f"reserving budget on {keys}"):
-            result = await self._reserve(keys=[self._prefix + key for key in keys], args=args)
+            result = await self._reserve(keys=self._keys(lines), args=args)
         self._seen.sweep_now_and_then()
         if result[0] == 0:
             line = lines[int(result[1]) - 1]
             self._seen.set(line, int(result[2]))
-            return Exhausted(line, int(result[2]))
+            return Exhausted(line, int(result[2]), int(result[3]))
         for line, value in zip(lines, result[1:], strict=True):
             self._seen.set(line, int(value))
         return Reservation(tuple(lines), amount_nano)
@@ -226,9 +250,10 @@ class RedisBudgetCounters:
         lines = reservation.lines
         if not lines:
             return
-        args = [actual_nano - reservation.amount_nano, *(_expires_at(line) for line in lines)]
+        delta = actual_nano - reservation.amount_nano
+        args = [delta, reservation.amount_nano, *(_expires_at(line) for line in lines)]
         with redis_errors_as_unavailable(f"settling budget on {[line.key for line in lines]}"):
-            result = await self._settle(keys=[self._prefix + line.key for line in lines], args=args)
+            result = await self._settle(keys=self._keys(lines), args=args)
         self._seen.sweep_now_and_then()
         for line, value in zip(lines, result, strict=True):
             self._seen.set(line, int(value))
@@ -245,6 +270,9 @@ class RedisBudgetCounters:
 
     def last_known(self, key: str) -> int | None:
         return self._seen.get(key)
+
+    def _keys(self, lines: Sequence[BudgetLine]) -> list[str]:
+        return [self._prefix + line.key for line in lines] + [self._held_prefix + line.key for line in lines]
 
     async def aclose(self) -> None:
         await self._client.aclose()

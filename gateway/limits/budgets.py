@@ -52,6 +52,10 @@ class Budgets(BaseModel):
     # the spend it last saw (logged; what it counts is added to Redis once it is back), `closed` refuses
     # those that count against a budget with a 503 until the counters are back.
     when_unavailable: Literal["open", "closed"] = "open"
+    # A request refused only because requests in flight hold the rest of a budget (they reserved their
+    # worst case and will likely settle below it) waits up to this long for them to settle, then is
+    # refused; 0 refuses at once.
+    wait_for_in_flight_seconds: float = Field(default=5.0, ge=0, le=60)
 
     def limits_for(self, team: str | None, key: str | None) -> list[tuple[str, str, SpendLimit]]:
         """(kind, name, limit) for every budget the caller counts against."""

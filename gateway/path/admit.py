@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from gateway.limits.budget_counters import (
 from gateway.limits.budgets import (
     DEFAULT_MAX_OUTPUT_TOKENS,
     BudgetCheck,
+    Budgets,
     budget_lines,
     nano,
     prompt_tokens_at_most,
@@ -41,6 +43,9 @@ from gateway.wire import ChatRequest
 
 logger = logging.getLogger("gateway.path.admit")
 T = TypeVar("T")
+# A request waiting for the requests in flight to settle asks again after this, doubling up to the longest.
+FIRST_PAUSE_SECONDS = 0.02
+LONGEST_PAUSE_SECONDS = 0.25
 
 
 @dataclass(slots=True)
@@ -150,19 +155,36 @@ class Admission:
         limit *= choices if isinstance(choices, int) and choices > 1 else 1
         prompt = prompt_tokens_at_most(self.tokens, body, self._prompt_tokens(admitted))
         worst = worst_case_nano(costliest, prompt, limit)
-        try:
-            outcome = await self._shared(lambda: self._reserve_shared(check.lines, worst))
-        except CountersUnavailable as exc:
-            self._fallback.fail_closed_or_count_alone(
-                policy.budgets.when_unavailable, "Budgets", admitted.request.request_id, exc
-            )
-            outcome = await self._fallback.reserve(check.lines, worst)
-            admitted.reserved_locally = True
+        outcome = await self._reserve_worst(admitted, policy.budgets, check.lines, worst)
+        waited_until = time.monotonic() + policy.budgets.wait_for_in_flight_seconds
+        pause = FIRST_PAUSE_SECONDS
+        while (
+            isinstance(outcome, Exhausted)
+            and outcome.may_fit_after_settling(worst)
+            and time.monotonic() + pause <= waited_until
+        ):
+            # Full of what requests in flight reserved, not of spend: wait for some to settle.
+            await asyncio.sleep(pause * random.uniform(0.5, 1.5))
+            pause = min(pause * 2, LONGEST_PAUSE_SECONDS)
+            outcome = await self._reserve_worst(admitted, policy.budgets, check.lines, worst)
         if isinstance(outcome, Exhausted):
             self.telemetry.count_rejection("budget", outcome.line.metric, admitted.team)
             return _exhausted(outcome, check)
         admitted.reservation = outcome
         return None
+
+    async def _reserve_worst(
+        self, admitted: Admitted, budgets: Budgets, lines: Sequence[BudgetLine], worst: int
+    ) -> Reservation | Exhausted:
+        if not admitted.reserved_locally:
+            try:
+                return await self._shared(lambda: self._reserve_shared(lines, worst))
+            except CountersUnavailable as exc:
+                self._fallback.fail_closed_or_count_alone(
+                    budgets.when_unavailable, "Budgets", admitted.request.request_id, exc
+                )
+                admitted.reserved_locally = True
+        return await self._fallback.reserve(lines, worst)
 
     def settle_later(self, admitted: Admitted, cost_usd: float | None, completion_tokens: int) -> None:
         """Settle the reservation at the recorded cost and count completion tokens off the response

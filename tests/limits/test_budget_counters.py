@@ -66,10 +66,10 @@ def test_reserve_succeeds_up_to_the_limit_then_names_the_exhausted_line(
     daily = line("team:search:day:2026-11-26")
     for _ in range(3):
         assert bg.run(counters.reserve([daily], 3 * CENTS_10)) == Reservation((daily,), 3 * CENTS_10)
-    assert bg.run(counters.reserve([daily], 3 * CENTS_10)) == Exhausted(daily, 9 * CENTS_10)
+    assert bg.run(counters.reserve([daily], 3 * CENTS_10)) == Exhausted(daily, 9 * CENTS_10, 9 * CENTS_10)
     assert bg.run(counters.reserve([daily], CENTS_10)) == Reservation((daily,), CENTS_10)
     # At the limit even a zero reservation is refused.
-    assert bg.run(counters.reserve([daily], 0)) == Exhausted(daily, USD)
+    assert bg.run(counters.reserve([daily], 0)) == Exhausted(daily, USD, USD)
     assert bg.run(counters.spent([daily])) == [USD]
     assert counters.last_known(daily.key) == USD
 
@@ -80,10 +80,10 @@ def test_reserve_is_all_or_nothing_across_lines(
     counters = open_counters()
     team, key = line("team:search:day"), line("key:abc:day", limit_nano=5 * CENTS_10)
     assert isinstance(bg.run(counters.reserve([team, key], 4 * CENTS_10)), Reservation)
-    assert bg.run(counters.reserve([team, key], 2 * CENTS_10)) == Exhausted(key, 4 * CENTS_10)
+    assert bg.run(counters.reserve([team, key], 2 * CENTS_10)) == Exhausted(key, 4 * CENTS_10, 4 * CENTS_10)
     assert bg.run(counters.spent([team, key])) == [4 * CENTS_10, 4 * CENTS_10]
     # Both over: the first line is the one named.
-    assert bg.run(counters.reserve([team, key], 7 * CENTS_10)) == Exhausted(team, 4 * CENTS_10)
+    assert bg.run(counters.reserve([team, key], 7 * CENTS_10)) == Exhausted(team, 4 * CENTS_10, 4 * CENTS_10)
     assert bg.run(counters.spent([team, key])) == [4 * CENTS_10, 4 * CENTS_10]
 
 
@@ -114,7 +114,26 @@ def test_settle_records_real_spend_above_the_limit(
     assert isinstance(reservation, Reservation)
     bg.run(counters.settle(reservation, 3 * USD))
     assert bg.run(counters.spent([team])) == [3 * USD]
-    assert bg.run(counters.reserve([team], 0)) == Exhausted(team, 3 * USD)
+    assert bg.run(counters.reserve([team], 0)) == Exhausted(team, 3 * USD, 0)
+
+
+def test_an_exhausted_line_says_whether_settling_the_requests_in_flight_may_admit_the_amount(
+    open_counters: Callable[[], BudgetCounters], bg: BackgroundLoop
+) -> None:
+    counters = open_counters()
+    daily = line("team:search:day")
+    settled = bg.run(counters.reserve([daily], 4 * CENTS_10))
+    in_flight = bg.run(counters.reserve([daily], 5 * CENTS_10))
+    assert isinstance(settled, Reservation) and isinstance(in_flight, Reservation)
+    bg.run(counters.settle(settled, 2 * CENTS_10))  # spent 2, held 5
+    refused = bg.run(counters.reserve([daily], 9 * CENTS_10))
+    assert refused == Exhausted(daily, 7 * CENTS_10, 5 * CENTS_10)
+    assert isinstance(refused, Exhausted) and refused.may_fit_after_settling(8 * CENTS_10)
+    assert not refused.may_fit_after_settling(9 * CENTS_10)
+    bg.run(counters.settle(in_flight, 0))
+    spent_out = bg.run(counters.reserve([daily], 9 * CENTS_10))
+    assert spent_out == Exhausted(daily, 2 * CENTS_10, 0)
+    assert isinstance(spent_out, Exhausted) and not spent_out.may_fit_after_settling(CENTS_10)
 
 
 def test_unknown_lines_read_zero_and_last_known_needs_a_sighting(
