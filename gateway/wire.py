@@ -36,13 +36,15 @@ class Usage:
 class ChatRequest:
     """One request on its way through the gateway: `body` is an OpenAI chat request (the client's own
     JSON for chat completions, forwarded as it is), `model` still the client's; `api` is the inbound
-    API it came through."""
+    API it came through, and `inbound` what its adapter keeps of the client's own request to render the
+    answer (None for chat completions)."""
 
     body: dict[str, Any]
     request_id: str
     stream: bool = False
     include_usage: bool = False
     api: str = "chat.completions"
+    inbound: Any = None
 
 
 @dataclass(slots=True)

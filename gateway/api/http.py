@@ -16,6 +16,7 @@ _MAX_REQUEST_ID = 128
 _WANTED = frozenset(
     {
         b"authorization",
+        b"x-api-key",
         b"content-length",
         b"x-request-id",
         b"x-gateway-tags",
@@ -32,6 +33,15 @@ def wanted_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, str]:
         if key in _WANTED and key not in found:
             found[key] = value.decode("latin-1")
     return found
+
+
+def credentials_of(wanted: dict[bytes, str]) -> str | None:
+    """The client's credentials as an `Authorization` value: that header, or Anthropic's `x-api-key`
+    (what Anthropic's clients send) as a bearer token."""
+    authorization = wanted.get(b"authorization")
+    if authorization is None and (api_key := wanted.get(b"x-api-key")):
+        return f"Bearer {api_key}"
+    return authorization
 
 
 class RequestIds:

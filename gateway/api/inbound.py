@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from gateway.api.http import RequestIds, caller_of, send_error, wanted_headers
+from gateway.api.http import RequestIds, caller_of, credentials_of, send_error, wanted_headers
 from gateway.errors import BodyTooLarge, GatewayError, InvalidRequest
 from gateway.identity.auth import Authenticator
 from gateway.inbound.adapter import InboundApi
@@ -66,13 +66,14 @@ class InboundEndpoint:
             await send_error(send, error, headers, api.error_body(error))
             return
         try:
-            principal = self._auth.principal(wanted.get(b"authorization"))
+            principal = self._auth.principal(credentials_of(wanted))
             raw = await self._read_body(wanted.get(b"content-length"), receive)
-            request = api.parse(raw, request_id)
+            caller = caller_of(wanted, principal)
+            request = await api.parse(raw, request_id, caller)
         except GatewayError as error:
             await send_error(send, error, headers, api.error_body(error))
             return
-        await self._answer(request, caller_of(wanted, principal), started, headers, receive, send)
+        await self._answer(request, caller, started, headers, receive, send)
 
     async def _read_body(self, declared: str | None, receive: Receive) -> bytes:
         if declared and declared.isdigit() and int(declared) > self._max_body_bytes:
@@ -120,7 +121,7 @@ class InboundEndpoint:
             elif answer.completion is not None:
                 overhead = time.perf_counter() - started - answer.upstream_seconds
                 headers.append((b"x-gateway-overhead-ms", f"{overhead * 1000:.3f}".encode()))
-                body = self.api.body_of(answer.completion)
+                body = await self.api.body_of(request, answer.completion)
                 # Recorded before the answer leaves: a crash after this point cannot lose its spend.
                 record = self._path.finish(exchange, ttfb_seconds=time.perf_counter() - started)
                 if record.cost_usd is not None:
@@ -166,9 +167,9 @@ class InboundEndpoint:
         headers.append((b"x-gateway-overhead-ms", f"{overhead * 1000:.3f}".encode()))
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + headers})
         ttfb = time.perf_counter() - started
-        api = self.api
+        outbound = self.api.stream_of(exchange.admitted.request, stream)
         try:
-            async for block in api.events_of(stream):
+            async for block in outbound:
                 kept.append(block)
                 await send({"type": "http.response.body", "body": block, "more_body": True})
         except GatewayError as error:
@@ -178,13 +179,13 @@ class InboundEndpoint:
             self._path.finish(
                 exchange, status=error.status, error=error.code, ttfb_seconds=ttfb, streamed=kept
             )
-            await send({"type": "http.response.body", "body": api.stream_error(error)})
+            await send({"type": "http.response.body", "body": outbound.error(error)})
             return
         finally:
             await stream.aclose()
         # Recorded before the end leaves: a client that saw the end of its answer finds it in the ledger.
         self._path.finish(exchange, ttfb_seconds=ttfb, streamed=kept if exchange.log_bodies else None)
-        await send({"type": "http.response.body", "body": api.stream_end(stream)})
+        await send({"type": "http.response.body", "body": await outbound.end()})
 
 
 def _routing_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:

@@ -17,6 +17,8 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_confi
 from typing_extensions import TypedDict
 
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.inbound.adapter import OutboundStream
+from gateway.path.caller import Caller
 from gateway.wire import ChatRequest, ChatStream, Completion
 
 _DONE = b"data: [DONE]\n\n"
@@ -81,9 +83,10 @@ def parse_chat_request(raw: bytes, *, default_model: str | None = None) -> dict[
 
 class ChatCompletions:
     name = "chat.completions"
+    operation = "chat"
     paths = frozenset({"/v1/chat/completions", "/chat/completions"})
 
-    def parse(self, raw: bytes, request_id: str) -> ChatRequest:
+    async def parse(self, raw: bytes, request_id: str, caller: Caller) -> ChatRequest:
         body = parse_chat_request(raw)
         options = body.get("stream_options")
         return ChatRequest(
@@ -94,17 +97,29 @@ class ChatCompletions:
             api=self.name,
         )
 
-    def body_of(self, completion: Completion) -> bytes:
+    async def body_of(self, request: ChatRequest, completion: Completion) -> bytes:
         return completion.body
 
-    def events_of(self, stream: ChatStream) -> AsyncIterator[bytes]:
-        return stream.__aiter__()
-
-    def stream_end(self, stream: ChatStream) -> bytes:
-        return _DONE
+    def stream_of(self, request: ChatRequest, stream: ChatStream) -> OutboundStream:
+        return ChunkStream(stream)
 
     def error_body(self, error: GatewayError) -> bytes:
         return error.to_json()
 
-    def stream_error(self, error: GatewayError) -> bytes:
+
+class ChunkStream:
+    """The upstream's chunks as they came, then `[DONE]`."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: ChatStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._stream.__aiter__()
+
+    async def end(self) -> bytes:
+        return _DONE
+
+    def error(self, error: GatewayError) -> bytes:
         return b"data: " + error.to_json() + b"\n\n"
