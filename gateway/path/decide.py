@@ -63,8 +63,11 @@ class Decide:
         signal's, when explaining) computed off the event loop and batched with other requests', then the
         pure `decide`."""
         compiled = self.policies.current
-        if request.body["model"] != AUTO:
-            target = self.catalog.resolve(request.body["model"], compiled.policy, request.request_id)
+        model = request.body["model"]
+        if model != AUTO:
+            model = compiled.aliases.target_of(model) or model
+        if model != AUTO:
+            target = self.catalog.resolve(model, compiled.policy, request.request_id)
             return Routing(target, EXPLICIT_RULE, None, compiled)
         facts = self.facts(request, caller, compiled.policy)
         await prepare_embeddings(compiled, facts, explain=explain)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pydantic
 
+from gateway.policy.aliases import AUTO, NO_ALIASES, ModelAliases
 from gateway.policy.conditions import CompiledCondition, comparisons, compile_condition
 from gateway.policy.decide import decide
 from gateway.policy.patterns import PatternError
@@ -69,6 +70,7 @@ class CompiledPolicy:
     policy: Policy
     evaluators: Mapping[str, Evaluator]
     rules: tuple[CompiledRule, ...]
+    aliases: ModelAliases = NO_ALIASES
 
 
 def load_policy(
@@ -146,6 +148,7 @@ def compile_policy(
         policy,
         evaluators,
         tuple(CompiledRule(rule, compile_condition(rule.when)) for rule in policy.rules),
+        ModelAliases.of(policy.model_aliases),
     )
     if not run_golden:
         return compiled
@@ -183,6 +186,10 @@ def _reference_problems(policy: Policy, deployments: Collection[str], problem: P
             if limit.when_exhausted is not None and limit.when_exhausted not in routes:
                 where = ("budgets", kind, name, "when_exhausted")
                 problems.append(problem(where, f"unknown route '{limit.when_exhausted}'"))
+    for model, target in policy.model_aliases.items():
+        if target != AUTO and target not in routes and target not in deployments:
+            not_a_target = f"'{target}' is not auto, a route or a deployment"
+            problems.append(problem(("model_aliases", model), not_a_target))
     for signal_name, signal in policy.signals.items():
         if isinstance(signal, RouteHealthSignal) and signal.route not in routes:
             problems.append(problem(("signals", signal_name, "route"), f"unknown route '{signal.route}'"))

@@ -7,12 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.errors import ModelNotFound
+from gateway.policy.aliases import AUTO
 from gateway.policy.decide import Decision, route_order
 from gateway.policy.schema import Policy
 from gateway.providers.base import Provider
 from gateway.routing.health import DeploymentHealth
 
-AUTO = "auto"
+__all__ = ["AUTO", "Candidate", "Catalog", "Target"]
 
 
 @dataclass(frozen=True, slots=True)
