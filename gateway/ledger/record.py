@@ -1,6 +1,6 @@
-"""One spend record per answered (or failed) chat request: who asked, where it went, what it used,
-what it cost, what the reference route would have cost, and how long it took. Never the prompt or
-the answer, unless a policy turns body logging on (then redacted, see `redact`)."""
+"""One spend record per answered (or failed) request, whatever API it came through: who asked, where
+it went, what it used, what it cost, what the reference route would have cost, and how long it took.
+Never the prompt or the answer, unless a policy turns body logging on (then redacted, see `redact`)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,8 @@ class SpendRecord:
     signals: Mapping[str, Any] = field(default_factory=dict)
     # The request and answer text, redacted; only when the policy turns body logging on.
     body: str | None = None
+    # The inbound API the request came through (`chat.completions`, `responses`, `messages`, ...).
+    api: str = "chat.completions"
 
     @property
     def saved_usd(self) -> float | None:

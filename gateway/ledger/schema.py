@@ -17,7 +17,7 @@ COLUMNS = (
     "id", "request_id", "at", "day", "team", "key_id", "policy", "route", "rule", "deployment", "model",
     "stream", "status", "error", "cache", "prompt_tokens", "completion_tokens", "cached_tokens",
     "reasoning_tokens", "estimated", "cost_usd", "reference_usd", "saved_usd", "latency_ms", "ttfb_ms",
-    "upstream_ms", "overhead_ms", "signals", "body",
+    "upstream_ms", "overhead_ms", "signals", "body", "api",
 )  # fmt: skip
 
 
@@ -85,16 +85,20 @@ CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id);
 CREATE INDEX IF NOT EXISTS ledger_request ON ledger (request_id);
 """
 
+# Records from before it came through chat completions, the only API then served.
+_API_COLUMN = "ALTER TABLE ledger ADD COLUMN api TEXT NOT NULL DEFAULT 'chat.completions';"
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the ledger table", _TABLE.format(real="REAL"), _TABLE.format(real="DOUBLE PRECISION")),
     Migration(
         2, "feedback on requests", _FEEDBACK.format(real="REAL"), _FEEDBACK.format(real="DOUBLE PRECISION")
     ),
     Migration(3, "spend by the hour, for dashboards", ledger_rollup.SQLITE, ledger_rollup.POSTGRES),
+    Migration(4, "the inbound API of each request", _API_COLUMN, _API_COLUMN),
 )
 
 # What a report may group by (the column names double as the allow-list: never interpolate input).
-GROUPS = ("team", "route", "model", "rule", "day", "deployment", "key_id", "cache", "policy")
+GROUPS = ("team", "route", "model", "rule", "day", "deployment", "key_id", "cache", "policy", "api")
 
 
 def row_of(record: SpendRecord) -> tuple[object, ...]:
@@ -105,7 +109,7 @@ def row_of(record: SpendRecord) -> tuple[object, ...]:
         record.error, record.cache, record.prompt_tokens, record.completion_tokens, record.cached_tokens,
         record.reasoning_tokens, int(record.estimated), record.cost_usd, record.reference_usd,
         record.saved_usd, record.latency_ms, record.ttfb_ms, record.upstream_ms, record.overhead_ms,
-        dumps(dict(record.signals)).decode(), record.body,
+        dumps(dict(record.signals)).decode(), record.body, record.api,
     )  # fmt: skip
 
 

@@ -99,7 +99,7 @@ class Recording:
             "team": trail.team, "key_id": admitted.key, "policy": routing.policy.name,
             "route": routing.target.route, "rule": routing.rule, "deployment": deployment,
             "model": priced.model if priced else None, "stream": request.stream, "status": 500,
-            "error": "interrupted", "prompt_tokens": prompt, "estimated": True,
+            "error": "interrupted", "prompt_tokens": prompt, "estimated": True, "api": request.api,
             "cost_usd": prompt * price.input if price is not None else None,
         }  # fmt: skip
         self.ledger.intend(Intent(fields))
@@ -138,6 +138,7 @@ class Recording:
         record = SpendRecord(
             id=trail.record_id or self._new_id(),
             request_id=request.request_id,
+            api=request.api,
             at=trail.at,
             team=trail.team,
             key_id=admitted.key,

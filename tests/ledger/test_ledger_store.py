@@ -166,19 +166,24 @@ def by(key: str, rows: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
     return keyed
 
 
-MIGRATED = [(1, "the ledger table"), (2, "feedback on requests"), (3, "spend by the hour, for dashboards")]
+MIGRATED = [
+    (1, "the ledger table"),
+    (2, "feedback on requests"),
+    (3, "spend by the hour, for dashboards"),
+    (4, "the inbound API of each request"),
+]
 
 
 def test_migrations_are_applied_once(backend: Backend) -> None:
     first = backend.open()
-    assert first.schema_version() == 3
+    assert first.schema_version() == 4
     first.insert(RECORDS[:1])
     applied = backend.query("SELECT version, description, applied_at FROM ledger_migrations ORDER BY version")
     assert [(version, description) for version, description, _ in applied] == MIGRATED
     first.close()
 
     again = backend.open()
-    assert again.schema_version() == 3
+    assert again.schema_version() == 4
     assert (
         backend.query("SELECT version, description, applied_at FROM ledger_migrations ORDER BY version")
         == applied
@@ -315,8 +320,8 @@ def test_stores_opened_together_on_a_fresh_database_migrate_once(backend: Backen
     for thread in threads:
         thread.join(30)
     assert failures == []
-    assert versions == [3, 3, 3, 3]
-    assert backend.query("SELECT version FROM ledger_migrations ORDER BY version") == [(1,), (2,), (3,)]
+    assert versions == [4, 4, 4, 4]
+    assert backend.query("SELECT version FROM ledger_migrations ORDER BY version") == [(1,), (2,), (3,), (4,)]
 
 
 def test_sqlite_stores_opened_together_migrate_once(tmp_path: Path) -> None:
@@ -339,9 +344,9 @@ def test_sqlite_stores_opened_together_migrate_once(tmp_path: Path) -> None:
         thread.join(30)
     try:
         assert failures == []
-        assert [each.schema_version() for each in opened] == [3, 3, 3, 3]
+        assert [each.schema_version() for each in opened] == [4, 4, 4, 4]
         versions = sqlite_query(path)("SELECT version FROM ledger_migrations ORDER BY version")
-        assert versions == [(1,), (2,), (3,)]
+        assert versions == [(1,), (2,), (3,), (4,)]
     finally:
         for each in opened:
             each.close()
@@ -411,7 +416,7 @@ def test_migration_3_backfills_what_the_ledger_held_before_it(backend: Backend, 
     for statement in [*drop, "DELETE FROM ledger_migrations WHERE version = 3"]:
         run_statement(backend, statement)
     reopened = backend.open()
-    assert reopened.schema_version() == 3
+    assert reopened.schema_version() == 4
     [sums] = backend.query(ROLLUP_SUMS)
     assert tuple(float(v) for v in sums) == (5, 1, 1, 540, 100, 2.25, 1, 4.5, 1.75)
     reopened.insert([spend("f", prompt_tokens=10, cost_usd=0.5, reference_usd=1.0)])  # the trigger is back
@@ -421,3 +426,21 @@ def test_migration_3_backfills_what_the_ledger_held_before_it(backend: Backend, 
 def run_statement(backend: Backend, statement: str) -> None:
     with contextlib.suppress(psycopg.ProgrammingError):  # no rows to fetch: done all the same
         backend.query(statement)
+
+
+def test_migration_4_says_the_records_before_it_came_through_chat_completions(
+    backend: Backend, store: LedgerStore
+) -> None:
+    store.insert([spend("chat-1"), spend("messages-1", api="messages")])
+    store.close()
+    # Back to the state before migration 4, with records already in the ledger.
+    undo = ["ALTER TABLE ledger DROP COLUMN api", "DELETE FROM ledger_migrations WHERE version = 4"]
+    for statement in undo:
+        run_statement(backend, statement)
+    reopened = backend.open()
+    assert reopened.schema_version() == 4
+    assert backend.query("SELECT DISTINCT api FROM ledger") == [("chat.completions",)]
+    reopened.insert([spend("responses-1", api="responses")])
+    assert backend.query("SELECT api FROM ledger WHERE id = 'responses-1'") == [("responses",)]
+    by_api = {row["api"]: row["requests"] for row in reopened.report(["api"])}
+    assert by_api["responses"] == 1 and by_api["chat.completions"] >= 2
