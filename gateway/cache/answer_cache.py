@@ -13,9 +13,11 @@ checked by the verifier before it counts as a hit.
 
 No model runs on the event loop: the question's embedding comes from the request's memo (the policy's
 `prepare_embeddings` put it there) or from the embedder's batcher, and the verifier runs on a worker
-thread of its own (`MicroBatcher`). Keeping an answer is off the response path: `remember` starts a
-background store and returns; a lookup in the same namespace and context waits for the stores still
-under way there (so a replica reads its own writes), `flush` waits for all of them, `aclose` too.
+thread of its own (`MicroBatcher`). An exact-only answer is written before the answer leaves (one
+write, so every replica finds it next); keeping one with its question's vector is off the response
+path: `remember` starts a background store and returns; a lookup in the same namespace and context
+waits for the stores still under way there (so a replica reads its own writes), `flush` waits for all
+of them, `aclose` too.
 """
 
 from __future__ import annotations
@@ -221,6 +223,10 @@ class AnswerCache:
         )
         can_embed = self.batcher is not None or self.embedder is not None
         semantic = directive.similarity is not None and can_embed
+        if not semantic:
+            # One write and no index: kept before the answer leaves, so every replica finds it next.
+            await self._store(keys, answer, None, True)
+            return True
         # Usually the lookup left the vector in the memo: the store starts writing at once, and a lookup
         # in its group waits for it from now on. Otherwise it embeds first and only then writes.
         ready = not semantic or QUESTION_MEMO in memo
