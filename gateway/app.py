@@ -28,10 +28,12 @@ from gateway.api import (
     feedback,
     health,
     keys,
+    messages,
     metrics,
     models,
     openapi,
     spend,
+    stored_responses,
 )
 from gateway.api.http import RequestIds, header_value
 from gateway.api.inbound import InboundEndpoint
@@ -69,6 +71,8 @@ def create_app(settings: Settings | None = None, environ: dict[str, str] | None 
 
     api = FastAPI(title="gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     api.include_router(models.router)
+    api.include_router(messages.router)
+    api.include_router(stored_responses.router)
     api.include_router(health.router)
     api.include_router(explain.router)
     api.include_router(admin.router)

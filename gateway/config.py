@@ -13,7 +13,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-ProviderKind = Literal["openai", "anthropic", "litellm", "managed-local"]
+# `managed-local`: the chat model server the gateway runs; `local-embedder`: the gateway's own sentence
+# embedder (the one the semantic signals and cache use), serving `/v1/embeddings` in process at $0.
+ProviderKind = Literal["openai", "anthropic", "litellm", "managed-local", "local-embedder"]
 
 
 class StrictModel(BaseModel):
@@ -78,7 +80,7 @@ class GatewayConfig(StrictModel):
         for name, deployment in self.deployments.items():
             if deployment.name != name:
                 raise ValueError(f"deployment {name!r} declares a different name {deployment.name!r}")
-            if not deployment.model and deployment.provider != "managed-local":
+            if not deployment.model and deployment.provider not in ("managed-local", "local-embedder"):
                 raise ValueError(f"deployment {name!r}: 'model' is required")
         return self
 

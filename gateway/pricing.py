@@ -85,7 +85,7 @@ class PriceBook:
 def _price(deployment: Deployment, price_map: Mapping[str, Mapping[str, Any]]) -> TokenPrice | None:
     if deployment.price is not None:
         return per_million(deployment.price.input_per_mtok, deployment.price.output_per_mtok)
-    if deployment.provider == "managed-local":
+    if deployment.provider in ("managed-local", "local-embedder"):
         return FREE
     for name in _candidate_names(deployment):
         entry = price_map.get(name)

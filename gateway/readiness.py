@@ -1,5 +1,5 @@
 """How each backing service a replica serves without stands, as last seen (no I/O): the ledger's database,
-the key store and Redis, for `/readyz` (`Services.backing_services`)."""
+the key store, the stored responses and Redis, for `/readyz` (`Services.backing_services`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from gateway.identity.auth import Authenticator
 from gateway.ledger.ledger import Ledger
 from gateway.state.redis_client import RedisProbe
+from gateway.stored_responses.store import ThreadedResponseStore
 
 
 class BackingService(Protocol):
@@ -45,6 +46,15 @@ class KeyDatabase:
             "error": self.auth.key_store_error,
             "seconds_since_refresh": round(since, 1) if since is not None else None,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponsesDatabase:
+    store: ThreadedResponseStore
+    name: str = "stored_responses"
+
+    def status(self) -> dict[str, Any]:
+        return self.store.status()
 
 
 @dataclass(frozen=True, slots=True)

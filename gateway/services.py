@@ -31,6 +31,7 @@ from gateway.identity.key_backends import open_key_store
 from gateway.identity.key_changes import KeyChanges
 from gateway.identity.keys import KeyChange, KeyStore, KeysUnavailable
 from gateway.inbound import adapters
+from gateway.inbound.response_store import ResponseStore
 from gateway.ledger.backends import open_ledger_store
 from gateway.ledger.ledger import Ledger
 from gateway.ledger.spool import Spool
@@ -53,7 +54,13 @@ from gateway.pricing import PriceBook, load_price_map
 from gateway.providers.base import Provider
 from gateway.providers.factory import build_provider
 from gateway.providers.managed_local import ManagedLocalModel, find_smollm2_model
-from gateway.readiness import BackingService, KeyDatabase, LedgerDatabase, SharedRedis
+from gateway.readiness import (
+    BackingService,
+    KeyDatabase,
+    LedgerDatabase,
+    SharedRedis,
+    StoredResponsesDatabase,
+)
 from gateway.routing.catalog import Catalog, Target
 from gateway.routing.executor import RouteExecutor
 from gateway.routing.health import DeploymentHealth
@@ -62,6 +69,8 @@ from gateway.routing.shared_circuits import SharedCircuits
 from gateway.settings import Settings
 from gateway.state.redis_client import RedisProbe, open_redis
 from gateway.state.redis_guard import RedisGuard
+from gateway.stored_responses.backends import open_response_store
+from gateway.stored_responses.store import ThreadedResponseStore
 from gateway.telemetry.telemetry import Telemetry
 from gateway.tokens import TokenCounter
 from gateway.wire import ChatRequest
@@ -128,6 +137,9 @@ class Services:
     # The plain-ASGI endpoints of the inbound APIs, by request path.
     endpoints: Mapping[str, InboundEndpoint]
     request_ids: RequestIds
+    # The Responses API's stored responses (`store: true`), for previous_response_id and GET/DELETE.
+    stored_responses: ResponseStore
+    tokens: TokenCounter
     # The managed local model's server, when this gateway runs one.
     local_model: ManagedLocalModel | None
     # The backing services a replica serves without (the ledger's database, the key store, Redis):
@@ -135,7 +147,12 @@ class Services:
     backing: tuple[BackingService, ...]
 
     def ready(self) -> bool:
-        return any(self.catalog.deployment_usable(name) for name in self.catalog.providers)
+        """Some deployment that answers chat can be called (the local embedder answers embeddings only)."""
+        return any(
+            self.catalog.deployment_usable(name)
+            for name, provider in self.catalog.providers.items()
+            if provider.deployment.provider != "local-embedder"
+        )
 
     def backing_services(self) -> dict[str, dict[str, Any]]:
         """How each backing service stands, as last seen (no I/O): `ok`, and when not, since when and
@@ -221,7 +238,7 @@ async def _build(
         stack.push_async_callback(local_model.stop)
         background.start(_run_local_model(local_model))
     providers: dict[str, Provider] = {
-        name: build_provider(deployment, session, environ, tokens, local)
+        name: build_provider(deployment, session, environ, tokens, local, tools.batcher)
         for name, deployment in config.deployments.items()
     }
     for name, provider in providers.items():
@@ -294,22 +311,36 @@ async def _build(
     decide = Decide(catalog, policies, route_prices, admission.budget_spent)
     path = RequestPath(policies, decide, admission, answering, recording, tokens)
     request_ids = RequestIds()
+    stored_responses = _stored_responses(settings)
+    stack.push_async_callback(stored_responses.aclose)
     endpoints = {
         route: InboundEndpoint(api, path, auth, request_ids, settings.max_body_bytes)
-        for api in adapters()
+        for api in adapters(tokens, stored_responses)
         for route in api.paths
     }
     if settings.policy_reload_interval > 0:
         background.start(policies.watch(settings.policy_reload_interval))
-    backing: tuple[BackingService, ...] = (LedgerDatabase(ledger), KeyDatabase(auth))
+    backing: tuple[BackingService, ...] = (
+        LedgerDatabase(ledger),
+        KeyDatabase(auth),
+        StoredResponsesDatabase(stored_responses),
+    )
     if redis_probe is not None:
         backing += (SharedRedis(redis_probe),)
     return Services(
         settings=settings, config=config, auth=auth, keys=keys, key_changes=key_changes, sessions=sessions,
         telemetry=telemetry, policies=policies, history=history, decisions=decisions, catalog=catalog,
         health=health, cache=cache, audits=audits, ledger=ledger, path=path, endpoints=endpoints,
-        request_ids=request_ids, local_model=local_model, backing=backing,
+        request_ids=request_ids, stored_responses=stored_responses, tokens=tokens,
+        local_model=local_model, backing=backing,
     )  # fmt: skip
+
+
+def _stored_responses(settings: Settings) -> ThreadedResponseStore:
+    try:
+        return open_response_store(settings.database_url, settings.state_dir)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from exc
 
 
 def _ledger_store(settings: Settings) -> LedgerStore:

@@ -45,6 +45,8 @@ class ChatRequest:
     include_usage: bool = False
     api: str = "chat.completions"
     inbound: Any = None
+    # The input's tokens when the adapter counted them (APIs whose input is not `messages`).
+    prompt_tokens: int | None = None
 
 
 @dataclass(slots=True)

@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import shutil
 import socket
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -66,6 +68,7 @@ class RunningGateway:
     server: uvicorn.Server
     task: concurrent.futures.Future[Any] | None = None
     clients: list[openai.OpenAI] = field(default_factory=list)
+    anthropic_clients: list[anthropic.Anthropic] = field(default_factory=list)
     browsers: list[httpx.Client] = field(default_factory=list)
 
     @property
@@ -80,11 +83,31 @@ class RunningGateway:
         self.clients.append(created)
         return created
 
+    def anthropic(self, **options: Any) -> anthropic.Anthropic:
+        """Anthropic's official client pointed at the gateway; closed when the test ends."""
+        options.setdefault("api_key", "none")
+        options.setdefault("max_retries", 0)
+        created = anthropic.Anthropic(base_url=self.url, **options)
+        self.anthropic_clients.append(created)
+        return created
+
     def browser(self) -> httpx.Client:
         """An HTTP client that keeps cookies (a dashboard session); closed when the test ends."""
         created = httpx.Client(base_url=self.url, timeout=30)
         self.browsers.append(created)
         return created
+
+
+def ledger_rows(gateway: RunningGateway, bg: BackgroundLoop) -> list[dict[str, Any]]:
+    """The spend records of a gateway on the embedded SQLite ledger, once its spool is drained."""
+    services = gateway.app.services
+    bg.run(services.ledger.drain())
+    db = sqlite3.connect(services.settings.state_dir / "ledger.sqlite")
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(row) for row in db.execute("SELECT * FROM ledger ORDER BY at")]
+    finally:
+        db.close()
 
 
 def openai_deployment(upstream: FakeOpenAIUpstream, **extra: Any) -> dict[str, Any]:
@@ -93,7 +116,7 @@ def openai_deployment(upstream: FakeOpenAIUpstream, **extra: Any) -> dict[str, A
 
 POLICY_KEYS = (
     "routes", "signals", "rules", "default_route", "fallback_route", "reference_route", "budgets",
-    "rate_limits", "log_bodies", "tests",
+    "rate_limits", "log_bodies", "tests", "embeddings_route", "model_aliases",
 )  # fmt: skip
 
 
@@ -157,6 +180,8 @@ def gateway(bg: BackgroundLoop, tmp_path: Path) -> Iterator[Callable[..., Runnin
     for gateway in running:
         for opened in gateway.clients:
             opened.close()
+        for client in gateway.anthropic_clients:
+            client.close()
         for browser in gateway.browsers:
             browser.close()
         gateway.server.should_exit = True

@@ -20,8 +20,15 @@ def services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(services)]
 
 
-def caller(services: ServicesDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    """The principal of the bearer key (401 without a valid one, unless the gateway is open)."""
+def caller(
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> Principal:
+    """The principal of the bearer key, or of Anthropic's `x-api-key` (401 without a valid one, unless
+    the gateway is open)."""
+    if authorization is None and x_api_key:
+        authorization = f"Bearer {x_api_key}"
     return services.auth.principal(authorization)
 
 

@@ -121,7 +121,12 @@ class InboundEndpoint:
             elif answer.completion is not None:
                 overhead = time.perf_counter() - started - answer.upstream_seconds
                 headers.append((b"x-gateway-overhead-ms", f"{overhead * 1000:.3f}".encode()))
-                body = await self.api.body_of(request, answer.completion)
+                try:
+                    body = await self.api.body_of(request, answer.completion)
+                except GatewayError as error:  # an answer this API cannot render (still paid for)
+                    ended, reason = error.status, error.code or error.error_type
+                    await send_error(send, error, headers, self.api.error_body(error))
+                    return
                 # Recorded before the answer leaves: a crash after this point cannot lose its spend.
                 record = self._path.finish(exchange, ttfb_seconds=time.perf_counter() - started)
                 if record.cost_usd is not None:

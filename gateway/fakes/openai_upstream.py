@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import dataclasses
+import hashlib
 import itertools
+import math
 import signal
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -232,6 +236,14 @@ async def _abort(request: web.BaseRequest) -> None:
     transport.abort()
 
 
+def fake_vector(text: str, dimensions: int = 8) -> list[float]:
+    """A unit vector that depends only on the text."""
+    digest = hashlib.sha256(text.encode()).digest()
+    raw = [byte - 127.5 for byte in digest[:dimensions]]
+    norm = math.sqrt(sum(value * value for value in raw)) or 1.0
+    return [value / norm for value in raw]
+
+
 class FakeOpenAIUpstream:
     """An OpenAI-compatible server whose answers are scripted per request, recording what it received."""
 
@@ -293,6 +305,8 @@ class FakeOpenAIUpstream:
         path, method = request.path, request.method
         if path == "/v1/chat/completions" and method == "POST":
             return await self._chat(request)
+        if path == "/v1/embeddings" and method == "POST":
+            return await self._embeddings(request)
         if path == "/v1/models" and method == "GET":
             model = self.model_name or DEFAULT_MODEL
             listed = {"id": model, "object": "model", "created": 0, "owned_by": "fake"}
@@ -325,6 +339,35 @@ class FakeOpenAIUpstream:
         except asyncio.CancelledError:
             self._client_went_away()
             raise
+
+    async def _embeddings(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Each input's vector is made from its words (the same text, the same vector); usage counts
+        words, as chat's does."""
+        try:
+            body = orjson.loads(await request.read())
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            texts = [text if isinstance(text, str) else " ".join(map(str, text)) for text in inputs]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            return error_response(400, f"Invalid embeddings request: {exc!r}")
+        self.request_count += 1
+        if self.record:
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            self.requests.append(RecordedRequest(headers=headers, body=body, query=dict(request.query)))
+        data = []
+        for index, text in enumerate(texts):
+            vector = fake_vector(text)
+            encoded: object = vector
+            if body.get("encoding_format") == "base64":
+                encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        tokens = sum(len(text.split()) for text in texts)
+        answer = {
+            "object": "list",
+            "data": data,
+            "model": self.model_name or str(body.get("model")),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return web.Response(body=orjson.dumps(answer), headers=JSON_HEADERS)
 
     def _client_went_away(self) -> None:
         if not self._stopping:

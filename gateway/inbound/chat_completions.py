@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal, Required
 
-import orjson
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict
 
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.inbound.adapter import OutboundStream
+from gateway.inbound.json_body import json_object
 from gateway.path.caller import Caller
 from gateway.wire import ChatRequest, ChatStream, Completion
 
@@ -64,12 +64,7 @@ CHAT_COMPLETION_REQUEST: TypeAdapter[ChatCompletionRequest] = TypeAdapter(ChatCo
 def parse_chat_request(raw: bytes, *, default_model: str | None = None) -> dict[str, Any]:
     """Parse and validate a request body; raise `InvalidRequest` naming the offending field. The
     client's own dict is returned (forwarded as it is), not a copy."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.") from exc
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
+    body = json_object(raw)
     if default_model is not None:
         body.setdefault("model", default_model)
     try:

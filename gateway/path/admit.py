@@ -235,7 +235,11 @@ class Admission:
 
     def _prompt_tokens(self, admitted: Admitted) -> int:
         if admitted.prompt_tokens is None:
-            admitted.prompt_tokens = self.tokens.count_messages(admitted.request.body.get("messages") or ())
+            request = admitted.request
+            counted = request.prompt_tokens
+            if counted is None:
+                counted = self.tokens.count_messages(request.body.get("messages") or ())
+            admitted.prompt_tokens = counted
         return admitted.prompt_tokens
 
     async def aclose(self) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import BudgetExceeded
+from gateway.errors import BudgetExceeded, InvalidRequest
 from gateway.path.caller import Caller
 from gateway.path.cost import RoutePrices
 from gateway.policy.compile import CompiledPolicy
@@ -22,6 +22,9 @@ from gateway.wire import ChatRequest
 
 # The rule reported for requests that named a route or deployment themselves.
 EXPLICIT_RULE = "explicit"
+# The rule reported for embeddings sent to the policy's embeddings route.
+EMBEDDINGS_RULE = "embeddings_route"
+EMBEDDINGS = "embeddings"
 
 BudgetSpent = Callable[[Policy, str | None, str | None], float | None]
 
@@ -69,11 +72,24 @@ class Decide:
         if model != AUTO:
             target = self.catalog.resolve(model, compiled.policy, request.request_id)
             return Routing(target, EXPLICIT_RULE, None, compiled)
+        if request.api == EMBEDDINGS:
+            return self._embeddings(compiled, request)
         facts = self.facts(request, caller, compiled.policy)
         await prepare_embeddings(compiled, facts, explain=explain)
         decision = decide(compiled, facts, explain=explain)
         target = self.catalog.for_decision(decision, compiled.policy, request.request_id)
         return Routing(target, decision.rule, decision, compiled, facts)
+
+    def _embeddings(self, compiled: CompiledPolicy, request: ChatRequest) -> Routing:
+        route = compiled.policy.embeddings_route
+        if route is None:
+            raise InvalidRequest(
+                f"Policy '{compiled.name}' routes no embeddings for model 'auto' (it sets no "
+                "embeddings_route): name an embedding route or deployment as the model.",
+                param="model",
+            )
+        target = self.catalog.resolve(route, compiled.policy, request.request_id)
+        return Routing(target, EMBEDDINGS_RULE, None, compiled)
 
     async def explain(self, request: ChatRequest, caller: Caller) -> dict[str, Any]:
         """What the request path would do with this request, and why, without calling any model: the

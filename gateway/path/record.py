@@ -90,6 +90,8 @@ class Recording:
         trail.record_id = self._new_id()
         request = trail.request
         known = admitted.prompt_tokens
+        if known is None:
+            known = request.prompt_tokens
         prompt = known if known is not None else _rough_prompt_tokens(request.body)
         policy = routing.policy.policy
         price = self._prices.price(policy, routing.target.route, deployment)

@@ -177,6 +177,7 @@ def _reference_problems(policy: Policy, deployments: Collection[str], problem: P
         ("default_route", policy.default_route),
         ("fallback_route", policy.fallback_route),
         ("reference_route", policy.reference_route),
+        ("embeddings_route", policy.embeddings_route),
     )
     for field, value in named_routes:
         if value is not None and value not in routes:

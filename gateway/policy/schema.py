@@ -306,6 +306,8 @@ class Policy(Strict):
     # Keep the prompt and answer text in the spend ledger, with e-mail addresses, API keys and card
     # numbers redacted. Off by default: the ledger holds no text at all.
     log_bodies: bool = False
+    # Where `POST /v1/embeddings` with `model: auto` goes (the rules decide chat requests only).
+    embeddings_route: str | None = None
     # Model names clients send, mapped to `auto` (the rules decide), a route or a deployment; `*`
     # matches any run of characters, e.g. `claude-*: auto` for Claude Code (`policy/aliases.py`).
     model_aliases: dict[Annotated[str, Field(min_length=1, max_length=200)], str] = {}

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 import aiohttp
 
 from gateway.config import Deployment
+from gateway.embedding.batcher import EmbeddingBatcher
 from gateway.providers.base import Provider
 from gateway.providers.openai_compat import OpenAICompatProvider
 from gateway.tokens import TokenCounter
@@ -63,8 +64,10 @@ def build_provider(
     environ: Mapping[str, str],
     tokens: TokenCounter,
     local_model: tuple[str, Callable[[], bool]] | str,
+    embedder: EmbeddingBatcher | None = None,
 ) -> Provider:
-    """`local_model` is the managed server's (base URL, health check), or why there is none."""
+    """`local_model` is the managed server's (base URL, health check), or why there is none;
+    `embedder` the local sentence embedder, when its model is installed."""
     if deployment.provider == "openai":
         return OpenAICompatProvider(deployment, session, environ, tokens)
     if deployment.provider == "managed-local":
@@ -73,6 +76,10 @@ def build_provider(
         base_url, healthy = local_model
         inner = OpenAICompatProvider(deployment, session, environ, tokens, api_base=base_url)
         return SupervisedLocalProvider(inner, healthy)
+    if deployment.provider == "local-embedder":
+        from gateway.providers.local_embedder import LocalEmbedderProvider  # numpy: only when configured
+
+        return LocalEmbedderProvider(deployment, embedder, tokens)
     # Only deployments that need litellm load its adapter (litellm itself loads on first call).
     from gateway.providers.litellm_adapter import LiteLLMProvider
 

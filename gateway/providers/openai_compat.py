@@ -50,9 +50,10 @@ class OpenAICompatProvider:
             total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.first_byte
         )
         base = (api_base or deployment.api_base or "").rstrip("/")
-        self._url = f"{base}/chat/completions"
-        if deployment.api_version:
-            self._url += f"?api-version={deployment.api_version}"
+        query = f"?api-version={deployment.api_version}" if deployment.api_version else ""
+        self._url = f"{base}/chat/completions{query}"
+        # Requests of an inbound API the upstream serves itself (its body is that API's, not chat's).
+        self._native_urls = {"embeddings": f"{base}/embeddings{query}"}
         self._headers = {"Content-Type": "application/json"}
         self._missing_key: str | None = None
         if deployment.api_key_env:
@@ -102,8 +103,9 @@ class OpenAICompatProvider:
     async def complete(self, request: ChatRequest, deadline: Deadline) -> Completion:
         started = time.perf_counter()
         try:
+            url = self._native_urls.get(request.api, self._url)
             async with self._session.post(
-                self._url, data=self._payload(request), headers=self._headers, timeout=self._timeout(deadline)
+                url, data=self._payload(request), headers=self._headers, timeout=self._timeout(deadline)
             ) as response:
                 data = await response.read()
                 if response.status != 200:

@@ -8,7 +8,6 @@ import orjson
 import pytest
 
 from gateway.errors import InvalidRequest, RateLimited
-from gateway.inbound import adapters
 from gateway.inbound.chat_completions import ChatCompletions
 from gateway.path.caller import Caller
 from gateway.wire import ChatRequest, Completion, Usage
@@ -111,9 +110,3 @@ def test_a_stream_is_passed_on_block_by_block_and_ends_with_done() -> None:
 
     assert asyncio.run(collect()) == blocks
     assert asyncio.run(outbound.end()) == b"data: [DONE]\n\n"
-
-
-def test_every_adapter_serves_its_own_paths() -> None:
-    served = [path for api in adapters() for path in api.paths]
-    assert len(served) == len(set(served))
-    assert "/v1/chat/completions" in served

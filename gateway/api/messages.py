@@ -1,0 +1,38 @@
+"""`POST /v1/messages/count_tokens` (Anthropic's Messages API): how many input tokens a Messages request
+holds, counted offline with the gateway's tokenizer (an estimate for models with other tokenizers), in
+Anthropic's format, errors included."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
+
+from gateway.api.access import ServicesDep
+from gateway.errors import BodyTooLarge, GatewayError
+from gateway.inbound.anthropic_messages import AnthropicMessages, count_input_tokens
+
+router = APIRouter()
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(
+    request: Request,
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> Response:
+    api = AnthropicMessages()
+    try:
+        if authorization is None and x_api_key:
+            authorization = f"Bearer {x_api_key}"
+        services.auth.principal(authorization)
+        raw = await request.body()
+        if len(raw) > services.settings.max_body_bytes:
+            raise BodyTooLarge(
+                f"The request body exceeds the limit of {services.settings.max_body_bytes} bytes."
+            )
+        tokens = count_input_tokens(raw, services.tokens)
+    except GatewayError as error:
+        return Response(api.error_body(error), status_code=error.status, media_type="application/json")
+    return Response(f'{{"input_tokens":{tokens}}}', media_type="application/json")
