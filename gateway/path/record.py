@@ -22,7 +22,7 @@ from gateway.path.caller import Caller
 from gateway.path.cost import RoutePrices, cached_tokens
 from gateway.path.decide import Routing
 from gateway.policy.records import DecisionLog, DecisionRecord
-from gateway.telemetry.names import SPAN_UPSTREAM
+from gateway.telemetry.names import SPAN_UPSTREAM, operation_of
 from gateway.telemetry.spans import ChildSpan, RequestSpan
 from gateway.telemetry.telemetry import Telemetry
 from gateway.tokens import TOKENS_PER_MESSAGE, TokenCounter, content_text
@@ -78,7 +78,11 @@ class Recording:
 
     def begin(self, request: ChatRequest, caller: Caller, started: float) -> Trail:
         span = self.telemetry.start_request(
-            request.request_id, str(request.body["model"]), request.stream, traceparent=caller.traceparent
+            request.request_id,
+            str(request.body["model"]),
+            request.stream,
+            traceparent=caller.traceparent,
+            operation=operation_of(request.api),
         )
         return Trail(request, caller.team, time.time(), started, span)
 

@@ -32,6 +32,7 @@ from gateway.telemetry.telemetry import Telemetry
 class _Record:
     """A typical answered request, shaped like a spend record (telemetry does not import the ledger)."""
 
+    api: str = "chat.completions"
     policy: str | None = "default"
     route: str | None = "cheap"
     rule: str | None = "short-prompts"

@@ -29,6 +29,15 @@ SPAN_UPSTREAM: Final = "gateway.upstream"
 # --- Span attributes: OpenTelemetry GenAI and HTTP semantic conventions --------------------------------
 GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
 GEN_AI_OPERATION_CHAT: Final = "chat"
+# The GenAI conventions' operation of each inbound API the gateway serves (chat for the rest).
+GEN_AI_OPERATIONS: Final = {"embeddings": "embeddings", "completions": "text_completion"}
+
+
+def operation_of(api: str) -> str:
+    """`gen_ai.operation.name` for a request that came through `api` (the ledger's name for it)."""
+    return GEN_AI_OPERATIONS.get(api, GEN_AI_OPERATION_CHAT)
+
+
 # `gen_ai.system` is the older name of `gen_ai.provider.name`; set both while backends migrate.
 GEN_AI_SYSTEM: Final = "gen_ai.system"
 GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"

@@ -185,9 +185,10 @@ class _Series:
                 names.LABEL_CACHE: record.cache,
             }
         )
+        operation = names.operation_of(record.api)
         gen_ai = present(
             {
-                names.GEN_AI_OPERATION_NAME: names.GEN_AI_OPERATION_CHAT,
+                names.GEN_AI_OPERATION_NAME: operation,
                 names.GEN_AI_REQUEST_MODEL: record.model,
             }
         )
@@ -198,7 +199,7 @@ class _Series:
 
         def token_usage(kind: str) -> Buckets:
             return histograms.gen_ai_tokens.cell(
-                (record.model, kind), {**gen_ai, names.GEN_AI_TOKEN_TYPE: kind}
+                (record.model, operation, kind), {**gen_ai, names.GEN_AI_TOKEN_TYPE: kind}
             )
 
         return cls(
@@ -217,7 +218,7 @@ class _Series:
             ttfb=histograms.ttfb.cell(latency_key, latency),
             overhead=histograms.overhead.cell(latency_key, latency),
             gen_ai_duration=histograms.gen_ai_duration.cell(
-                (record.model, error), present({**gen_ai, names.ERROR_TYPE: error})
+                (record.model, operation, error), present({**gen_ai, names.ERROR_TYPE: error})
             ),
             gen_ai_input=token_usage(names.GEN_AI_TOKEN_TYPE_INPUT),
             gen_ai_output=token_usage(names.GEN_AI_TOKEN_TYPE_OUTPUT),
@@ -334,6 +335,7 @@ class Telemetry:
         *,
         max_tokens: int | None = None,
         traceparent: str | None = None,
+        operation: str = names.GEN_AI_OPERATION_CHAT,
     ) -> RequestSpan:
         """Opens the root span of one request; `traceparent` (the client's W3C header) joins its trace."""
         if self._tracer is None:
@@ -342,7 +344,7 @@ class Telemetry:
         if traceparent is not None:
             parent = self._propagator.extract({"traceparent": traceparent}, parent)
         attributes: dict[str, AttributeValue] = {
-            names.GEN_AI_OPERATION_NAME: names.GEN_AI_OPERATION_CHAT,
+            names.GEN_AI_OPERATION_NAME: operation,
             names.GEN_AI_REQUEST_MODEL: requested_model,
             names.GEN_AI_REQUEST_STREAM: stream,
             names.GATEWAY_REQUEST_ID: request_id,
@@ -406,6 +408,7 @@ class Telemetry:
             record.cache,
             record.model,
             record.error,
+            record.api,
         )
         series = self._series.get(key)
         if series is None:

@@ -144,3 +144,11 @@ def test_histograms_use_the_bucket_boundaries_in_names(telemetry: Telemetry) -> 
     assert bounds("gateway_request_overhead_seconds") == [*names.OVERHEAD_BUCKETS_S, math.inf]
     assert bounds("gen_ai_client_operation_duration_seconds") == [*names.GEN_AI_DURATION_BUCKETS_S, math.inf]
     assert bounds("gen_ai_client_token_usage") == [*names.GEN_AI_TOKEN_BUCKETS, math.inf]
+
+
+def test_each_inbound_apis_operation_is_a_genai_convention_value() -> None:
+    values = {member.value for member in gen_ai.GenAiOperationNameValues}
+    for api in ("chat.completions", "responses", "messages", "embeddings", "completions"):
+        assert names.operation_of(api) in values, api
+    assert names.operation_of("embeddings") == gen_ai.GenAiOperationNameValues.EMBEDDINGS.value
+    assert names.operation_of("completions") == gen_ai.GenAiOperationNameValues.TEXT_COMPLETION.value

@@ -90,6 +90,16 @@ def test_gen_ai_metrics_count_upstream_calls_only(telemetry: Telemetry) -> None:
     assert value(samples, "gateway_requests_total", **hit) == 1
 
 
+def test_gen_ai_metrics_name_the_operation_of_the_inbound_api(telemetry: Telemetry) -> None:
+    telemetry.observe(make_record(api="embeddings", completion_tokens=0))
+    telemetry.observe(make_record(api="messages"))
+    samples = scrape(telemetry)
+    embeddings = {"gen_ai_operation_name": "embeddings", "gen_ai_request_model": "gpt-4o-mini"}
+    assert value(samples, "gen_ai_client_operation_duration_seconds_count", **embeddings) == 1
+    chat = {"gen_ai_operation_name": "chat", "gen_ai_request_model": "gpt-4o-mini"}
+    assert value(samples, "gen_ai_client_operation_duration_seconds_count", **chat) == 1
+
+
 def test_cache_lookups_and_rejections_are_counted_by_name(telemetry: Telemetry) -> None:
     telemetry.count_cache_lookup("miss", "cheap")
     telemetry.count_cache_lookup("semantic", "cheap")
