@@ -99,7 +99,7 @@ class Decide:
         if routing.decision is not None:
             explained = routing.decision.as_json()
         else:
-            explained = {"rule": EXPLICIT_RULE, "route": target.route}
+            explained = {"rule": routing.rule, "route": target.route}
         explained["policy"] = routing.policy.name
         explained["candidates"] = [
             {

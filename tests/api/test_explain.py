@@ -98,3 +98,30 @@ def test_explain_needs_no_model_and_calls_none(
     assert all(not u.requests for u in upstream.values())
     bad = httpx.post(f"{gw.base_url}/route/explain", json={"messages": "nope"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages"
+
+
+def test_explain_reads_every_inbound_api_as_its_adapter_does(
+    upstreams: Callable[..., FakeOpenAIUpstream], gateway: Callable[..., RunningGateway]
+) -> None:
+    names = ("big", "big-2", "small")
+    fakes = {name: upstreams() for name in names}
+    gw = gateway({**policy(fakes), "model_aliases": {"claude-*": "auto"}})
+    explain = f"{gw.url}/v1/route/explain"
+    messages = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "python SELECT"}],
+    }
+    explained = httpx.post(explain, params={"api": "messages"}, json=messages).json()
+    assert (explained["api"], explained["rule"], explained["route"]) == (
+        "messages",
+        "tools-or-code",
+        "frontier",
+    )
+    short = httpx.post(explain, params={"api": "responses"}, json={"input": "hello"}).json()
+    assert (short["api"], short["rule"], short["route"]) == ("responses", "short", "local")
+    refused = httpx.post(explain, params={"api": "faxes"}, json={"input": "hello"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "api"
+    bad = httpx.post(explain, params={"api": "messages"}, json={"messages": []})
+    assert bad.status_code == 400
+    assert all(fake.requests == [] for fake in fakes.values())
