@@ -9,7 +9,9 @@ column) with its own policy, sends `"model": "auto"` so the policy decides, and 
 - semantic signal: one semantic signal (the local embedder) and the rules that read it;
 - semantic cache miss: a rule caching semantically; every request a prompt never sent before;
 - semantic cache hit: the same rule over a cache of 100,000 entries in Redis, every request the
-  rephrasing of a stored question (exact key different, so only the semantic layer can answer).
+  rephrasing of a stored question (exact key different, so only the semantic layer can answer);
+- responses, messages (plain and streamed): the pass-through request through the Responses API and
+  Anthropic's Messages API instead of chat completions, translated to the chat upstream and back.
 
 Prompts are real: ShareGPT's first human turns. No row after pass-through sends the same text twice
 (a gateway may remember a model's recent results, which a new prompt never finds): the prompts are
@@ -23,6 +25,7 @@ the bench goes on.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.bench.depth_rows import CACHE_ENTRIES, DEPTH_ROWS
-from gateway.bench.load import Endpoint, ProtocolError, RequestSource, header_once, repeated
+from gateway.bench.load import PROMPT, Endpoint, ProtocolError, RequestSource, header_once, repeated
 from gateway.bench.procs import Child, ChildFailed
 from gateway.bench.proxies import (
     DEPLOYMENT,
@@ -64,13 +67,29 @@ HIT_SIMILARITY = 0.5
 PROBES = 3
 LOCAL_ROUTE = "local"
 
-PASS_THROUGH, RULES, SEMANTIC_SIGNAL, CACHE_MISS, CACHE_HIT = DEPTH_ROWS
+PASS_THROUGH, RULES, SEMANTIC_SIGNAL, CACHE_MISS, CACHE_HIT = DEPTH_ROWS[:5]
+RESPONSES, RESPONSES_STREAM, MESSAGES, MESSAGES_STREAM = DEPTH_ROWS[5:]
 LABELS = {
     PASS_THROUGH: "pass-through",
     RULES: "rules",
     SEMANTIC_SIGNAL: "semantic signal",
     CACHE_MISS: "semantic cache miss",
     CACHE_HIT: "semantic cache hit",
+    RESPONSES: "responses API",
+    RESPONSES_STREAM: "responses API, streamed",
+    MESSAGES: "messages API",
+    MESSAGES_STREAM: "messages API, streamed",
+}
+# The other inbound APIs' rows: (path, body, streamed).
+OTHER_APIS: dict[str, tuple[str, dict[str, Any], bool]] = {
+    RESPONSES: ("/v1/responses", {"input": PROMPT, "store": False}, False),
+    RESPONSES_STREAM: ("/v1/responses", {"input": PROMPT, "store": False, "stream": True}, True),
+    MESSAGES: ("/v1/messages", {"max_tokens": 256, "messages": [{"role": "user", "content": PROMPT}]}, False),
+    MESSAGES_STREAM: (
+        "/v1/messages",
+        {"max_tokens": 256, "messages": [{"role": "user", "content": PROMPT}], "stream": True},
+        True,
+    ),
 }
 
 
@@ -82,6 +101,10 @@ def describe(name: str, cache_entries: int) -> str:
         SEMANTIC_SIGNAL: "1 semantic signal (8 examples), 2 rules",
         CACHE_MISS: "semantic cache rule, every prompt new",
         CACHE_HIT: f"semantic cache rule, {cache_entries:,} entries in Redis",
+        RESPONSES: "explicit route, translated to chat",
+        RESPONSES_STREAM: "explicit route, translated to chat, streamed",
+        MESSAGES: "explicit route, translated to chat",
+        MESSAGES_STREAM: "explicit route, translated to chat, streamed",
     }[name]
 
 
@@ -121,6 +144,7 @@ class _Plan:
     # Said before the gateway starts, when its start-up takes long.
     startup_note: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    stream: bool = False
 
 
 # ---- policies ------------------------------------------------------------------------------------
@@ -348,6 +372,14 @@ async def _plan(name: str, setup: DepthSetup, prompts: _Prompts, stack: contextl
         )
     if name == CACHE_HIT:
         return await _hit_plan(setup, prompts.get(), HIT_SIMILARITY, stack)
+    if name in OTHER_APIS:
+        path, body, stream = OTHER_APIS[name]
+
+        def other_api(endpoint: Endpoint) -> RequestSource:
+            there = dataclasses.replace(endpoint, path=path)
+            return repeated(there.encode({"model": endpoint.model, **body}))
+
+        return _Plan(None, other_api, stream=stream, details={"path": path, "stream": stream})
     raise ValueError(f"no depth row {name!r}")
 
 
@@ -473,7 +505,7 @@ async def _run_row(name: str, setup: DepthSetup, prompts: _Prompts) -> DepthRun:
             await _probe(column, source, plan.expect)
         for phase, clients in ((LATENCY, 1), (THROUGHPUT, 50)):
             await measure(
-                column, setup.fake, phase, clients, False, setup.warmup, setup.duration,
+                column, setup.fake, phase, clients, plan.stream, setup.warmup, setup.duration,
                 requests=source, count_header=header,
             )  # fmt: skip
         assert column.child is not None

@@ -184,18 +184,28 @@ def repeated(request: bytes) -> RequestSource:
     return itertools.repeat(request).__next__
 
 
+# How a stream that finished properly ends: chat's, Anthropic's Messages' and the Responses API's.
+STREAM_ENDS = (b"data: [DONE]", b"event: message_stop", b"event: response.completed")
+
+
 def stream_verdict(body: bytes) -> tuple[bool, bool]:
-    """(ended with [DONE], carried a usage object) for one SSE body."""
+    """(ended as its API ends a finished stream, carried a usage object) for one SSE body."""
     events = [event.strip() for event in body.replace(b"\r\n", b"\n").split(b"\n\n") if event.strip()]
-    complete = bool(events) and events[-1] == b"data: [DONE]"
+    complete = bool(events) and events[-1].startswith(STREAM_ENDS)
     for event in reversed(events[-4:]):
-        if b'"usage"' not in event or not event.startswith(b"data:"):
+        start = event.find(b"data:")
+        if b'"usage"' not in event or start < 0:
             continue
         try:
-            chunk = orjson.loads(event[5:])
+            chunk = orjson.loads(event[start + 5 :])
         except orjson.JSONDecodeError:
             continue
-        if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict) and chunk["usage"]:
+        if not isinstance(chunk, dict):
+            continue
+        response = chunk.get("response")
+        holder: dict[str, Any] = response if isinstance(response, dict) else chunk
+        usage = holder.get("usage")
+        if isinstance(usage, dict) and usage:
             return complete, True
     return complete, False
 
