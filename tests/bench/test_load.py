@@ -14,7 +14,8 @@ MESSAGES = (
 )
 RESPONSES = (
     b'event: response.created\ndata: {"type":"response.created","response":{"usage":null}}\n\n'
-    b'event: response.completed\ndata: {"type":"response.completed","response":{"usage":{"total_tokens":3}}}\n\n'
+    b"event: response.completed\n"
+    b'data: {"type":"response.completed","response":{"usage":{"total_tokens":3}}}\n\n'
 )
 
 
