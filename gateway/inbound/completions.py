@@ -46,7 +46,7 @@ class CompletionRequest(TypedDict, total=False):
 
 COMPLETION_REQUEST: TypeAdapter[CompletionRequest] = TypeAdapter(CompletionRequest)
 _CANNOT = {
-    "suffix": "a suffix (fill-in-the-middle)",
+    "suffix": "fill-in-the-middle",
     "echo": "echoing the prompt",
     "logprobs": "log probabilities",
 }
@@ -59,6 +59,12 @@ class Completions:
 
     async def parse(self, raw: bytes, request_id: str, caller: Caller) -> ChatRequest:
         body = json_object(raw)
+        if _token_id_prompt(body.get("prompt")):
+            raise InvalidRequest(
+                "Invalid value for 'prompt': token-id prompts cannot be expressed to chat upstreams "
+                "(send the prompt as text).",
+                param="prompt",
+            )
         if isinstance(body.get("prompt"), list) and len(body["prompt"]) > 1:
             raise InvalidRequest(
                 "Invalid value for 'prompt': one prompt a request (send several requests).", param="prompt"
@@ -110,6 +116,8 @@ class Completions:
             "model": answer.get("model"),
             "choices": choices,
         }
+        if answer.get("system_fingerprint") is not None:
+            text_completion["system_fingerprint"] = answer["system_fingerprint"]
         if answer.get("usage") is not None:
             text_completion["usage"] = answer["usage"]
         return orjson.dumps(text_completion)
@@ -159,6 +167,8 @@ class TextChunks:
                 for choice in chunk.get("choices") or ()
             ],
         }
+        if chunk.get("system_fingerprint") is not None:
+            text_chunk["system_fingerprint"] = chunk["system_fingerprint"]
         if chunk.get("usage") is not None:
             text_chunk["usage"] = chunk["usage"]
         return b"data: " + orjson.dumps(text_chunk) + b"\n\n"
@@ -168,6 +178,21 @@ class TextChunks:
 
     def error(self, error: GatewayError) -> bytes:
         return b"data: " + error.to_json() + b"\n\n"
+
+
+def _token_id_prompt(prompt: object) -> bool:
+    """Token ids (`[1, 2]`) or lists of them (`[[1, 2], [3]]`): prompts only a completions model reads."""
+    return _token_ids(prompt) or (
+        isinstance(prompt, list) and bool(prompt) and all(_token_ids(item) for item in prompt)
+    )
+
+
+def _token_ids(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(token, int) and not isinstance(token, bool) for token in value)
+    )
 
 
 def _completion_id(chat_id: object, request_id: str) -> str:
