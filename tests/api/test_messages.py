@@ -218,3 +218,31 @@ def test_count_tokens_counts_offline_and_calls_no_upstream(upstreams: Upstreams,
     )
     assert 0 < short.input_tokens < longer.input_tokens
     assert upstream.requests == []
+
+
+def test_a_cached_answer_is_replayed_in_anthropics_shape_and_shared_with_chat_clients(
+    upstreams: Upstreams, gateway: Gateway
+) -> None:
+    upstream = upstreams()
+    cached_rule = {
+        "name": "cached",
+        "when": {"signal": "tools", "eq": False},
+        "route": "local",
+        "cache": {"enabled": True, "any_temperature": True},
+    }
+    gw = gateway(routed(upstream, rules=[cached_rule]))
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    first = gw.anthropic().messages.with_raw_response.create(model=CLAUDE, max_tokens=50, messages=question)
+    again = gw.anthropic().messages.with_raw_response.create(model=CLAUDE, max_tokens=50, messages=question)
+    assert (first.headers["x-gateway-cache"], again.headers["x-gateway-cache"]) == ("miss", "exact")
+    assert again.parse().content[0].text == first.parse().content[0].text  # type: ignore[union-attr]
+    assert again.parse().type == "message"
+    with gw.anthropic().messages.stream(model=CLAUDE, max_tokens=50, messages=question) as stream:
+        replayed = stream.get_final_message()
+    assert replayed.content[0].text == first.parse().content[0].text  # type: ignore[union-attr]
+    chat = gw.client().chat.completions.with_raw_response.create(
+        model=CLAUDE, max_tokens=50, messages=question
+    )
+    assert chat.headers["x-gateway-cache"] == "exact"
+    assert chat.parse().choices[0].message.content == replayed.content[0].text  # type: ignore[union-attr]
+    assert len(upstream.requests) == 1  # one upstream call answered all four, each in its own API's shape
