@@ -10,9 +10,12 @@ PIP    := $(BIN)/python -m pip
 EMBEDDER_MODEL := .gateway/models/all-minilm-l6-v2-int8.onnx
 # The dashboard's browser tests drive Debian's Chromium (Playwright never downloads a browser).
 CHROMIUM := /usr/bin/chromium
+# The agent CLIs the tests drive as real clients (see agent-clis below).
+NODE_DIR   := .gateway/node
+AGENT_CLIS := $(NODE_DIR)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install install-dev lock lint typecheck pytest bench bench-accounting bench-ledger bench-cache bench-router bench-dashboard soak clean embedder browser
+.PHONY: run test install install-dev lock lint typecheck pytest bench bench-accounting bench-ledger bench-cache bench-router bench-dashboard soak clean embedder browser agent-clis
 
 run: $(VENV)/.installed-run $(EMBEDDER_MODEL)
 	$(BIN)/gateway serve
@@ -25,7 +28,7 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.installed-dev $(EMBEDDER_MODEL) $(CHROMIUM)
+pytest: $(VENV)/.installed-dev $(EMBEDDER_MODEL) $(CHROMIUM) $(AGENT_CLIS)
 	$(BIN)/pytest
 
 bench: $(VENV)/.installed-bench
@@ -112,5 +115,17 @@ $(CHROMIUM):
 	$(SUDO) apt-get install -y --no-install-recommends chromium \
 		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
 
+# OpenAI's Codex CLI and Anthropic's Claude Code, which tests/clients/test_agent_clis.py runs headless
+# against the gateway: pinned (with their integrity hashes) in tests/clients/node/package-lock.json and
+# installed from the npm registry with `npm ci` into $(NODE_DIR), with the machine's Node.js and npm.
+# Each ships its native binary inside a registry package (Claude Code's postinstall only copies it into
+# place: package.json allows that one script), so nothing is downloaded when the tests run.
+agent-clis: $(AGENT_CLIS)
+$(AGENT_CLIS): tests/clients/node/package.json tests/clients/node/package-lock.json
+	@mkdir -p $(NODE_DIR)
+	cp tests/clients/node/package.json tests/clients/node/package-lock.json $(NODE_DIR)/
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error
+	@touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache artifacts
+	rm -rf $(VENV) $(NODE_DIR) .pytest_cache .mypy_cache .ruff_cache artifacts

@@ -1,4 +1,5 @@
-"""The gateway's internal request and answer, whatever API a client spoke and whatever an upstream speaks.
+"""The gateway's internal request and answer, whatever API a client spoke and whatever an upstream speaks,
+and who asked (`Caller`, what the authenticate step hands on).
 
 An inbound adapter (`gateway.inbound`) turns a client's body into a `ChatRequest`; a provider turns a
 `ChatRequest` into an upstream call and gives back a `Completion` (a whole OpenAI `chat.completion`
@@ -30,6 +31,18 @@ class Usage:
             total_tokens=int(usage.get("total_tokens") or 0),
             details={k: v for k, v in usage.items() if k.endswith("_details") and v},
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    team: str | None = None
+    key: str | None = None
+    role: str | None = None
+    tags: tuple[str, ...] = ()
+    # The client's W3C `traceparent`: the gateway's spans join the client's trace.
+    traceparent: str | None = None
+    # `Cache-Control: no-cache`: answer from the upstream, whatever the policy says.
+    no_cache: bool = False
 
 
 @dataclass(slots=True)
@@ -68,6 +81,9 @@ class Completion:
     body: bytes
     usage: Usage | None
     upstream_seconds: float
+    # The body is in the inbound API's own format (an upstream that speaks it answered as it is), not
+    # a chat completion.
+    native: bool = False
 
 
 class ChatStream(Protocol):
@@ -77,11 +93,25 @@ class ChatStream(Protocol):
     the closing `data: [DONE]`. Iteration ends normally only when the upstream finished the stream
     properly; a stream broken midway raises an `UpstreamError`. Usage-only chunks are yielded only
     when the client asked for them (`include_usage`); `usage` is filled in either way.
+
+    A `native` stream instead yields the inbound API's own events, as an upstream that speaks that API
+    sent them, without the event that ends it.
     """
 
     usage: Usage | None
     first_byte_seconds: float
+    native: bool
 
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
     async def aclose(self) -> None: ...
+
+
+def embedding_texts(body: dict[str, Any]) -> list[str] | None:
+    """An embeddings request's inputs as texts, or None when it sent token ids."""
+    given = body["input"]
+    if isinstance(given, str):
+        return [given]
+    if all(isinstance(item, str) for item in given):
+        return list(given)
+    return None

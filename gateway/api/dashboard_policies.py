@@ -20,11 +20,10 @@ from gateway.api.access import ServicesDep
 from gateway.api.dashboard import SessionCookie, page, signed_in, to_sign_in
 from gateway.identity.auth import Principal
 from gateway.inbound.chat_completions import parse_chat_request
-from gateway.path.caller import Caller
 from gateway.policy.compile import PolicyError
 from gateway.policy.diff import policy_diff
 from gateway.services import Services
-from gateway.wire import ChatRequest
+from gateway.wire import Caller, ChatRequest
 
 router = APIRouter(prefix="/dashboard/policies")
 MAX_FORM_BYTES = 1_000_000

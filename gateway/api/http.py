@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway.errors import GatewayError
 from gateway.identity.auth import Principal
-from gateway.path.caller import Caller
+from gateway.wire import Caller
 
 _MAX_REQUEST_ID = 128
 # The request headers the hot path reads, gathered in one pass over the client's headers.

@@ -18,9 +18,8 @@ from gateway.api.http import RequestIds, caller_of, credentials_of, send_error, 
 from gateway.errors import BodyTooLarge, GatewayError, InvalidRequest
 from gateway.identity.auth import Authenticator
 from gateway.inbound.adapter import InboundApi
-from gateway.path.caller import Caller
 from gateway.path.request_path import CLIENT_CLOSED, Exchange, RequestPath
-from gateway.wire import ChatRequest
+from gateway.wire import Caller, ChatRequest
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

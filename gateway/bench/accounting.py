@@ -33,7 +33,6 @@ from gateway.limits.budget_counters import InProcessBudgetCounters
 from gateway.limits.rate_counters import InProcessRateCounters
 from gateway.path.admit import Admission, Admitted
 from gateway.path.answer import Answer
-from gateway.path.caller import Caller
 from gateway.path.cost import RoutePrices
 from gateway.path.decide import Routing
 from gateway.path.record import Ending, Recording
@@ -45,7 +44,7 @@ from gateway.providers.factory import build_provider
 from gateway.routing.catalog import Candidate, Target
 from gateway.telemetry.telemetry import Telemetry
 from gateway.tokens import TokenCounter
-from gateway.wire import ChatRequest, Usage
+from gateway.wire import Caller, ChatRequest, Usage
 
 TARGET_US = 200.0
 MESSAGES = [

@@ -12,8 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from gateway.errors import GatewayError
-from gateway.path.caller import Caller
-from gateway.wire import ChatRequest, ChatStream, Completion
+from gateway.wire import Caller, ChatRequest, ChatStream, Completion
 
 
 class OutboundStream(Protocol):

@@ -5,7 +5,9 @@ included, see `gateway.inbound.anthropic_stream`). What cannot be expressed to a
 refused with a 400 that says so, never dropped silently; the few exceptions are listed below.
 
 Translated: `model` (kept as the client sent it: routing reads it), `max_tokens`, `system` (a string or
-text blocks, as a leading system message), `messages`, `stop_sequences` (as `stop`), `temperature`,
+text blocks, as a leading system message), `messages` (a `system` turn between the others, which
+Claude Code sends to its current models, as a system message in its place: text only, and never the
+first turn), `stop_sequences` (as `stop`), `temperature`,
 `top_p`, `stream`, `metadata.user_id` (as `user`), custom `tools` (as functions; `strict` kept) and
 `tool_choice` (`auto`, `any` as "required", `tool` as a named function, `none`;
 `disable_parallel_tool_use` as `parallel_tool_calls: false`). Content blocks: `text`; `image` from
@@ -13,8 +15,9 @@ base64 data (as a data URL) or a URL; `tool_use` in an assistant turn (as `tool_
 in a user turn (one `tool` message each, before the rest of that turn, text only, `is_error` as an
 "Error: " prefix).
 
-Refused: `top_k`, any other top-level field not named here (`mcp_servers`, `container`,
-`context_management`, …), server tools (`web_search_*`, `bash_*`, `text_editor_*`, `computer_*`,
+Refused: `top_k`, any other top-level field not named here (`mcp_servers`, `container`, …), context
+edits other than the two below, `output_config` keys other than `effort` (`format`: structured
+output is not translated), server tools (`web_search_*`, `bash_*`, `text_editor_*`, `computer_*`,
 `code_execution_*`, any `type` but "custom"), `document`, `search_result` and every other block type
 not listed above, images inside a tool result, image sources other than base64 and URL, and a final
 assistant turn (a prefill: chat upstreams start a new message instead of continuing it; a body that is
@@ -24,7 +27,13 @@ Accepted and not forwarded: `thinking` (chat upstreams have no such setting; ans
 thinking block unless the upstream reasons on its own), `thinking` and `redacted_thinking` blocks of
 earlier assistant turns (Anthropic does not feed earlier turns' thinking back into the context either),
 `cache_control` (on blocks, tools or the request) and `service_tier`, which change neither the answer
-nor its meaning.
+nor its meaning. Claude Code sends the next two with every request, and a 400 for them would stop it:
+`context_management` with the edits `clear_thinking_20251015` (earlier thinking never reaches a chat
+upstream anyway) and `clear_tool_uses_20250919` (it only saves room in a long context: the upstream
+gets the whole conversation instead); and `output_config.effort` (an effort hint like `thinking`:
+chat upstreams have no setting for it, and `reasoning_effort` is refused by the non-reasoning models
+most of them serve). Beta headers (`anthropic-beta`) and the `?beta=true` query Claude Code adds are
+not read. Answers carry no `context_management` report.
 
 Answers are rendered by `gateway.inbound.anthropic_stream`, whole or streamed.
 """
@@ -41,15 +50,16 @@ from typing_extensions import TypedDict
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.inbound.adapter import OutboundStream
 from gateway.inbound.anthropic_stream import MessagesStream, error_payload, message_of
-from gateway.path.caller import Caller
 from gateway.tokens import TokenCounter
-from gateway.wire import ChatRequest, ChatStream, Completion
+from gateway.wire import Caller, ChatRequest, ChatStream, Completion
 
 # Strict types; fields the gateway does not name are allowed here and checked by name afterwards.
 _ALLOW_EXTRA = ConfigDict(extra="allow", strict=True)
+_STRICT = ConfigDict(extra="forbid", strict=True)
 _TRANSLATED = frozenset(
     {"model", "max_tokens", "messages", "system", "stop_sequences", "temperature", "top_p", "stream"}
-    | {"metadata", "tools", "tool_choice", "thinking", "service_tier", "cache_control"}
+    | {"metadata", "tools", "tool_choice", "thinking", "service_tier", "cache_control", "context_management"}
+    | {"output_config"}
 )
 _CANNOT = "cannot be expressed to this gateway's upstreams"
 _NonEmpty = Annotated[str, Field(min_length=1)]
@@ -57,7 +67,7 @@ _NonEmpty = Annotated[str, Field(min_length=1)]
 
 @with_config(_ALLOW_EXTRA)
 class _Message(TypedDict):
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system"]
     content: Any
 
 
@@ -80,6 +90,24 @@ class _Thinking(TypedDict, total=False):
 
 
 @with_config(_ALLOW_EXTRA)
+class _ContextEdit(TypedDict):
+    # Only the edits that trim what a chat upstream never sees, or what only saves room (see the
+    # module docstring); an edit of another type is refused.
+    type: Literal["clear_thinking_20251015", "clear_tool_uses_20250919"]
+
+
+@with_config(_ALLOW_EXTRA)
+class _ContextManagement(TypedDict, total=False):
+    edits: list[_ContextEdit]
+
+
+@with_config(_STRICT)
+class _OutputConfig(TypedDict, total=False):
+    # Only the effort hint (see the module docstring); `format` and any other key are refused.
+    effort: Literal["low", "medium", "high", "xhigh", "max"]
+
+
+@with_config(_ALLOW_EXTRA)
 class _Request(TypedDict, total=False):
     model: Required[_NonEmpty]
     messages: Required[Annotated[list[_Message], Field(min_length=1)]]
@@ -93,6 +121,8 @@ class _Request(TypedDict, total=False):
     tools: list[dict[str, Any]] | None
     tool_choice: _ToolChoice | None
     thinking: _Thinking | None
+    context_management: _ContextManagement | None
+    output_config: _OutputConfig | None
 
 
 @with_config(_ALLOW_EXTRA)
@@ -272,9 +302,36 @@ def _chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         where = f"messages.{position}.content"
         if turn["role"] == "user":
             messages.extend(_user_messages(turn["content"], where))
-        else:
+        elif turn["role"] == "assistant":
             messages.append(_assistant_message(turn["content"], where))
+        else:
+            messages.append(_system_turn(turn["content"], position))
     return messages
+
+
+def _system_turn(content: object, position: int) -> dict[str, Any]:
+    """A `system` turn between the others (Claude Code sends them): a chat system message in its place,
+    of text only. The opening instructions go in `system`, so a conversation cannot start with one."""
+    if position == 0:
+        param = "messages.0.role"
+        raise _refuse(
+            param,
+            f"Invalid value for '{param}': The first turn must be 'user' or 'assistant'; put "
+            "opening instructions in 'system'.",
+        )
+    where = f"messages.{position}.content"
+    if isinstance(content, str):
+        return {"role": "system", "content": content}
+    parts = []
+    for block_position, block in enumerate(_blocks(content, where)):
+        at = f"{where}.{block_position}"
+        kind = _block_type(block, at)
+        if kind != "text":
+            raise _refuse(f"{at}.type", f"A system turn can only hold text blocks, not '{kind}'.")
+        parts.append(_text_part(block, at))
+    if not parts:
+        raise _refuse(where, f"Invalid value for '{where}': A system turn must have at least one block.")
+    return {"role": "system", "content": _content_of(parts)}
 
 
 def _system_messages(system: object) -> list[dict[str, Any]]:

@@ -18,8 +18,7 @@ from typing_extensions import TypedDict
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.inbound.adapter import OutboundStream
 from gateway.inbound.json_body import json_object
-from gateway.path.caller import Caller
-from gateway.wire import ChatRequest, ChatStream, Completion
+from gateway.wire import Caller, ChatRequest, ChatStream, Completion
 
 _DONE = b"data: [DONE]\n\n"
 

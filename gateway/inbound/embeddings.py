@@ -13,9 +13,8 @@ from typing_extensions import TypedDict
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.inbound.adapter import OutboundStream
 from gateway.inbound.json_body import json_object
-from gateway.path.caller import Caller
 from gateway.tokens import TokenCounter
-from gateway.wire import ChatRequest, ChatStream, Completion
+from gateway.wire import Caller, ChatRequest, ChatStream, Completion, embedding_texts
 
 # OpenAI's own limits: 2,048 inputs a request.
 MAX_INPUTS = 2048
@@ -68,16 +67,6 @@ def _token_ids(item: object) -> bool:
     )
 
 
-def texts_of(body: dict[str, Any]) -> list[str] | None:
-    """The request's inputs as texts, or None when it sent token ids."""
-    given = body["input"]
-    if isinstance(given, str):
-        return [given]
-    if all(isinstance(item, str) for item in given):
-        return list(given)
-    return None
-
-
 class Embeddings:
     name = "embeddings"
     operation = "embeddings"
@@ -100,7 +89,7 @@ class Embeddings:
         )
 
     def _input_tokens(self, body: dict[str, Any]) -> int:
-        texts = texts_of(body)
+        texts = embedding_texts(body)
         if texts is None:
             given = body["input"]
             return len(given) if isinstance(given[0], int) else sum(len(ids) for ids in given)

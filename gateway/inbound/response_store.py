@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.path.caller import Caller
+from gateway.wire import Caller
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,31 +10,58 @@ Translated:
                  URLs or base64 data URLs) → a chat message; developer becomes system (chat-only
                  upstreams rarely know the developer role)
         function_call           → an assistant message's tool_calls (consecutive calls, and calls
-                                  right after an assistant message, join that one message)
-        function_call_output    → a tool message (output a string, or input_text parts)
+                                  right after an assistant message, join that one message); one
+                                  with a `namespace` calls the function `namespace__name`
+        custom_tool_call        → a tool call of the custom tool's function, arguments {"input": …}
+        tool_search_call        → a tool call of the function `tool_search`, with its arguments
+        function_call_output, custom_tool_call_output → a tool message (output a string, or
+                                  input_text parts)
+        tool_search_output      → a tool message naming the tools it loaded, which are offered to
+                                  the upstream as chat tools from then on (in this request only:
+                                  a continuation by previous_response_id must send them again)
     instructions                → the leading system message (not carried over by previous_response_id)
     previous_response_id        → the stored conversation, after the instructions, before this input
-    tools (type function only)  → chat tools; tool_choice and parallel_tool_calls with them
+    tools                       → chat functions; tool_choice (a function or a custom tool) and
+                                  parallel_tool_calls with them:
+        function                → a function as it is
+        custom (freeform)       → a function of one string parameter, `input`; a grammar its input
+                                  must follow (lark or regex) is spelled out in the description, as
+                                  chat upstreams cannot constrain the output to it
+        namespace               → its function and custom tools, each named `namespace__name` (chat
+                                  function names allow no dots)
+        tool_search, run by the client (`execution: "client"`) → a function `tool_search` with the
+                                  tool's description and parameters
     max_output_tokens → max_tokens; temperature, top_p, user as they are
     text.format json_object / json_schema → response_format; text.verbosity → verbosity
     reasoning.effort → reasoning_effort; service_tier, prompt_cache_key, safety_identifier as they are
 
+A chat tool call is rendered as the item its tool answers with: a call of a custom tool's function as
+a custom_tool_call whose `input` is the string in its arguments' `input` (arguments of another shape,
+as a model that wrote the text bare gives, are the input themselves), a call of `tool_search` as a
+tool_search_call (execution client) with its arguments parsed, a call of a namespaced function as a
+function_call with `name` and `namespace` apart; anything else as a function_call as it came.
+
 Refused (400, naming the field): input items that are not the above (item_reference, file_search_call,
-web_search_call, computer_call…, local_shell_call…, custom tools' calls, …), images by file_id, files,
-tools other than functions (web search, file search, computer use, code interpreter, image
-generation, MCP, local shell, custom/freeform tools…), tool_choice naming a hosted tool or an
-allowed_tools list, `background: true`, `conversation` and `prompt` (templates); a
+web_search_call, computer_call…, local_shell_call…, a tool search the server ran, …), images by
+file_id, files, hosted tools (web search, file search, computer use, code interpreter, image
+generation, MCP, local shell, a tool search run by the server; the web search refusal says how to
+leave it out of the Codex CLI, which offers it by default), a namespace holding anything but
+function and custom tools, two tools offered under one chat name, tool_choice naming a hosted tool
+or an allowed_tools list, `background: true`, `conversation` and `prompt` (templates); a
 previous_response_id that is not stored, or is another tenant's, is 404.
 
 Accepted but dropped: reasoning input items (chat upstreams take no reasoning back, and the
-gateway never hands out encrypted reasoning), reasoning.summary, store (it decides only whether
-the gateway stores the answer), metadata, include, truncation, top_logprobs, max_tool_calls,
-stream_options, and any field the gateway does not know. The Response echoes metadata,
-truncation, top_logprobs, max_tool_calls, reasoning and store as the client sent them.
+gateway never hands out encrypted reasoning, so `include: ["reasoning.encrypted_content"]`, which
+the Codex CLI always sends with `store: false`, gets none), reasoning.summary, store (it decides
+only whether the gateway stores the answer), metadata, include, truncation, top_logprobs,
+max_tool_calls, stream_options, tools' `defer_loading` (deferred tools are offered from the
+start) and any field the gateway does not know (the Codex CLI's `client_metadata`, …). The
+Response echoes metadata, truncation, top_logprobs, max_tool_calls, reasoning and store as the
+client sent them, and the tools of the request as they were understood.
 
 Answers: the chat message's reasoning (`reasoning_content` or `reasoning`) becomes a reasoning item
-whose one summary part is that text verbatim; its text a message item; each tool call a
-function_call item. finish_reason `length` makes the Response incomplete (max_output_tokens),
+whose one summary part is that text verbatim; its text a message item; each tool call the item its
+tool answers with (above). finish_reason `length` makes the Response incomplete (max_output_tokens),
 `content_filter` too (content_filter). With `store` on (the default) the answer is stored before
 it is returned: the Response, this request's input items and the chat conversation so far. A store
 that fails to keep an answer is logged and the answer goes out anyway; one that fails to read a
@@ -56,7 +83,6 @@ from gateway.inbound.responses_render import (
     INCOMPLETE,
     ResponsesInbound,
     StoredResponsesUnavailable,
-    function_call_item,
     message_item,
     output_item_id,
     reasoning_item,
@@ -64,6 +90,8 @@ from gateway.inbound.responses_render import (
     status_of,
     store_answer,
     text_or,
+    tool_call_item,
+    tool_call_prefix,
     usage_object,
 )
 from gateway.inbound.responses_request import (
@@ -77,8 +105,7 @@ from gateway.inbound.responses_request import (
     translate_fields,
 )
 from gateway.inbound.responses_stream import ResponsesStream
-from gateway.path.caller import Caller
-from gateway.wire import ChatRequest, ChatStream, Completion, Usage
+from gateway.wire import Caller, ChatRequest, ChatStream, Completion, Usage
 
 
 class Responses:
@@ -95,7 +122,7 @@ class Responses:
         tenant = tenant_of(caller)
         base = secrets.token_hex(12)  # not the request id: a client may send the same x-request-id twice
         items = input_items(body, base)
-        echo, chat = translate_fields(body)
+        echo, chat, tools = translate_fields(body, items)
         previous_id = optional_str(body, "previous_response_id")
         earlier = await self._conversation_before(tenant, previous_id)
         conversation = [*earlier, *chat_messages(items)]
@@ -119,6 +146,7 @@ class Responses:
             tenant=tenant,
             store=store,
             previous_response_id=previous_id,
+            tools=tools,
         )
         return ChatRequest(chat, request_id, stream, include_usage=False, api=self.name, inbound=inbound)
 
@@ -210,13 +238,12 @@ def output_of_message(
     calls = message.get("tool_calls")
     for call in calls if isinstance(calls, list) else ():
         if isinstance(call, dict):
-            output.append(_function_call_of(inbound, call, len(output), item_status))
+            output.append(_tool_call_of(inbound, call, len(output), item_status))
     return output
 
 
-def _function_call_of(
-    inbound: ResponsesInbound, call: dict[str, Any], index: int, status: str
-) -> dict[str, Any]:
+def _tool_call_of(inbound: ResponsesInbound, call: dict[str, Any], index: int, status: str) -> dict[str, Any]:
+    """A chat tool call as the item its tool answers with (see `tool_call_item`)."""
     function = call.get("function")
     function = function if isinstance(function, dict) else {}
     arguments = function.get("arguments", "")
@@ -224,7 +251,9 @@ def _function_call_of(
         arguments = orjson.dumps(arguments).decode()
     call_id = text_or(call.get("id"), f"call_{inbound.id_base}_{index}")
     name = text_or(function.get("name"), "")
-    return function_call_item(output_item_id(inbound, "fc", index), call_id, name, arguments, status)
+    origin = inbound.tools.get(name)
+    item_id = output_item_id(inbound, tool_call_prefix(origin), index)
+    return tool_call_item(item_id, origin, call_id, name, arguments, status)
 
 
 def _inbound_of(request: ChatRequest) -> ResponsesInbound:

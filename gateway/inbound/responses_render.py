@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from gateway.errors import GatewayError
 from gateway.inbound.response_store import ResponseStore, StoredResponse
@@ -26,6 +29,19 @@ FAILED = "failed"
 # Chat finish reasons that leave a Response incomplete, and the reason it gives.
 _INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
+# What a chat tool stands for in the client's request (`ToolOrigin.kind`).
+FUNCTION_TOOL = "function"
+CUSTOM_TOOL = "custom"
+TOOL_SEARCH = "tool_search"
+# The chat function a client-executed tool search is offered as.
+TOOL_SEARCH_NAME = "tool_search"
+# Between a namespace and a tool's name in the chat function's name (chat names allow [A-Za-z0-9_-]).
+NAMESPACE_SEPARATOR = "__"
+# The one string parameter a custom (freeform) tool's chat function takes.
+CUSTOM_INPUT = "input"
+# The items that are tool calls, each standing for one chat tool call.
+TOOL_CALL_ITEMS = frozenset({"function_call", "custom_tool_call", "tool_search_call"})
+
 
 class StoredResponsesUnavailable(GatewayError):
     """The response store failed to read a previous response (its backend is away or busy)."""
@@ -37,6 +53,21 @@ class StoredResponsesUnavailable(GatewayError):
     @property
     def retryable(self) -> bool:
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOrigin:
+    """The tool of the client's request that a chat function stands for: a function, a custom
+    (freeform) tool or the client-executed tool search, by its own name and namespace."""
+
+    kind: str  # FUNCTION_TOOL, CUSTOM_TOOL or TOOL_SEARCH
+    name: str
+    namespace: str | None = None
+
+
+def chat_tool_name(name: str, namespace: str | None) -> str:
+    """The chat function's name for a tool of the request (namespaced ones are `namespace__name`)."""
+    return f"{namespace}{NAMESPACE_SEPARATOR}{name}" if namespace else name
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +88,9 @@ class ResponsesInbound:
     tenant: str
     store: bool
     previous_response_id: str | None
+    # The chat functions offered to the upstream, by name: what each stands for, so a call to one is
+    # rendered as the item its tool answers with. A name not here is rendered as a function call.
+    tools: Mapping[str, ToolOrigin] = field(default_factory=dict)
 
 
 def output_item_id(inbound: ResponsesInbound, prefix: str, output_index: int) -> str:
@@ -73,8 +107,10 @@ def output_text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": []}
 
 
-def function_call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
-    return {
+def function_call_item(
+    item_id: str, call_id: str, name: str, arguments: str, status: str, namespace: str | None = None
+) -> dict[str, Any]:
+    item = {
         "id": item_id,
         "type": "function_call",
         "status": status,
@@ -82,6 +118,99 @@ def function_call_item(item_id: str, call_id: str, name: str, arguments: str, st
         "name": name,
         "arguments": arguments,
     }
+    if namespace:
+        item["namespace"] = namespace
+    return item
+
+
+def custom_tool_call_item(
+    item_id: str, call_id: str, name: str, text: str, status: str, namespace: str | None = None
+) -> dict[str, Any]:
+    item = {
+        "id": item_id,
+        "type": "custom_tool_call",
+        "status": status,
+        "call_id": call_id,
+        "name": name,
+        "input": text,
+    }
+    if namespace:
+        item["namespace"] = namespace
+    return item
+
+
+def tool_search_call_item(item_id: str, call_id: str, arguments: object, status: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "tool_search_call",
+        "status": status,
+        "call_id": call_id,
+        "arguments": arguments,
+        "execution": "client",
+    }
+
+
+def tool_call_prefix(origin: ToolOrigin | None) -> str:
+    """The id prefix of the item a call to this tool is rendered as."""
+    kind = origin.kind if origin is not None else FUNCTION_TOOL
+    return {CUSTOM_TOOL: "ctc", TOOL_SEARCH: "tsc"}.get(kind, "fc")
+
+
+def tool_call_item(
+    item_id: str, origin: ToolOrigin | None, call_id: str, chat_name: str, arguments: str, status: str
+) -> dict[str, Any]:
+    """A chat tool call as the item its tool answers with: a custom tool's call carries the string
+    its one parameter holds, a tool search's call its arguments as JSON; a function (or a name the
+    request did not offer) a function call."""
+    if origin is None:
+        return function_call_item(item_id, call_id, chat_name, arguments, status)
+    if origin.kind == CUSTOM_TOOL:
+        text = custom_input_of(arguments)
+        return custom_tool_call_item(item_id, call_id, origin.name, text, status, origin.namespace)
+    if origin.kind == TOOL_SEARCH:
+        return tool_search_call_item(item_id, call_id, search_arguments_of(arguments), status)
+    return function_call_item(item_id, call_id, origin.name, arguments, status, origin.namespace)
+
+
+def custom_input_of(arguments: str) -> str:
+    """A custom tool's input from its chat call's arguments: the string in `{"input": ...}`; arguments
+    of another shape (a model that wrote the text bare) are taken as the input themselves."""
+    try:
+        parsed = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return arguments
+    if isinstance(parsed, dict) and isinstance(parsed.get(CUSTOM_INPUT), str):
+        text: str = parsed[CUSTOM_INPUT]
+        return text
+    return arguments
+
+
+def search_arguments_of(arguments: str) -> object:
+    """A tool search call's arguments (JSON in the Responses API): parsed; empty is `{}`, and text
+    that is not JSON stays the string it is."""
+    if not arguments:
+        return {}
+    try:
+        parsed: object = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return arguments
+    return parsed
+
+
+def chat_tool_call(item: dict[str, Any]) -> dict[str, Any]:
+    """The chat tool call a tool call item (function, custom tool or tool search call) stands for."""
+    kind = item["type"]
+    if kind == "custom_tool_call":
+        name = chat_tool_name(item["name"], item.get("namespace"))
+        arguments = orjson.dumps({CUSTOM_INPUT: item["input"]}).decode()
+    elif kind == "tool_search_call":
+        name = TOOL_SEARCH_NAME
+        found = item["arguments"]
+        arguments = found if isinstance(found, str) else orjson.dumps(found).decode()
+    else:
+        name = chat_tool_name(item["name"], item.get("namespace"))
+        arguments = item["arguments"]
+    return {"id": item["call_id"], "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def reasoning_item(item_id: str, text: str | None) -> dict[str, Any]:
@@ -165,15 +294,7 @@ def assistant_message(output: list[dict[str, Any]]) -> dict[str, Any]:
         for part in item["content"]
         if part["type"] == "output_text"
     ]
-    calls = [
-        {
-            "id": item["call_id"],
-            "type": "function",
-            "function": {"name": item["name"], "arguments": item["arguments"]},
-        }
-        for item in output
-        if item["type"] == "function_call"
-    ]
+    calls = [chat_tool_call(item) for item in output if item["type"] in TOOL_CALL_ITEMS]
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
     if calls:
         message["tool_calls"] = calls

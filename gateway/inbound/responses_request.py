@@ -11,7 +11,18 @@ from typing import Any
 import orjson
 
 from gateway.errors import InvalidRequest
-from gateway.inbound.responses_render import function_call_item
+from gateway.inbound.responses_render import (
+    CUSTOM_INPUT,
+    CUSTOM_TOOL,
+    FUNCTION_TOOL,
+    TOOL_SEARCH,
+    TOOL_SEARCH_NAME,
+    ToolOrigin,
+    chat_tool_call,
+    chat_tool_name,
+    custom_tool_call_item,
+    function_call_item,
+)
 
 _ROLES = frozenset({"user", "assistant", "system", "developer"})
 _TOOL_CHOICES = frozenset({"auto", "none", "required"})
@@ -21,12 +32,26 @@ _VERBOSITIES = frozenset({"low", "medium", "high"})
 _IMAGE_DETAILS = frozenset({"low", "high", "auto", "original"})
 _SERVICE_TIERS = frozenset({"auto", "default", "flex", "scale", "priority"})
 _TRUNCATIONS = frozenset({"auto", "disabled"})
-_ITEM_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+_ITEM_PREFIXES = {
+    "message": "msg",
+    "function_call": "fc",
+    "function_call_output": "fco",
+    "custom_tool_call": "ctc",
+    "custom_tool_call_output": "ctco",
+    "tool_search_call": "tsc",
+    "tool_search_output": "tso",
+    "reasoning": "rs",
+}
 _CHAT_ONLY = "this gateway's upstreams speak chat completions, which have no equivalent"
 _UNSERVED_ITEMS = {
     "item_reference": "items are not looked up by id here; send the item itself, or continue the "
     "conversation with 'previous_response_id'",
 }
+# Said of a hosted tool that a client offers by default, with how to leave it out.
+_HOSTED_HINTS = {
+    "web_search": " Leave it out of 'tools' (the Codex CLI: set web_search = \"disabled\" in config.toml).",
+}
+_GRAMMAR_SYNTAXES = frozenset({"lark", "regex"})
 
 
 # The request's fields other than its input.
@@ -59,9 +84,13 @@ def refuse_unsupported(body: dict[str, Any]) -> None:
         )
 
 
-def translate_fields(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The Response's echoed fields and the chat request's fields (all but its messages)."""
-    tools, chat_tools = _tools(body)
+def translate_fields(
+    body: dict[str, Any], items: list[dict[str, Any]] | None = None
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, ToolOrigin]]:
+    """The Response's echoed fields, the chat request's fields (all but its messages), and what each
+    chat function stands for. `items`, the normalized input, may hold tools a tool search loaded."""
+    offered = _offered_tools(body, items or [])
+    tools, chat_tools = offered.echoed, offered.chat
     tool_choice, chat_tool_choice = _tool_choice(body)
     text, response_format, verbosity = _text(body)
     reasoning, effort = _reasoning(body)
@@ -80,7 +109,7 @@ def translate_fields(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     chat["verbosity"] = verbosity
     for same in ("temperature", "top_p", "user", "service_tier", "prompt_cache_key", "safety_identifier"):
         chat[same] = echo[same]
-    return echo, {key: value for key, value in chat.items() if value is not None}
+    return echo, {key: value for key, value in chat.items() if value is not None}, offered.origins
 
 
 def _echoed(
@@ -115,30 +144,155 @@ def _echoed(
     }
 
 
-def _tools(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The function tools as the Response echoes them, and as chat tools."""
-    tools = _optional_list(body, "tools") or []
-    echoed: list[dict[str, Any]] = []
-    chat: list[dict[str, Any]] = []
-    for n, tool in enumerate(tools):
-        path = f"tools.{n}"
+class _ToolSet:
+    """The tools offered to the upstream: as the Response echoes them, as chat functions, and what
+    each chat function stands for (by its chat name)."""
+
+    def __init__(self) -> None:
+        self.echoed: list[dict[str, Any]] = []
+        self.chat: list[dict[str, Any]] = []
+        self.origins: dict[str, ToolOrigin] = {}
+
+    def add(self, tool: object, path: str, *, loaded: bool = False) -> None:
+        """One tool of the request (`loaded`: of a tool search's output, not echoed, and skipped if
+        a tool of the same chat name is already offered)."""
         if not isinstance(tool, dict):
             raise invalid(path, "expected an object")
         kind = _required_str(tool, "type", path)
-        if kind != "function":
+        if kind == "namespace":
+            self._add_namespace(tool, path, loaded=loaded)
+            return
+        if kind == "tool_search" and not loaded:
+            self._add_tool_search(tool, path)
+            return
+        echoed, function, origin = _named_tool(tool, kind, path, namespace=None)
+        self._offer(function, origin, f"{path}.name", loaded=loaded)
+        if not loaded:
+            self.echoed.append(echoed)
+
+    def _add_namespace(self, tool: dict[str, Any], path: str, *, loaded: bool) -> None:
+        namespace = _required_str(tool, "name", path)
+        description = optional_str(tool, "description", path)
+        inner = _optional_list(tool, "tools", path)
+        if inner is None:
+            raise _missing(f"{path}.tools")
+        echoed_inner = []
+        for n, member in enumerate(inner):
+            member_path = f"{path}.tools.{n}"
+            if not isinstance(member, dict):
+                raise invalid(member_path, "expected an object")
+            kind = _required_str(member, "type", member_path)
+            if kind not in (FUNCTION_TOOL, CUSTOM_TOOL):
+                raise InvalidRequest(
+                    f"A namespace can only hold 'function' and 'custom' tools here, not '{kind}'.",
+                    param=f"{member_path}.type",
+                )
+            echoed, function, origin = _named_tool(member, kind, member_path, namespace=namespace)
+            self._offer(function, origin, f"{member_path}.name", loaded=loaded)
+            echoed_inner.append(echoed)
+        if not loaded:
+            echoed_namespace = {"type": "namespace", "name": namespace, "description": description or ""}
+            self.echoed.append({**echoed_namespace, "tools": echoed_inner})
+
+    def _add_tool_search(self, tool: dict[str, Any], path: str) -> None:
+        execution = optional_str(tool, "execution", path) or "server"
+        if execution != "client":
             raise InvalidRequest(
-                f"Tools of type '{kind}' cannot be served here: {_CHAT_ONLY}; only 'function' tools are.",
-                param=f"{path}.type",
+                f"A tool search run by the server cannot be served here: {_CHAT_ONLY}; only one the "
+                "client runs ('execution': 'client') can.",
+                param=f"{path}.execution",
             )
+        description = optional_str(tool, "description", path)
+        parameters = _optional_dict(tool, "parameters", path) or {"type": "object", "properties": {}}
+        function: dict[str, Any] = {"name": TOOL_SEARCH_NAME, "parameters": parameters}
+        if description is not None:
+            function["description"] = description
+        self._offer(function, ToolOrigin(TOOL_SEARCH, TOOL_SEARCH_NAME), f"{path}.type", loaded=False)
+        echoed = {"type": "tool_search", "execution": "client", "description": description}
+        self.echoed.append({**echoed, "parameters": parameters})
+
+    def _offer(self, function: dict[str, Any], origin: ToolOrigin, param: str, *, loaded: bool) -> None:
+        name = function["name"]
+        if name in self.origins:
+            if loaded:
+                return
+            raise InvalidRequest(
+                f"Two tools would both be offered to the upstream as the function '{name}'; rename one.",
+                param=param,
+            )
+        self.origins[name] = origin
+        self.chat.append({"type": "function", "function": function})
+
+
+def _named_tool(
+    tool: dict[str, Any], kind: str, path: str, *, namespace: str | None
+) -> tuple[dict[str, Any], dict[str, Any], ToolOrigin]:
+    """A function or custom tool: as echoed, as a chat function, and what that function stands for."""
+    if kind == FUNCTION_TOOL:
+        name = _required_str(tool, "name", path)
         function = {
-            "name": _required_str(tool, "name", path),
+            "name": name,
             "description": optional_str(tool, "description", path),
             "parameters": _optional_dict(tool, "parameters", path),
             "strict": optional_bool(tool, "strict", path),
         }
-        echoed.append({"type": "function", **function})
-        chat.append({"type": "function", "function": {k: v for k, v in function.items() if v is not None}})
-    return echoed, chat
+        chat = {k: v for k, v in function.items() if v is not None}
+        chat["name"] = chat_tool_name(name, namespace)
+        return {"type": "function", **function}, chat, ToolOrigin(FUNCTION_TOOL, name, namespace)
+    if kind == CUSTOM_TOOL:
+        return _custom_tool(tool, path, namespace)
+    why = _CHAT_ONLY + "; only 'function', 'custom', 'namespace' and client 'tool_search' tools are"
+    raise InvalidRequest(
+        f"Tools of type '{kind}' cannot be served here: {why}.{_HOSTED_HINTS.get(kind, '')}",
+        param=f"{path}.type",
+    )
+
+
+def _custom_tool(
+    tool: dict[str, Any], path: str, namespace: str | None
+) -> tuple[dict[str, Any], dict[str, Any], ToolOrigin]:
+    """A custom (freeform) tool, offered as a function of one string parameter; a grammar its input
+    must follow is spelled out in the function's description."""
+    name = _required_str(tool, "name", path)
+    description = optional_str(tool, "description", path)
+    text_format = _optional_dict(tool, "format", path) or {"type": "text"}
+    kind = _required_str(text_format, "type", f"{path}.format")
+    echoed: dict[str, Any] = {"type": "custom", "name": name, "description": description}
+    notes = [description] if description else []
+    if kind == "grammar":
+        syntax = _optional_choice(text_format, "syntax", _GRAMMAR_SYNTAXES, f"{path}.format")
+        definition = _required_str(text_format, "definition", f"{path}.format")
+        notes.append(
+            f"The `{CUSTOM_INPUT}` string must follow this {syntax or 'lark'} grammar:\n{definition}"
+        )
+        echoed["format"] = {"type": "grammar", "syntax": syntax or "lark", "definition": definition}
+    elif kind == "text":
+        echoed["format"] = {"type": "text"}
+    else:
+        raise invalid(f"{path}.format.type", "expected 'text' or 'grammar'")
+    parameter = {"type": "string", "description": "The tool's input, as free text (not JSON)."}
+    parameters = {
+        "type": "object",
+        "properties": {CUSTOM_INPUT: parameter},
+        "required": [CUSTOM_INPUT],
+        "additionalProperties": False,
+    }
+    function: dict[str, Any] = {"name": chat_tool_name(name, namespace), "parameters": parameters}
+    if notes:
+        function["description"] = "\n\n".join(notes)
+    return echoed, function, ToolOrigin(CUSTOM_TOOL, name, namespace)
+
+
+def _offered_tools(body: dict[str, Any], items: list[dict[str, Any]]) -> _ToolSet:
+    """The request's tools, then those the input's tool search outputs loaded."""
+    offered = _ToolSet()
+    for n, tool in enumerate(_optional_list(body, "tools") or []):
+        offered.add(tool, f"tools.{n}")
+    for position, item in enumerate(items):  # one item per element of `input`, in its order
+        if item["type"] == "tool_search_output":
+            for n, tool in enumerate(item["tools"]):
+                offered.add(tool, f"input.{position}.tools.{n}", loaded=True)
+    return offered
 
 
 def _tool_choice(body: dict[str, Any]) -> tuple[str | dict[str, Any], str | dict[str, Any] | None]:
@@ -152,13 +306,16 @@ def _tool_choice(body: dict[str, Any]) -> tuple[str | dict[str, Any], str | dict
     if not isinstance(choice, dict):
         raise invalid("tool_choice", "expected a string or an object")
     kind = _required_str(choice, "type", "tool_choice")
-    if kind != "function":
+    if kind not in (FUNCTION_TOOL, CUSTOM_TOOL):
         raise InvalidRequest(
-            f"tool_choice of type '{kind}' cannot be served here: {_CHAT_ONLY}; name a function instead.",
+            f"tool_choice of type '{kind}' cannot be served here: {_CHAT_ONLY}; name a function or a "
+            "custom tool instead.",
             param="tool_choice.type",
         )
     name = _required_str(choice, "name", "tool_choice")
-    return {"type": "function", "name": name}, {"type": "function", "function": {"name": name}}
+    namespace = optional_str(choice, "namespace", "tool_choice")
+    echoed = {"type": kind, "name": name, **({"namespace": namespace} if namespace else {})}
+    return echoed, {"type": "function", "function": {"name": chat_tool_name(name, namespace)}}
 
 
 def _text(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, str | None]:
@@ -239,12 +396,45 @@ def _input_item(item: object, path: str, id_tail: str) -> dict[str, Any]:
         call_id = _required_str(item, "call_id", path)
         name = _required_str(item, "name", path)
         arguments = _required_str(item, "arguments", path, non_empty=False)
-        return function_call_item(item_id, call_id, name, arguments, "completed")
-    if kind == "function_call_output":
+        namespace = optional_str(item, "namespace", path)
+        return function_call_item(item_id, call_id, name, arguments, "completed", namespace)
+    if kind == "custom_tool_call":
+        call_id = _required_str(item, "call_id", path)
+        name = _required_str(item, "name", path)
+        text = _required_str(item, "input", path, non_empty=False)
+        namespace = optional_str(item, "namespace", path)
+        return custom_tool_call_item(item_id, call_id, name, text, "completed", namespace)
+    if kind in ("function_call_output", "custom_tool_call_output"):
         call_id = _required_str(item, "call_id", path)
         output = _tool_output(item, path)
         return {"id": item_id, "type": kind, "call_id": call_id, "output": output, "status": "completed"}
+    if kind in ("tool_search_call", "tool_search_output"):
+        return _tool_search_item(item, kind, item_id, path)
     return _reasoning_input(item, item_id, path)
+
+
+def _tool_search_item(item: dict[str, Any], kind: str, item_id: str, path: str) -> dict[str, Any]:
+    """A client-executed tool search's call, or its output (the tools it loaded, validated here and
+    offered to the upstream from then on); a search the server ran cannot have happened here."""
+    execution = optional_str(item, "execution", path) or "client"
+    if execution != "client":
+        raise InvalidRequest(
+            f"Tool searches run by the server cannot be served here: {_CHAT_ONLY}.",
+            param=f"{path}.execution",
+        )
+    call_id = _required_str(item, "call_id", path)
+    kept = {"id": item_id, "type": kind, "call_id": call_id, "execution": "client", "status": "completed"}
+    if kind == "tool_search_call":
+        if "arguments" not in item:
+            raise _missing(f"{path}.arguments")
+        return {**kept, "arguments": item["arguments"]}
+    tools = _optional_list(item, "tools", path)
+    if tools is None:
+        raise _missing(f"{path}.tools")
+    checked = _ToolSet()  # refused here, where the tool is, if it cannot be offered
+    for n, tool in enumerate(tools):
+        checked.add(tool, f"{path}.tools.{n}", loaded=True)
+    return {**kept, "tools": tools}
 
 
 def _message_item(item_id: str, role: str, content: list[dict[str, Any]]) -> dict[str, Any]:
@@ -334,13 +524,25 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         kind = item["type"]
         if kind == "message":
             messages.append(_chat_message(item["role"], item["content"]))
-        elif kind == "function_call":
+        elif kind in ("function_call", "custom_tool_call", "tool_search_call"):
             _add_tool_call(messages, item)
-        elif kind == "function_call_output":
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             output = item["output"]
             content = output if isinstance(output, str) else "".join(part["text"] for part in output)
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": content})
+        elif kind == "tool_search_output":
+            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": _loaded(item)})
     return messages
+
+
+def _loaded(item: dict[str, Any]) -> str:
+    """What a tool search's output tells the model: the tools it made callable."""
+    names: list[str] = []
+    for tool in item["tools"]:
+        inner = tool.get("tools") if tool.get("type") == "namespace" else [tool]
+        namespace = tool.get("name") if tool.get("type") == "namespace" else None
+        names.extend(chat_tool_name(member["name"], namespace) for member in inner)
+    return "Tools now available: " + ", ".join(names) + "." if names else "No tools were found."
 
 
 def _chat_message(role: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -363,12 +565,8 @@ def _chat_part(part: dict[str, Any]) -> dict[str, Any]:
 
 
 def _add_tool_call(messages: list[dict[str, Any]], item: dict[str, Any]) -> None:
-    """A function call joins the assistant message right before it, or starts one."""
-    call = {
-        "id": item["call_id"],
-        "type": "function",
-        "function": {"name": item["name"], "arguments": item["arguments"]},
-    }
+    """A tool call joins the assistant message right before it, or starts one."""
+    call = chat_tool_call(item)
     last = messages[-1] if messages else None
     if last is not None and last["role"] == "assistant":
         last.setdefault("tool_calls", []).append(call)

@@ -11,7 +11,12 @@ First, before any upstream chunk: response.created, response.in_progress. Then, 
         response.content_part.done, response.output_item.done
     tool call deltas → a function_call item each: response.output_item.added,
         response.function_call_arguments.delta…, and at its end
-        response.function_call_arguments.done, response.output_item.done
+        response.function_call_arguments.done, response.output_item.done; a call of a custom
+        tool's function is a custom_tool_call item instead, whose input is known only once the
+        call's JSON arguments are whole: response.output_item.added, and at its end one
+        response.custom_tool_call_input.delta with the whole input, .done, output_item.done;
+        a call of the client's tool search a tool_search_call item (added, then done, its
+        arguments parsed)
 
 `end`: open items closed, the answer stored (unless `store` was off), then response.completed or
 response.incomplete with the whole Response and its usage. `error`: an `error` event (what the
@@ -35,11 +40,14 @@ from gateway.errors import GatewayError, RateLimited
 from gateway.inbound.response_store import ResponseStore
 from gateway.inbound.responses_render import (
     COMPLETED,
+    CUSTOM_TOOL,
     FAILED,
+    FUNCTION_TOOL,
     IN_PROGRESS,
     INCOMPLETE,
     ResponsesInbound,
-    function_call_item,
+    ToolOrigin,
+    custom_input_of,
     message_item,
     output_item_id,
     output_text_part,
@@ -49,6 +57,8 @@ from gateway.inbound.responses_render import (
     store_answer,
     summary_text_part,
     text_or,
+    tool_call_item,
+    tool_call_prefix,
     usage_object,
 )
 from gateway.wire import ChatStream
@@ -61,7 +71,7 @@ FUNCTION_CALL = "function_call"
 class _OpenItem:
     """An output item whose deltas are still coming."""
 
-    __slots__ = ("call_id", "from_upstream", "id", "index", "kind", "name", "parts", "tool_key")
+    __slots__ = ("call_id", "from_upstream", "id", "index", "kind", "name", "origin", "parts", "tool_key")
 
     def __init__(self, kind: str, index: int, item_id: str) -> None:
         self.kind = kind
@@ -73,6 +83,14 @@ class _OpenItem:
         self.tool_key: int | None = None
         # Whether the call id came from the upstream (then a delta with another id is another call).
         self.from_upstream = False
+        # The request's tool a tool call's chat function stands for (None: rendered as a function).
+        self.origin: ToolOrigin | None = None
+
+    @property
+    def streams_arguments(self) -> bool:
+        """Whether argument deltas go out as they come: a function's do; a custom tool's input and a
+        tool search's arguments are known only once the chat call's JSON is whole."""
+        return self.origin is None or self.origin.kind == FUNCTION_TOOL
 
     @property
     def text(self) -> str:
@@ -84,7 +102,7 @@ class _OpenItem:
             return reasoning_item(self.id, self.text)
         if self.kind == MESSAGE:
             return message_item(self.id, self.text, status)
-        return function_call_item(self.id, self.call_id, self.name, self.text, status)
+        return tool_call_item(self.id, self.origin, self.call_id, self.name, self.text, status)
 
 
 class ResponsesStream:
@@ -249,9 +267,12 @@ class ResponsesStream:
         item = self._open_tool_for(index, call_id) or self._open_function_call(index, call_id, name)
         if not item.name:
             item.name = name
+            item.origin = self._inbound.tools.get(name)
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
             item.parts.append(arguments)
+            if not item.streams_arguments:
+                return
             self._emit(
                 "response.function_call_arguments.delta",
                 item_id=item.id,
@@ -304,11 +325,13 @@ class ResponsesStream:
     def _open_function_call(self, index: int | None, call_id: str, name: str) -> _OpenItem:
         if self._open and self._open[-1].kind != FUNCTION_CALL:
             self._close_open(COMPLETED)  # a reasoning or message item is only ever open alone
-        item = self._new_item(FUNCTION_CALL, "fc")
+        origin = self._inbound.tools.get(name) if name else None
+        item = self._new_item(FUNCTION_CALL, tool_call_prefix(origin))
         item.tool_key = index
         item.from_upstream = bool(call_id)
         item.call_id = call_id or f"call_{self._inbound.id_base}_{item.index}"
         item.name = name
+        item.origin = origin
         self._emit("response.output_item.added", output_index=item.index, item=item.item(IN_PROGRESS))
         return item
 
@@ -329,8 +352,14 @@ class ResponsesStream:
         elif item.kind == MESSAGE:
             self._emit("response.output_text.done", **where, content_index=0, text=text, logprobs=[])
             self._emit("response.content_part.done", **where, content_index=0, part=output_text_part(text))
-        else:
-            self._emit("response.function_call_arguments.done", **where, name=item.name, arguments=text)
+        elif item.origin is not None and item.origin.kind == CUSTOM_TOOL:
+            whole = custom_input_of(text)
+            if whole:
+                self._emit("response.custom_tool_call_input.delta", **where, delta=whole)
+            self._emit("response.custom_tool_call_input.done", **where, input=whole)
+        elif item.streams_arguments:
+            name = item.origin.name if item.origin is not None else item.name
+            self._emit("response.function_call_arguments.done", **where, name=name, arguments=text)
         done = item.item(status)
         self._emit("response.output_item.done", output_index=item.index, item=done)
         self._done.append(done)

@@ -12,7 +12,6 @@ from gateway.cache.capture import KeepingStream
 from gateway.cache.keys import CacheKeys
 from gateway.cache.replay import ReplayStream
 from gateway.cache.store import CachedAnswer
-from gateway.path.caller import Caller
 from gateway.path.decide import Routing
 from gateway.policy.schema import Overrides
 from gateway.providers.base import Provider
@@ -20,7 +19,7 @@ from gateway.routing.catalog import Target
 from gateway.routing.executor import Outcome, RouteExecutor
 from gateway.routing.shadow import ShadowCopies
 from gateway.telemetry.telemetry import Telemetry
-from gateway.wire import ChatRequest, ChatStream, Completion, Deadline, Usage
+from gateway.wire import Caller, ChatRequest, ChatStream, Completion, Deadline, Usage
 
 
 class CacheAudits(Protocol):
@@ -47,6 +46,13 @@ class Answer:
     # Semantic hits: the questions' cosine and the verifier's probability that they mean the same.
     similarity: float | None = None
     verified: float | None = None
+
+    @property
+    def native(self) -> bool:
+        """The upstream answered in the inbound API's own format (passed through, not translated)."""
+        if self.completion is not None:
+            return self.completion.native
+        return self.stream is not None and self.stream.native
 
 
 @dataclass(slots=True)
@@ -142,6 +148,8 @@ class Answering:
             return
         memo: dict[Any, Any] = routing.facts.memo if routing.facts is not None else {}
         route, deployment = answer.route, answer.deployment
+        if answer.native:
+            return  # the cache keeps the internal (chat) format, which any API's adapter renders
         if answer.completion is not None:
             await cache.remember(keys, directive, answer.completion, route, deployment, memo)
         elif answer.stream is not None:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import BudgetExceeded, InvalidRequest
-from gateway.path.caller import Caller
 from gateway.path.cost import RoutePrices
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.decide import Decision, decide
@@ -18,7 +17,7 @@ from gateway.policy.schema import Policy
 from gateway.policy.signals import RequestFacts
 from gateway.policy.store import PolicyStore
 from gateway.routing.catalog import AUTO, Catalog, Target
-from gateway.wire import ChatRequest
+from gateway.wire import Caller, ChatRequest
 
 # The rule reported for requests that named a route or deployment themselves.
 EXPLICIT_RULE = "explicit"

@@ -18,7 +18,6 @@ from gateway.ledger.redact import answer_text, logged_body
 from gateway.ledger.spool import Intent
 from gateway.path.admit import Admitted
 from gateway.path.answer import Answer
-from gateway.path.caller import Caller
 from gateway.path.cost import RoutePrices, cached_tokens
 from gateway.path.decide import Routing
 from gateway.policy.records import DecisionLog, DecisionRecord
@@ -26,7 +25,7 @@ from gateway.telemetry.names import SPAN_UPSTREAM, operation_of
 from gateway.telemetry.spans import ChildSpan, RequestSpan
 from gateway.telemetry.telemetry import Telemetry
 from gateway.tokens import TOKENS_PER_MESSAGE, TokenCounter, content_text
-from gateway.wire import ChatRequest, Usage
+from gateway.wire import Caller, ChatRequest, Usage
 
 
 @dataclass(slots=True)

@@ -21,14 +21,13 @@ from gateway.errors import GatewayError
 from gateway.ledger.record import SpendRecord
 from gateway.path.admit import Admission, Admitted
 from gateway.path.answer import Answer, Answering, Attempt
-from gateway.path.caller import Caller
 from gateway.path.decide import Decide, Routing
 from gateway.path.record import Ending, Recording, Trail
 from gateway.policy.store import PolicyStore
 from gateway.providers.stream_usage import usage_of_cut_stream
 from gateway.telemetry.names import SPAN_POLICY
 from gateway.tokens import TokenCounter
-from gateway.wire import ChatRequest
+from gateway.wire import Caller, ChatRequest
 
 # nginx's status for a request whose client closed the connection before the answer was complete.
 CLIENT_CLOSED = 499

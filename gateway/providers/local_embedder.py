@@ -13,9 +13,8 @@ import orjson
 from gateway.config import Deployment
 from gateway.embedding.batcher import EmbeddingBatcher
 from gateway.errors import InvalidRequest
-from gateway.inbound.embeddings import texts_of
 from gateway.tokens import TokenCounter
-from gateway.wire import ChatRequest, ChatStream, Completion, Deadline, Usage
+from gateway.wire import ChatRequest, ChatStream, Completion, Deadline, Usage, embedding_texts
 
 MODEL = "all-minilm-l6-v2"
 
@@ -45,7 +44,7 @@ class LocalEmbedderProvider:
                 f"Deployment '{self.deployment.name}' serves embeddings only (POST /v1/embeddings).",
                 param="model",
             )
-        texts = texts_of(request.body)
+        texts = embedding_texts(request.body)
         if texts is None:
             raise InvalidRequest(
                 f"Deployment '{self.deployment.name}' embeds texts, not token ids.", param="input"

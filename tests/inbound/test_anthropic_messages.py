@@ -24,9 +24,8 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.inbound.anthropic_messages import AnthropicMessages, MessagesInbound, count_input_tokens
-from gateway.path.caller import Caller
 from gateway.tokens import TokenCounter
-from gateway.wire import ChatRequest, Completion, Usage
+from gateway.wire import Caller, ChatRequest, Completion, Usage
 
 HI = [{"role": "user", "content": "hi"}]
 WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -211,6 +210,69 @@ def test_the_thinking_setting_is_accepted_and_not_forwarded() -> None:
         body = parse(request_of(thinking=thinking)).body
         assert "thinking" not in body
         assert set(body) == {"model", "messages", "max_tokens"}
+
+
+def test_context_management_and_the_effort_are_accepted_and_not_forwarded() -> None:
+    """What Claude Code sends with every request: edits that only trim what a chat upstream never gets
+    (earlier thinking) or save room, and an effort hint, which chat upstreams have no setting for."""
+    edits = [{"type": "clear_thinking_20251015", "keep": "all"}, {"type": "clear_tool_uses_20250919"}]
+    body = parse(
+        request_of(
+            context_management={"edits": edits},
+            output_config={"effort": "medium"},
+            thinking={"type": "adaptive", "display": "omitted"},
+        )
+    ).body
+    assert set(body) == {"model", "messages", "max_tokens"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        (
+            {"context_management": {"edits": [{"type": "compact_20260101"}]}},
+            "context_management.edits.0.type",
+        ),
+        ({"context_management": {"edits": "all"}}, "context_management.edits"),
+        ({"output_config": {"effort": "extreme"}}, "output_config.effort"),
+        ({"output_config": {"format": {"type": "json_schema", "schema": {}}}}, "output_config.format"),
+    ],
+)
+def test_what_context_management_and_output_config_cannot_carry_is_refused(
+    fields: dict[str, Any], param: str
+) -> None:
+    assert refusal(request_of(**fields)).param == param
+
+
+def test_a_system_turn_between_the_others_is_a_system_message_in_its_place() -> None:
+    turns = [
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": [{"type": "text", "text": "# Environment", "cache_control": {}}]},
+        {"role": "assistant", "content": "hello"},
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "and now?"},
+    ]
+    assert chat_messages(system="You are terse.", messages=turns) == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": "# Environment"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "and now?"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "param"),
+    [
+        ([{"type": "image", "source": {"type": "url", "url": "u"}}], "messages.1.content.0.type"),
+        ([], "messages.1.content"),
+        (7, "messages.1.content"),
+    ],
+)
+def test_a_system_turn_holds_text_only(content: object, param: str) -> None:
+    turns = [{"role": "user", "content": "hi"}, {"role": "system", "content": content}, *HI]
+    assert refusal(request_of(messages=turns)).param == param
 
 
 def test_custom_tools_become_functions() -> None:

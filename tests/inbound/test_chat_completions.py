@@ -9,8 +9,7 @@ import pytest
 
 from gateway.errors import InvalidRequest, RateLimited
 from gateway.inbound.chat_completions import ChatCompletions
-from gateway.path.caller import Caller
-from gateway.wire import ChatRequest, Completion, Usage
+from gateway.wire import Caller, ChatRequest, Completion, Usage
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

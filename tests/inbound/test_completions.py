@@ -13,8 +13,7 @@ import pytest
 
 from gateway.errors import InvalidRequest, RateLimited, UpstreamError
 from gateway.inbound.completions import DEFAULT_MAX_TOKENS, Completions
-from gateway.path.caller import Caller
-from gateway.wire import ChatRequest, Completion, Usage
+from gateway.wire import Caller, ChatRequest, Completion, Usage
 
 openai = pytest.importorskip("openai")
 from openai.types import Completion as TextCompletion  # noqa: E402

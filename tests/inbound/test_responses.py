@@ -15,8 +15,7 @@ from gateway.errors import GatewayError, InvalidRequest, NotFound, RateLimited, 
 from gateway.inbound.response_store import StoredResponse, tenant_of
 from gateway.inbound.responses import Responses, input_items_page
 from gateway.inbound.responses_render import StoredResponsesUnavailable
-from gateway.path.caller import Caller
-from gateway.wire import ChatRequest, Completion, Usage
+from gateway.wire import Caller, ChatRequest, Completion, Usage
 
 openai = pytest.importorskip("openai")
 from openai.lib.streaming.responses._responses import ResponseStreamState  # noqa: E402
@@ -440,7 +439,6 @@ REFUSED_TOOLS = [
     "image_generation",
     "mcp",
     "local_shell",
-    "custom",
 ]
 REFUSED_ITEMS = [
     "item_reference",
@@ -450,7 +448,6 @@ REFUSED_ITEMS = [
     "computer_call_output",
     "local_shell_call",
     "local_shell_call_output",
-    "custom_tool_call",
     "something_new",
 ]
 USER = {"role": "user", "content": "hi"}
@@ -1125,3 +1122,349 @@ def test_a_codex_cli_shaped_request_is_served() -> None:
     assert request.body["tool_choice"] == "auto" and request.body["parallel_tool_calls"] is False
     assert request.body["reasoning_effort"] == "medium" and request.stream
     assert request.inbound.store is False
+
+
+# Custom (freeform) tools, namespaces and the client-run tool search: what the Codex CLI offers.
+
+APPLY_PATCH = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Edit files with a patch. A FREEFORM tool: do not wrap the patch in JSON.",
+    "format": {"type": "grammar", "syntax": "lark", "definition": 'start: "*** Begin Patch" LF'},
+}
+AGENTS = {
+    "type": "namespace",
+    "name": "agents",
+    "description": "Sub-agents.",
+    "tools": [
+        {"type": "function", "name": "spawn", "parameters": {"type": "object"}, "strict": False},
+        {"type": "custom", "name": "note"},
+    ],
+}
+SEARCH_PARAMETERS = {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
+TOOL_SEARCH = {
+    "type": "tool_search",
+    "execution": "client",
+    "description": "Searches deferred tools.",
+    "parameters": SEARCH_PARAMETERS,
+}
+FREE_TEXT = {
+    "type": "object",
+    "properties": {"input": {"type": "string", "description": "The tool's input, as free text (not JSON)."}},
+    "required": ["input"],
+    "additionalProperties": False,
+}
+PATCH = "*** Begin Patch\n*** Add File: a.txt\n+hi\n*** End Patch\n"
+
+
+def test_custom_namespaced_and_tool_search_tools_become_chat_functions() -> None:
+    body = {
+        "model": "m",
+        "input": "hi",
+        "tools": [APPLY_PATCH, AGENTS, TOOL_SEARCH],
+        "tool_choice": {"type": "custom", "name": "apply_patch"},
+    }
+    request = parse(body)
+    assert request.body["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "apply_patch",
+                "parameters": FREE_TEXT,
+                "description": APPLY_PATCH["description"]
+                + '\n\nThe `input` string must follow this lark grammar:\nstart: "*** Begin Patch" LF',
+            },
+        },
+        {
+            "type": "function",
+            "function": {"name": "agents__spawn", "parameters": {"type": "object"}, "strict": False},
+        },
+        {"type": "function", "function": {"name": "agents__note", "parameters": FREE_TEXT}},
+        {
+            "type": "function",
+            "function": {
+                "name": "tool_search",
+                "parameters": SEARCH_PARAMETERS,
+                "description": "Searches deferred tools.",
+            },
+        },
+    ]
+    assert request.body["tool_choice"] == {"type": "function", "function": {"name": "apply_patch"}}
+    custom_choice = parse({**body, "tool_choice": {"type": "custom", "name": "note", "namespace": "agents"}})
+    assert custom_choice.body["tool_choice"] == {"type": "function", "function": {"name": "agents__note"}}
+
+
+def test_calls_to_them_are_rendered_as_their_own_items_and_continue_the_conversation() -> None:
+    store = InMemoryResponseStore()
+    calls = [
+        {
+            "id": "call_p",
+            "type": "function",
+            "function": {"name": "apply_patch", "arguments": '{"input": "x"}'},
+        },
+        {"id": "call_s", "type": "function", "function": {"name": "agents__spawn", "arguments": '{"n":1}'}},
+        {
+            "id": "call_q",
+            "type": "function",
+            "function": {"name": "tool_search", "arguments": '{"query":"cron"}'},
+        },
+        {"id": "call_u", "type": "function", "function": {"name": "unknown", "arguments": "{}"}},
+        {"id": "call_b", "type": "function", "function": {"name": "apply_patch", "arguments": PATCH}},
+    ]
+    body = {"model": "m", "input": "patch it", "tools": [APPLY_PATCH, AGENTS, TOOL_SEARCH]}
+    first = answer(body, completion({"content": None, "tool_calls": calls}, finish="tool_calls"), store)
+    patch, spawn, search, unknown, bare = first["output"]
+    assert patch["type"] == "custom_tool_call" and patch["id"].startswith("ctc_")
+    assert (patch["call_id"], patch["name"], patch["input"]) == ("call_p", "apply_patch", "x")
+    assert (spawn["type"], spawn["name"], spawn["namespace"], spawn["arguments"]) == (
+        "function_call",
+        "spawn",
+        "agents",
+        '{"n":1}',
+    )
+    assert search["type"] == "tool_search_call" and search["id"].startswith("tsc_")
+    assert (search["call_id"], search["arguments"], search["execution"]) == (
+        "call_q",
+        {"query": "cron"},
+        "client",
+    )
+    assert (unknown["type"], unknown["name"]) == ("function_call", "unknown")
+    assert bare["input"] == PATCH  # arguments that are not {"input": ...} are the input themselves
+    cron = {"type": "function", "name": "cron", "parameters": {"type": "object"}}
+    outputs = [
+        {"type": "custom_tool_call_output", "call_id": "call_p", "output": "Done."},
+        {"type": "function_call_output", "call_id": "call_s", "output": "spawned"},
+        {"type": "tool_search_output", "call_id": "call_q", "execution": "client", "tools": [cron]},
+        {"type": "function_call_output", "call_id": "call_u", "output": "?"},
+        {
+            "type": "custom_tool_call_output",
+            "call_id": "call_b",
+            "output": [{"type": "input_text", "text": "ok"}],
+        },
+    ]
+    request = parse({**body, "input": outputs, "previous_response_id": first["id"]}, store)
+    messages = request.body["messages"]
+    assert messages[1]["tool_calls"] == [
+        {
+            "id": "call_p",
+            "type": "function",
+            "function": {"name": "apply_patch", "arguments": '{"input":"x"}'},
+        },
+        {"id": "call_s", "type": "function", "function": {"name": "agents__spawn", "arguments": '{"n":1}'}},
+        {
+            "id": "call_q",
+            "type": "function",
+            "function": {"name": "tool_search", "arguments": '{"query":"cron"}'},
+        },
+        {"id": "call_u", "type": "function", "function": {"name": "unknown", "arguments": "{}"}},
+        {
+            "id": "call_b",
+            "type": "function",
+            "function": {"name": "apply_patch", "arguments": orjson.dumps({"input": PATCH}).decode()},
+        },
+    ]
+    assert messages[2:] == [
+        {"role": "tool", "tool_call_id": "call_p", "content": "Done."},
+        {"role": "tool", "tool_call_id": "call_s", "content": "spawned"},
+        {"role": "tool", "tool_call_id": "call_q", "content": "Tools now available: cron."},
+        {"role": "tool", "tool_call_id": "call_u", "content": "?"},
+        {"role": "tool", "tool_call_id": "call_b", "content": "ok"},
+    ]
+    # The tool the search loaded is offered from then on; it is not echoed as a tool of the request.
+    assert [tool["function"]["name"] for tool in request.body["tools"]][-1] == "cron"
+    assert [tool["type"] for tool in request.inbound.echo["tools"]] == ["custom", "namespace", "tool_search"]
+
+
+def test_the_items_of_a_conversation_sent_whole_become_chat_messages() -> None:
+    items = [
+        {"role": "user", "content": "go"},
+        {"type": "custom_tool_call", "call_id": "c1", "name": "apply_patch", "input": PATCH},
+        {"type": "custom_tool_call_output", "call_id": "c1", "output": "Done."},
+        {"type": "function_call", "call_id": "c2", "name": "spawn", "namespace": "agents", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c2", "output": "ok"},
+        {"type": "tool_search_call", "call_id": "c3", "execution": "client", "arguments": {"query": "x"}},
+        {"type": "tool_search_output", "call_id": "c3", "execution": "client", "tools": [AGENTS]},
+    ]
+    request = parse({"model": "m", "input": items, "tools": [APPLY_PATCH, TOOL_SEARCH]})
+    assert request.body["messages"] == [
+        {"role": "user", "content": "go"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "apply_patch", "arguments": orjson.dumps({"input": PATCH}).decode()},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "Done."},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c2", "type": "function", "function": {"name": "agents__spawn", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c2", "content": "ok"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c3",
+                    "type": "function",
+                    "function": {"name": "tool_search", "arguments": '{"query":"x"}'},
+                }
+            ],
+        },
+        {
+            "role": "tool",
+            "tool_call_id": "c3",
+            "content": "Tools now available: agents__spawn, agents__note.",
+        },
+    ]
+    names = [tool["function"]["name"] for tool in request.body["tools"]]
+    assert names == ["apply_patch", "tool_search", "agents__spawn", "agents__note"]
+    assert [item["type"] for item in request.inbound.input_items] == [
+        "message",
+        "custom_tool_call",
+        "custom_tool_call_output",
+        "function_call",
+        "function_call_output",
+        "tool_search_call",
+        "tool_search_output",
+    ]
+    assert request.inbound.input_items[1]["input"] == PATCH
+    assert request.inbound.input_items[3]["namespace"] == "agents"
+    ResponseItemList.model_validate(
+        {
+            "object": "list",
+            "data": request.inbound.input_items,
+            "first_id": "a",
+            "last_id": "b",
+            "has_more": False,
+        }
+    )
+
+
+def test_a_streamed_custom_tool_call_and_tool_search_are_their_items_with_their_events() -> None:
+    store = InMemoryResponseStore()
+    blocks = [
+        tool_delta(0, '{"input": "*** Begin', "call_p", "apply_patch"),
+        tool_delta(0, ' Patch\\n"}'),
+        tool_delta(1, '{"query":', "call_q", "tool_search"),
+        tool_delta(1, '"cron"}'),
+        tool_delta(2, '{"n":1}', "call_s", "agents__spawn"),
+        chunk({}, "tool_calls"),
+    ]
+    body = {"model": "m", "input": "hi", "tools": [APPLY_PATCH, AGENTS, TOOL_SEARCH]}
+    events = events_of(stream(body, blocks, store))
+    assert [event["type"] for event in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.output_item.added",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.custom_tool_call_input.delta",
+        "response.custom_tool_call_input.done",
+        "response.output_item.done",
+        "response.output_item.done",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    added = [event["item"] for event in events if event["type"] == "response.output_item.added"]
+    assert [item["type"] for item in added] == ["custom_tool_call", "tool_search_call", "function_call"]
+    assert added[0]["input"] == "" and added[1]["arguments"] == {}
+    by_type = {event["type"]: event for event in events}
+    assert by_type["response.custom_tool_call_input.done"]["input"] == "*** Begin Patch\n"
+    assert by_type["response.function_call_arguments.done"]["name"] == "spawn"
+    output = events[-1]["response"]["output"]
+    assert [(item["type"], item["call_id"]) for item in output] == [
+        ("custom_tool_call", "call_p"),
+        ("tool_search_call", "call_q"),
+        ("function_call", "call_s"),
+    ]
+    assert output[1]["arguments"] == {"query": "cron"} and output[2]["namespace"] == "agents"
+    final = accumulated(events)
+    assert [item.type for item in final.output] == ["custom_tool_call", "tool_search_call", "function_call"]
+    stored = asyncio.run(store.get("team-a", events[-1]["response"]["id"]))
+    assert stored is not None
+    assert [call["function"]["name"] for call in stored.conversation[-1]["tool_calls"]] == [
+        "apply_patch",
+        "tool_search",
+        "agents__spawn",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tools": [{"type": "tool_search"}]}, "tools.0.execution"),
+        ({"tools": [{"type": "tool_search", "execution": "server"}]}, "tools.0.execution"),
+        ({"tools": [{**AGENTS, "tools": [{"type": "web_search"}]}]}, "tools.0.tools.0.type"),
+        ({"tools": [{**AGENTS, "tools": [AGENTS]}]}, "tools.0.tools.0.type"),
+        ({"tools": [{"type": "namespace", "name": "n"}]}, "tools.0.tools"),
+        ({"tools": [APPLY_PATCH, {"type": "function", "name": "apply_patch"}]}, "tools.1.name"),
+        (
+            {
+                "tools": [
+                    {"type": "function", "name": "a__b"},
+                    {**AGENTS, "name": "a", "tools": [{"type": "custom", "name": "b"}]},
+                ]
+            },
+            "tools.1.tools.0.name",
+        ),
+        ({"tools": [{"type": "custom", "name": "c", "format": {"type": "yaml"}}]}, "tools.0.format.type"),
+        (
+            {
+                "tools": [
+                    {
+                        "type": "custom",
+                        "name": "c",
+                        "format": {"type": "grammar", "syntax": "ebnf", "definition": "x"},
+                    }
+                ]
+            },
+            "tools.0.format.syntax",
+        ),
+        (
+            {"tools": [{"type": "custom", "name": "c", "format": {"type": "grammar"}}]},
+            "tools.0.format.definition",
+        ),
+        ({"tool_choice": {"type": "custom"}}, "tool_choice.name"),
+        ({"input": [USER, {"type": "custom_tool_call", "call_id": "c", "name": "n"}]}, "input.1.input"),
+        ({"input": [USER, {"type": "custom_tool_call_output", "call_id": "c"}]}, "input.1.output"),
+        (
+            {
+                "input": [
+                    USER,
+                    {"type": "tool_search_call", "call_id": "c", "execution": "server", "arguments": {}},
+                ]
+            },
+            "input.1.execution",
+        ),
+        ({"input": [USER, {"type": "tool_search_call", "call_id": "c"}]}, "input.1.arguments"),
+        ({"input": [USER, {"type": "tool_search_output", "call_id": "c"}]}, "input.1.tools"),
+        (
+            {"input": [USER, {"type": "tool_search_output", "call_id": "c", "tools": [{"type": "mcp"}]}]},
+            "input.1.tools.0.type",
+        ),
+    ],
+)
+def test_what_these_tools_cannot_carry_is_refused_naming_the_field(
+    fields: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        parse({"model": "m", "input": "hi", **fields})
+    assert raised.value.param == param
+
+
+def test_the_refusal_of_web_search_says_how_to_leave_it_out_of_codex() -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        parse({"model": "m", "input": "hi", "tools": [{"type": "web_search", "external_web_access": False}]})
+    assert raised.value.param == "tools.0.type"
+    assert 'web_search = "disabled"' in raised.value.message

@@ -33,7 +33,6 @@ from gateway.ledger.spool import Spool
 from gateway.ledger.sqlite import SqliteLedgerStore
 from gateway.path.admit import Admitted
 from gateway.path.answer import Answer
-from gateway.path.caller import Caller
 from gateway.path.cost import RoutePrices
 from gateway.path.decide import Routing
 from gateway.path.record import Ending, Recording
@@ -45,7 +44,7 @@ from gateway.routing.catalog import Target
 from gateway.state.redis_guard import RETRY_SHARED_AFTER
 from gateway.telemetry.telemetry import Telemetry
 from gateway.tokens import TokenCounter
-from gateway.wire import ChatRequest, Usage
+from gateway.wire import Caller, ChatRequest, Usage
 from tests.conftest import RunningGateway, answers_ping, free_port, openai_deployment
 from tests.gateway_process import start_gateway, write_spec
 
