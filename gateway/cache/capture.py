@@ -92,6 +92,7 @@ class KeepingStream:
         self._stream = stream
         self._keep = keep
         self.first_byte_seconds = stream.first_byte_seconds
+        self.native = stream.native
 
     @property
     def usage(self) -> Usage | None:

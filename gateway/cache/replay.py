@@ -14,6 +14,8 @@ from gateway.wire import Usage
 class ReplayStream:
     """A `ChatStream` over a cached `chat.completion` body."""
 
+    native = False
+
     def __init__(self, body: bytes, include_usage: bool) -> None:
         self._completion: dict[str, Any] = orjson.loads(body)
         self._include_usage = include_usage

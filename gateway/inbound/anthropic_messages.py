@@ -40,6 +40,7 @@ Answers are rendered by `gateway.inbound.anthropic_stream`, whole or streamed.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Required
 
@@ -49,7 +50,7 @@ from typing_extensions import TypedDict
 
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.inbound.adapter import OutboundStream
-from gateway.inbound.anthropic_stream import MessagesStream, error_payload, message_of
+from gateway.inbound.anthropic_stream import MessagesStream, error_payload, message_of, sse_event
 from gateway.tokens import TokenCounter
 from gateway.wire import Caller, ChatRequest, ChatStream, Completion
 
@@ -181,9 +182,11 @@ _CUSTOM_TOOL: TypeAdapter[_CustomTool] = TypeAdapter(_CustomTool)
 @dataclass(frozen=True, slots=True)
 class MessagesInbound:
     """What the adapter keeps of the client's request (`ChatRequest.inbound`): the model name the
-    client asked for, which answers carry back."""
+    client asked for, which answers carry back, and the client's own body, which an Anthropic
+    deployment is sent as it is (`providers/anthropic_native`)."""
 
     model: str
+    body: dict[str, Any]
 
 
 class AnthropicMessages:
@@ -192,24 +195,46 @@ class AnthropicMessages:
     paths = frozenset({"/v1/messages"})
 
     async def parse(self, raw: bytes, request_id: str, caller: Caller) -> ChatRequest:
-        body = chat_body_of(_loaded(raw), counting=False)
+        client_body = _loaded(raw)
+        body = chat_body_of(client_body, counting=False)
         return ChatRequest(
             body=body,
             request_id=request_id,
             stream=bool(body.get("stream")),
             include_usage=False,
             api=self.name,
-            inbound=MessagesInbound(model=body["model"]),
+            inbound=MessagesInbound(model=body["model"], body=client_body),
         )
 
     async def body_of(self, request: ChatRequest, completion: Completion) -> bytes:
+        if completion.native:
+            return completion.body  # an Anthropic deployment's own answer, passed through
         return message_of(completion, _client_model(request), request.request_id)
 
     def stream_of(self, request: ChatRequest, stream: ChatStream) -> OutboundStream:
+        if stream.native:
+            return NativeEvents(stream)
         return MessagesStream(stream, _client_model(request), request.request_id)
 
     def error_body(self, error: GatewayError) -> bytes:
         return orjson.dumps(error_payload(error))
+
+
+class NativeEvents:
+    """An Anthropic deployment's own events, passed on as they came; the stream's end (held back by
+    the provider so the endpoint records the answer first) is `message_stop`."""
+
+    def __init__(self, stream: ChatStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._stream.__aiter__()
+
+    async def end(self) -> bytes:
+        return sse_event({"type": "message_stop"})
+
+    def error(self, error: GatewayError) -> bytes:
+        return sse_event(error_payload(error))
 
 
 def count_input_tokens(raw: bytes, tokens: TokenCounter) -> int:

@@ -83,4 +83,10 @@ def build_provider(
     # Only deployments that need litellm load its adapter (litellm itself loads on first call).
     from gateway.providers.litellm_adapter import LiteLLMProvider
 
-    return LiteLLMProvider(deployment, environ)
+    translated = LiteLLMProvider(deployment, environ)
+    if deployment.provider == "anthropic":
+        from gateway.providers.anthropic_native import AnthropicMessagesCalls, AnthropicProvider
+
+        key = environ.get(deployment.api_key_env or "ANTHROPIC_API_KEY") or None
+        return AnthropicProvider(AnthropicMessagesCalls(deployment, session, key), translated)
+    return translated

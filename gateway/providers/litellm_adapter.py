@@ -192,6 +192,8 @@ class LiteLLMProvider:
 class LiteLLMStream:
     """A litellm stream whose first chunk has arrived, re-emitted as OpenAI SSE events."""
 
+    native = False
+
     def __init__(
         self, provider: LiteLLMProvider, wrapper: Any, first: Any, *, include_usage: bool, ends_at: float
     ) -> None:

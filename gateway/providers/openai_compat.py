@@ -156,6 +156,8 @@ class OpenAICompatProvider:
 class OpenAIStream:
     """Frames upstream bytes into SSE events, watches for usage and the end, and passes bytes on."""
 
+    native = False
+
     def __init__(
         self, deployment: str, response: aiohttp.ClientResponse, request: ChatRequest, tokens: TokenCounter
     ) -> None:

@@ -59,17 +59,16 @@ def test_the_adapter_names_its_api_and_path() -> None:
     assert (api.name, api.operation, api.paths) == ("messages", "chat", frozenset({"/v1/messages"}))
 
 
-def test_the_scalar_fields_are_translated_and_the_client_model_is_kept() -> None:
-    request = parse(
-        request_of(
-            stop_sequences=["END", "STOP"],
-            temperature=0.2,
-            top_p=0.9,
-            stream=True,
-            metadata={"user_id": "u-42"},
-            service_tier="auto",
-        )
+def test_the_scalar_fields_are_translated_and_the_client_model_and_body_are_kept() -> None:
+    sent = request_of(
+        stop_sequences=["END", "STOP"],
+        temperature=0.2,
+        top_p=0.9,
+        stream=True,
+        metadata={"user_id": "u-42"},
+        service_tier="auto",
     )
+    request = parse(sent)
     assert request.body == {
         "model": "claude-sonnet-4-5",
         "messages": [{"role": "user", "content": "hi"}],
@@ -86,7 +85,7 @@ def test_the_scalar_fields_are_translated_and_the_client_model_is_kept() -> None
         False,
         "messages",
     )
-    assert request.inbound == MessagesInbound(model="claude-sonnet-4-5")
+    assert request.inbound == MessagesInbound(model="claude-sonnet-4-5", body=sent)
 
 
 def test_a_request_without_stream_does_not_stream() -> None:
@@ -641,6 +640,8 @@ class Blocks:
     """A ChatStream over given blocks; its usage is set once iteration has ended, as the real ones."""
 
     first_byte_seconds = 0.0
+
+    native = False
 
     def __init__(self, blocks: list[bytes], usage: Usage | None = None) -> None:
         self._blocks = blocks

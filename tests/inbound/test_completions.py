@@ -26,6 +26,7 @@ def parse(body: object) -> ChatRequest:
 class Blocks:
     usage = None
     first_byte_seconds = 0.0
+    native = False
 
     def __init__(self, blocks: list[bytes]) -> None:
         self._blocks = blocks

@@ -50,6 +50,8 @@ class Chunks:
 
     first_byte_seconds = 0.0
 
+    native = False
+
     def __init__(self, blocks: list[bytes], usage: Usage | None = None) -> None:
         self._blocks = blocks
         self._final_usage = usage
