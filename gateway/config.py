@@ -49,6 +49,9 @@ class Deployment(StrictModel):
     price: Price | None = None
     # Ask OpenAI-compatible upstreams for usage on streams (dropped again if the client did not ask).
     stream_usage: bool = True
+    # The upstream serves OpenAI's Responses API itself (`{api_base}/responses`: OpenAI, recent vLLM):
+    # Responses requests are passed through rather than translated to chat.
+    responses_api: bool = False
 
 
 class CircuitBreakerConfig(StrictModel):

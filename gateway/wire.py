@@ -95,16 +95,31 @@ class ChatStream(Protocol):
     when the client asked for them (`include_usage`); `usage` is filled in either way.
 
     A `native` stream instead yields the inbound API's own events, as an upstream that speaks that API
-    sent them, without the event that ends it.
+    sent them, but the event that ends it: `ending` holds that one once iteration has ended (b"" for a
+    stream in chunk format, whose end the adapter writes).
     """
 
     usage: Usage | None
     first_byte_seconds: float
-    native: bool
+
+    @property
+    def native(self) -> bool: ...
+
+    @property
+    def ending(self) -> bytes: ...
 
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
     async def aclose(self) -> None: ...
+
+
+def native_body_of(request: ChatRequest) -> dict[str, Any]:
+    """What an upstream that speaks the request's inbound API itself is sent (its adapter keeps it in
+    `inbound.native_body`)."""
+    body = getattr(request.inbound, "native_body", None)
+    if not isinstance(body, dict):
+        raise AssertionError(f"a {request.api} request carries the body for its native upstreams")
+    return body
 
 
 def embedding_texts(body: dict[str, Any]) -> list[str] | None:

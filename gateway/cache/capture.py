@@ -95,6 +95,10 @@ class KeepingStream:
         self.native = stream.native
 
     @property
+    def ending(self) -> bytes:
+        return self._stream.ending
+
+    @property
     def usage(self) -> Usage | None:
         return self._stream.usage
 

@@ -15,6 +15,7 @@ class ReplayStream:
     """A `ChatStream` over a cached `chat.completion` body."""
 
     native = False
+    ending = b""
 
     def __init__(self, body: bytes, include_usage: bool) -> None:
         self._completion: dict[str, Any] = orjson.loads(body)

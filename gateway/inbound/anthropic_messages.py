@@ -186,7 +186,7 @@ class MessagesInbound:
     deployment is sent as it is (`providers/anthropic_native`)."""
 
     model: str
-    body: dict[str, Any]
+    native_body: dict[str, Any]
 
 
 class AnthropicMessages:
@@ -203,7 +203,7 @@ class AnthropicMessages:
             stream=bool(body.get("stream")),
             include_usage=False,
             api=self.name,
-            inbound=MessagesInbound(model=body["model"], body=client_body),
+            inbound=MessagesInbound(model=body["model"], native_body=client_body),
         )
 
     async def body_of(self, request: ChatRequest, completion: Completion) -> bytes:
@@ -231,7 +231,7 @@ class NativeEvents:
         return self._stream.__aiter__()
 
     async def end(self) -> bytes:
-        return sse_event({"type": "message_stop"})
+        return self._stream.ending
 
     def error(self, error: GatewayError) -> bytes:
         return sse_event(error_payload(error))

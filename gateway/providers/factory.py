@@ -9,6 +9,7 @@ import aiohttp
 from gateway.config import Deployment
 from gateway.embedding.batcher import EmbeddingBatcher
 from gateway.providers.base import Provider
+from gateway.providers.native_first import NativeFirst
 from gateway.providers.openai_compat import OpenAICompatProvider
 from gateway.tokens import TokenCounter
 from gateway.wire import ChatRequest, ChatStream, Completion, Deadline
@@ -69,7 +70,13 @@ def build_provider(
     """`local_model` is the managed server's (base URL, health check), or why there is none;
     `embedder` the local sentence embedder, when its model is installed."""
     if deployment.provider == "openai":
-        return OpenAICompatProvider(deployment, session, environ, tokens)
+        chat = OpenAICompatProvider(deployment, session, environ, tokens)
+        if not deployment.responses_api:
+            return chat
+        from gateway.providers.openai_responses import RESPONSES, ResponsesCalls
+
+        native = ResponsesCalls(deployment, session, chat.headers, chat.api_base)
+        return NativeFirst(frozenset({RESPONSES}), native, chat)
     if deployment.provider == "managed-local":
         if isinstance(local_model, str):
             return NoLocalModel(deployment, local_model)
@@ -85,8 +92,10 @@ def build_provider(
 
     translated = LiteLLMProvider(deployment, environ)
     if deployment.provider == "anthropic":
-        from gateway.providers.anthropic_native import AnthropicMessagesCalls, AnthropicProvider
+        from gateway.providers.anthropic_native import MESSAGES, AnthropicMessagesCalls
 
         key = environ.get(deployment.api_key_env or "ANTHROPIC_API_KEY") or None
-        return AnthropicProvider(AnthropicMessagesCalls(deployment, session, key), translated)
+        return NativeFirst(
+            frozenset({MESSAGES}), AnthropicMessagesCalls(deployment, session, key), translated
+        )
     return translated

@@ -193,6 +193,7 @@ class LiteLLMStream:
     """A litellm stream whose first chunk has arrived, re-emitted as OpenAI SSE events."""
 
     native = False
+    ending = b""
 
     def __init__(
         self, provider: LiteLLMProvider, wrapper: Any, first: Any, *, include_usage: bool, ends_at: float

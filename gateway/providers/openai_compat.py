@@ -50,6 +50,7 @@ class OpenAICompatProvider:
             total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.first_byte
         )
         base = (api_base or deployment.api_base or "").rstrip("/")
+        self.api_base = base
         query = f"?api-version={deployment.api_version}" if deployment.api_version else ""
         self._url = f"{base}/chat/completions{query}"
         # Requests of an inbound API the upstream serves itself (its body is that API's, not chat's).
@@ -70,6 +71,11 @@ class OpenAICompatProvider:
     @property
     def available(self) -> bool:
         return self._missing_key is None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What every request to the upstream carries (its credentials among them)."""
+        return self._headers
 
     @property
     def unavailable_reason(self) -> str:
@@ -157,6 +163,7 @@ class OpenAIStream:
     """Frames upstream bytes into SSE events, watches for usage and the end, and passes bytes on."""
 
     native = False
+    ending = b""
 
     def __init__(
         self, deployment: str, response: aiohttp.ClientResponse, request: ChatRequest, tokens: TokenCounter

@@ -85,7 +85,7 @@ def test_the_scalar_fields_are_translated_and_the_client_model_and_body_are_kept
         False,
         "messages",
     )
-    assert request.inbound == MessagesInbound(model="claude-sonnet-4-5", body=sent)
+    assert request.inbound == MessagesInbound(model="claude-sonnet-4-5", native_body=sent)
 
 
 def test_a_request_without_stream_does_not_stream() -> None:
