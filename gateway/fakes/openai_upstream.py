@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.fakes.responses_upstream import ResponsesBadRequest, answer, parse_request, refusal
 from gateway.fakes.script import (
     TOOL_ARGUMENTS,
     Behaviour,
@@ -307,6 +308,8 @@ class FakeOpenAIUpstream:
             return await self._chat(request)
         if path == "/v1/embeddings" and method == "POST":
             return await self._embeddings(request)
+        if path == "/v1/responses" and method == "POST":
+            return await self._responses(request)
         if path == "/v1/models" and method == "GET":
             model = self.model_name or DEFAULT_MODEL
             listed = {"id": model, "object": "model", "created": 0, "owned_by": "fake"}
@@ -336,6 +339,35 @@ class FakeOpenAIUpstream:
             return web.Response(body=orjson.dumps(completion_body(call, behaviour)), headers=JSON_HEADERS)
         try:
             return await self._scripted(request, call, behaviour)
+        except asyncio.CancelledError:
+            self._client_went_away()
+            raise
+
+    async def _responses(self, request: web.BaseRequest) -> web.StreamResponse:
+        """OpenAI's Responses API (gateway.fakes.responses_upstream), scripted from the chat queue."""
+        try:
+            body, call = parse_request(await request.read(), next(self._ids), self.model_name)
+        except ResponsesBadRequest as exc:
+            return error_response(400, str(exc))
+        self.request_count += 1
+        if self.record:
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            self.requests.append(RecordedRequest(headers=headers, body=body, query=dict(request.query)))
+        refused = refusal(call)
+        if refused is not None:  # recorded, but no scripted behaviour spent on it
+            return error_response(400, refused)
+        try:
+            b = self._script.popleft()
+        except IndexError:
+            b = self.default
+        try:
+            if b.hang:
+                await asyncio.get_running_loop().create_future()
+            if b.latency:
+                await asyncio.sleep(b.latency)
+            if b.status >= 400:
+                return error_response(b.status, b.error_message, b.retry_after)
+            return await answer(request, call, b, _abort, self._client_went_away)
         except asyncio.CancelledError:
             self._client_went_away()
             raise
