@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -79,6 +80,7 @@ import orjson
 from gateway.errors import GatewayError, NotFound, UpstreamError
 from gateway.inbound.adapter import OutboundStream
 from gateway.inbound.response_store import ResponseStore, StoredResponse, tenant_of
+from gateway.inbound.responses_history import native_body
 from gateway.inbound.responses_render import (
     INCOMPLETE,
     ResponsesInbound,
@@ -147,6 +149,7 @@ class Responses:
             store=store,
             previous_response_id=previous_id,
             tools=tools,
+            native_body=native_body(body, earlier, previous_id),
         )
         return ChatRequest(chat, request_id, stream, include_usage=False, api=self.name, inbound=inbound)
 
@@ -167,6 +170,9 @@ class Responses:
 
     async def body_of(self, request: ChatRequest, completion: Completion) -> bytes:
         inbound = _inbound_of(request)
+        if completion.native:  # an upstream that speaks the Responses API answered: passed on as it is
+            await store_answer(self._store, inbound, _native_response(completion.body))
+            return completion.body
         answer = _completion_json(completion.body)
         choice = _first_choice(answer)
         status, reason = status_of(choice.get("finish_reason"))
@@ -182,6 +188,8 @@ class Responses:
         return orjson.dumps(response)
 
     def stream_of(self, request: ChatRequest, stream: ChatStream) -> OutboundStream:
+        if stream.native:
+            return NativeResponseEvents(_inbound_of(request), stream, self._store)
         return ResponsesStream(_inbound_of(request), stream, self._store)
 
     def error_body(self, error: GatewayError) -> bytes:
@@ -254,6 +262,48 @@ def _tool_call_of(inbound: ResponsesInbound, call: dict[str, Any], index: int, s
     origin = inbound.tools.get(name)
     item_id = output_item_id(inbound, tool_call_prefix(origin), index)
     return tool_call_item(item_id, origin, call_id, name, arguments, status)
+
+
+class NativeResponseEvents:
+    """An upstream's own Responses events, passed on as they came; its last event (held back by the
+    provider until the answer is recorded) is sent at the end, once the response in it is stored."""
+
+    def __init__(self, inbound: ResponsesInbound, stream: ChatStream, store: ResponseStore) -> None:
+        self._inbound = inbound
+        self._stream = stream
+        self._store = store
+        self._sequence = -1
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._stream.__aiter__()
+
+    async def end(self) -> bytes:
+        ending = self._stream.ending
+        start = ending.find(b"data:")
+        try:
+            event = orjson.loads(ending[start + 5 :])
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError("The upstream's last stream event was malformed.") from exc
+        self._sequence = event.get("sequence_number", -1) if isinstance(event, dict) else -1
+        response = event.get("response") if isinstance(event, dict) else None
+        if isinstance(response, dict) and event.get("type") == "response.completed":
+            await store_answer(self._store, self._inbound, response)
+        return ending
+
+    def error(self, error: GatewayError) -> bytes:
+        payload = {"type": "error", "code": error.code or error.error_type, "message": error.message,
+                   "param": error.param, "sequence_number": self._sequence + 1}  # fmt: skip
+        return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _native_response(body: bytes) -> dict[str, Any]:
+    try:
+        response = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError("The upstream's answer was not a Response object.") from exc
+    if not isinstance(response, dict) or not isinstance(response.get("output"), list):
+        raise UpstreamError("The upstream's answer was not a Response object.")
+    return response
 
 
 def _inbound_of(request: ChatRequest) -> ResponsesInbound:

@@ -91,6 +91,8 @@ class ResponsesInbound:
     # The chat functions offered to the upstream, by name: what each stands for, so a call to one is
     # rendered as the item its tool answers with. A name not here is rendered as a function call.
     tools: Mapping[str, ToolOrigin] = field(default_factory=dict)
+    # What an upstream that speaks the Responses API is sent instead (`responses_history.native_body`).
+    native_body: dict[str, Any] = field(default_factory=dict)
 
 
 def output_item_id(inbound: ResponsesInbound, prefix: str, output_index: int) -> str:
@@ -310,7 +312,7 @@ async def store_answer(store: ResponseStore, inbound: ResponsesInbound, response
         return
     conversation = [*inbound.conversation, assistant_message(response["output"])]
     stored = StoredResponse(
-        id=inbound.response_id,
+        id=response.get("id") or inbound.response_id,
         tenant=inbound.tenant,
         response=response,
         input_items=inbound.input_items,
