@@ -11,7 +11,9 @@ column) with its own policy, sends `"model": "auto"` so the policy decides, and 
 - semantic cache hit: the same rule over a cache of 100,000 entries in Redis, every request the
   rephrasing of a stored question (exact key different, so only the semantic layer can answer);
 - responses, messages (plain and streamed): the pass-through request through the Responses API and
-  Anthropic's Messages API instead of chat completions, translated to the chat upstream and back.
+  Anthropic's Messages API instead of chat completions, translated to the chat upstream and back;
+- responses passed through (plain and streamed): to a deployment of the same fake that serves the
+  Responses API itself (`responses_api: true`), the body and the answer's bytes passed on.
 
 Prompts are real: ShareGPT's first human turns. No row after pass-through sends the same text twice
 (a gateway may remember a model's recent results, which a new prompt never finds): the prompts are
@@ -39,6 +41,7 @@ from gateway.bench.procs import Child, ChildFailed
 from gateway.bench.proxies import (
     DEPLOYMENT,
     GATEWAY_STARTUP_TIMEOUT,
+    RESPONSES_DEPLOYMENT,
     ROUTE,
     Column,
     gateway_spec,
@@ -68,7 +71,9 @@ PROBES = 3
 LOCAL_ROUTE = "local"
 
 PASS_THROUGH, RULES, SEMANTIC_SIGNAL, CACHE_MISS, CACHE_HIT = DEPTH_ROWS[:5]
-RESPONSES, RESPONSES_STREAM, MESSAGES, MESSAGES_STREAM = DEPTH_ROWS[5:]
+RESPONSES, RESPONSES_STREAM, MESSAGES, MESSAGES_STREAM, RESPONSES_NATIVE, RESPONSES_NATIVE_STREAM = (
+    DEPTH_ROWS[5:]
+)
 LABELS = {
     PASS_THROUGH: "pass-through",
     RULES: "rules",
@@ -79,9 +84,22 @@ LABELS = {
     RESPONSES_STREAM: "responses API, streamed",
     MESSAGES: "messages API",
     MESSAGES_STREAM: "messages API, streamed",
+    RESPONSES_NATIVE: "responses API, passed through",
+    RESPONSES_NATIVE_STREAM: "responses API, passed through, streamed",
 }
-# The other inbound APIs' rows: (path, body, streamed).
+# The other inbound APIs' rows: (path, body, streamed); a body's `model` names a deployment (else the
+# main column's route).
 OTHER_APIS: dict[str, tuple[str, dict[str, Any], bool]] = {
+    RESPONSES_NATIVE: (
+        "/v1/responses",
+        {"model": RESPONSES_DEPLOYMENT, "input": PROMPT, "store": False},
+        False,
+    ),
+    RESPONSES_NATIVE_STREAM: (
+        "/v1/responses",
+        {"model": RESPONSES_DEPLOYMENT, "input": PROMPT, "store": False, "stream": True},
+        True,
+    ),
     RESPONSES: ("/v1/responses", {"input": PROMPT, "store": False}, False),
     RESPONSES_STREAM: ("/v1/responses", {"input": PROMPT, "store": False, "stream": True}, True),
     MESSAGES: ("/v1/messages", {"max_tokens": 256, "messages": [{"role": "user", "content": PROMPT}]}, False),
@@ -105,6 +123,8 @@ def describe(name: str, cache_entries: int) -> str:
         RESPONSES_STREAM: "explicit route, translated to chat, streamed",
         MESSAGES: "explicit route, translated to chat",
         MESSAGES_STREAM: "explicit route, translated to chat, streamed",
+        RESPONSES_NATIVE: "a deployment serving the Responses API",
+        RESPONSES_NATIVE_STREAM: "a deployment serving the Responses API, streamed",
     }[name]
 
 
@@ -377,7 +397,7 @@ async def _plan(name: str, setup: DepthSetup, prompts: _Prompts, stack: contextl
 
         def other_api(endpoint: Endpoint) -> RequestSource:
             there = dataclasses.replace(endpoint, path=path)
-            return repeated(there.encode({"model": endpoint.model, **body}))
+            return repeated(there.encode({"model": endpoint.model, **body}))  # the body's model wins
 
         return _Plan(None, other_api, stream=stream, details={"path": path, "stream": stream})
     raise ValueError(f"no depth row {name!r}")

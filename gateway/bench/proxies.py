@@ -30,6 +30,8 @@ MODEL = "fake-model"
 # The route of the bench's deployments file, and the default route of every policy it writes.
 ROUTE = "frontier"
 DEPLOYMENT = "fake"
+# The same fake upstream, as a deployment that serves the Responses API itself (passed through).
+RESPONSES_DEPLOYMENT = "fake-responses"
 GATEWAY_STARTUP_TIMEOUT = 60.0
 LITELLM_STARTUP_TIMEOUT = 180.0
 IDLE_SETTLE_SECONDS = 1.0
@@ -183,9 +185,8 @@ def litellm_spec(config: Path, key: str) -> ProxySpec:
 
 def write_gateway_config(path: Path, upstream_url: str) -> Path:
     """Write the deployments file and, beside it, the policy: one route, `frontier`, the default."""
-    deployments = {
-        "deployments": {DEPLOYMENT: {"provider": "openai", "model": MODEL, "api_base": upstream_url}}
-    }
+    fake = {"provider": "openai", "model": MODEL, "api_base": upstream_url}
+    deployments = {"deployments": {DEPLOYMENT: fake, RESPONSES_DEPLOYMENT: {**fake, "responses_api": True}}}
     path.write_text(yaml.safe_dump(deployments))
     policy = {"routes": {ROUTE: {"deployments": [DEPLOYMENT]}}, "default_route": ROUTE}
     policy_path(path).write_text(yaml.safe_dump(policy))
