@@ -16,8 +16,10 @@ from gateway.wire import Usage
 
 
 def usage_of_cut_stream(tokens: TokenCounter, body: dict[str, Any], sent: bytes) -> Usage:
-    """The request's prompt and the text, tool-call arguments and reasoning in the SSE events `sent`
-    (OpenAI chunks), counted with tiktoken; marked estimated."""
+    """The request's prompt (`body`: the chat request) and the text, tool-call arguments and reasoning
+    in the SSE events `sent` (in whichever inbound API's format the client got them: OpenAI chunks,
+    Anthropic's content block deltas, the Responses API's delta events), counted with tiktoken;
+    marked estimated."""
     prompt = tokens.count_messages(body.get("messages") or ())
     completion = tokens.count_text("".join(_produced_text(sent)))
     return Usage(prompt, completion, prompt + completion, estimated=True)
@@ -33,11 +35,26 @@ def _produced_text(sent: bytes) -> list[str]:
             chunk = orjson.loads(event[start + 6 :])
         except orjson.JSONDecodeError:
             continue
-        for choice in chunk.get("choices") or () if isinstance(chunk, dict) else ():
+        if not isinstance(chunk, dict):
+            continue
+        for choice in chunk.get("choices") or ():
             delta = choice.get("delta") if isinstance(choice, dict) else None
             if isinstance(delta, dict):
                 parts.extend(_delta_text(delta))
+        parts.extend(_event_delta_text(chunk))
     return parts
+
+
+def _event_delta_text(event: dict[str, Any]) -> list[str]:
+    """What an Anthropic `content_block_delta` or a Responses `*.delta` event produced."""
+    kind, delta = event.get("type"), event.get("delta")
+    if kind == "content_block_delta" and isinstance(delta, dict):
+        return [
+            delta[name] for name in ("text", "partial_json", "thinking") if isinstance(delta.get(name), str)
+        ]
+    if isinstance(kind, str) and kind.endswith(".delta") and isinstance(delta, str):
+        return [delta]
+    return []
 
 
 def _delta_text(delta: dict[str, Any]) -> list[str]:

@@ -5,6 +5,7 @@ client's own model names routed by the policy's aliases, and the ledger's record
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -246,3 +247,42 @@ def test_a_cached_answer_is_replayed_in_anthropics_shape_and_shared_with_chat_cl
     assert chat.headers["x-gateway-cache"] == "exact"
     assert chat.parse().choices[0].message.content == replayed.content[0].text  # type: ignore[union-attr]
     assert len(upstream.requests) == 1  # one upstream call answered all four, each in its own API's shape
+
+
+def cut_after(url: str, body: dict[str, Any], events: int) -> int:
+    """Read `events` SSE events of a stream, then leave; how many were read."""
+    seen = 0
+    with httpx.stream("POST", url, json=body, timeout=30) as response:
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                seen += 1
+                if seen >= events:
+                    break
+    return seen
+
+
+def wait_for_rows(gw: RunningGateway, bg: BackgroundLoop, count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 10
+    rows = ledger_rows(gw, bg)
+    while len(rows) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+        rows = ledger_rows(gw, bg)
+    return rows
+
+
+def test_a_stream_the_client_cuts_is_recorded_with_what_it_produced(
+    upstreams: Upstreams, gateway: Gateway, bg: BackgroundLoop
+) -> None:
+    story = " ".join(f"word{n}" for n in range(40))
+    upstream = upstreams(Behaviour(content=story, chunks=40, chunk_delay=0.05))
+    gw = gateway(routed(upstream))
+    body = {
+        "model": CLAUDE,
+        "max_tokens": 100,
+        "stream": True,
+        "messages": [{"role": "user", "content": "go"}],
+    }
+    assert cut_after(f"{gw.url}/v1/messages", body, 8) == 8
+    [record] = wait_for_rows(gw, bg, 1)
+    assert (record["api"], record["status"], record["estimated"]) == ("messages", 499, 1)
+    assert 0 < record["completion_tokens"] < 40 and record["prompt_tokens"] > 0

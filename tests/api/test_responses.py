@@ -16,6 +16,7 @@ import pytest
 from gateway.fakes.background import BackgroundLoop
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import TOOL_ARGUMENTS, Behaviour
+from tests.api.test_messages import cut_after, wait_for_rows
 from tests.conftest import RunningGateway, ledger_rows, openai_deployment
 
 Upstreams = Callable[..., FakeOpenAIUpstream]
@@ -170,3 +171,16 @@ def test_bad_input_is_refused_in_openais_format_and_calls_nothing(
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param
     assert upstream.requests == []
+
+
+def test_a_stream_the_client_cuts_is_recorded_with_what_it_produced(
+    upstreams: Upstreams, gateway: Gateway, bg: BackgroundLoop
+) -> None:
+    story = " ".join(f"word{n}" for n in range(40))
+    upstream = upstreams(Behaviour(content=story, chunks=40, chunk_delay=0.05))
+    gw = gateway(routed(upstream))
+    body = {"model": "auto", "input": "go", "stream": True}
+    assert cut_after(f"{gw.url}/v1/responses", body, 8) == 8
+    [record] = wait_for_rows(gw, bg, 1)
+    assert (record["api"], record["status"], record["estimated"]) == ("responses", 499, 1)
+    assert 0 < record["completion_tokens"] < 40 and record["prompt_tokens"] > 0
