@@ -375,7 +375,8 @@ def _system_messages(system: object) -> list[dict[str, Any]]:
         if kind != "text":
             raise _refuse(f"{where}.type", f"System blocks of type '{kind}' {_CANNOT}; only text blocks can.")
         parts.append(_text_part(block, where))
-    return [{"role": "system", "content": _content_of(parts)}] if parts else []
+    # One string: many chat servers (llama.cpp's among them) take no parts in a system message.
+    return [{"role": "system", "content": "\n\n".join(part["text"] for part in parts)}] if parts else []
 
 
 def _user_messages(content: object, where: str) -> list[dict[str, Any]]:

@@ -550,8 +550,10 @@ def _chat_message(role: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
         text = "".join(part.get("text") or part.get("refusal") or "" for part in parts)
         return {"role": "assistant", "content": text}
     chat_role = "system" if role == "developer" else role
-    if len(parts) == 1 and parts[0]["type"] == "input_text":
-        return {"role": chat_role, "content": parts[0]["text"]}
+    texts = [part["text"] for part in parts if part["type"] == "input_text"]
+    if len(texts) == len(parts) and (len(texts) == 1 or chat_role == "system"):
+        # System text as one string: many chat servers (llama.cpp's among them) take no parts there.
+        return {"role": chat_role, "content": "\n\n".join(texts)}
     return {"role": chat_role, "content": [_chat_part(part) for part in parts]}
 
 

@@ -83,7 +83,7 @@ class ManagedLocalModel:
         host: str = "127.0.0.1",
         port: int | None = None,
         n_threads: int = 2,
-        n_ctx: int = 2048,
+        n_ctx: int = 8192,
         startup_timeout: float = 120.0,
         health_interval: float = 2.0,
         max_backoff: float = 30.0,

@@ -1470,3 +1470,17 @@ def test_the_refusal_of_web_search_says_how_to_leave_it_out_of_codex() -> None:
         parse({"model": "m", "input": "hi", "tools": [{"type": "web_search", "external_web_access": False}]})
     assert raised.value.param == "tools.0.type"
     assert 'web_search = "disabled"' in raised.value.message
+
+
+def test_system_and_developer_text_parts_become_one_string() -> None:
+    items = [
+        {
+            "role": "developer",
+            "content": [{"type": "input_text", "text": "A"}, {"type": "input_text", "text": "B"}],
+        },
+        {"role": "user", "content": "hi"},
+    ]
+    request = asyncio.run(
+        Responses(InMemoryResponseStore()).parse(orjson.dumps({"model": "m", "input": items}), "r", TEAM)
+    )
+    assert request.body["messages"][0] == {"role": "system", "content": "A\n\nB"}
