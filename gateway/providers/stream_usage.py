@@ -17,8 +17,9 @@ from gateway.wire import Usage
 
 def usage_of_cut_stream(tokens: TokenCounter, body: dict[str, Any], sent: bytes) -> Usage:
     """The request's prompt (`body`: the chat request) and the text, tool-call arguments and reasoning
-    in the SSE events `sent` (in whichever inbound API's format the client got them: OpenAI chunks,
-    Anthropic's content block deltas, the Responses API's delta events), counted with tiktoken;
+    in the SSE events `sent` (in whichever inbound API's format the client got them: OpenAI chat or
+    legacy completions chunks, Anthropic's content block deltas, the Responses API's delta events),
+    counted with tiktoken;
     marked estimated."""
     prompt = tokens.count_messages(body.get("messages") or ())
     completion = tokens.count_text("".join(_produced_text(sent)))
@@ -38,9 +39,13 @@ def _produced_text(sent: bytes) -> list[str]:
         if not isinstance(chunk, dict):
             continue
         for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
             if isinstance(delta, dict):
                 parts.extend(_delta_text(delta))
+            elif isinstance(choice.get("text"), str):  # a legacy completions chunk
+                parts.append(choice["text"])
         parts.extend(_event_delta_text(chunk))
     return parts
 

@@ -7,6 +7,7 @@ from gateway.tokens import TokenCounter
 
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "Count to five"}]}
 CHAT = b'data: {"choices":[{"index":0,"delta":{"content":"one two"}}]}\n\n'
+COMPLETIONS = b'data: {"object":"text_completion","choices":[{"index":0,"text":"one two"}]}\n\n'
 MESSAGES = (
     b'event: message_start\ndata: {"type":"message_start","message":{}}\n\n'
     b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
@@ -20,7 +21,7 @@ RESPONSES = (
 
 def test_each_apis_deltas_count_the_same() -> None:
     tokens = TokenCounter()
-    counted = [usage_of_cut_stream(tokens, BODY, sent) for sent in (CHAT, MESSAGES, RESPONSES)]
+    counted = [usage_of_cut_stream(tokens, BODY, sent) for sent in (CHAT, COMPLETIONS, MESSAGES, RESPONSES)]
     assert {usage.completion_tokens for usage in counted} == {tokens.count_text("one two")}
     assert all(usage.estimated and usage.prompt_tokens > 0 for usage in counted)
 
