@@ -291,9 +291,11 @@ def _validate(body: dict[str, Any]) -> str:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return "messages: Field required"
-    for message in messages:
-        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-            return "messages: roles must be 'user' or 'assistant'"
+    for position, message in enumerate(messages):
+        # Later turns may be system turns (Claude Code sends them between the others), never the first.
+        roles = ("user", "assistant", "system") if position else ("user", "assistant")
+        if not isinstance(message, dict) or message.get("role") not in roles:
+            return "messages: roles must be 'user' or 'assistant' (or 'system' after the first)"
     return ""
 
 

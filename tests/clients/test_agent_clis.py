@@ -23,6 +23,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from gateway.fakes.anthropic_upstream import AnthropicBehaviour, FakeAnthropicUpstream
 from gateway.fakes.background import BackgroundLoop
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
@@ -369,3 +370,68 @@ def test_claude_code_writes_the_file_an_upstream_calls_for(
     assert output["role"] == "tool" and output["tool_call_id"] == sent_call["id"] == "call_1"
     assert str(target) in output["content"]
     assert [record["api"] for record in ledger_rows(gw, bg)] == ["messages", "messages"]
+
+
+# ---- pass-through: upstreams that speak the client's own API -------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not CODEX.exists(), reason=f"the Codex CLI is {NOT_INSTALLED}")
+def test_codex_exec_passes_through_to_an_upstream_that_serves_the_responses_api(
+    upstreams: Upstreams, gateway: Gateway, bg: BackgroundLoop, tmp_path: Path
+) -> None:
+    upstream = upstreams(Behaviour(content=ANSWER))
+    spec = routed(upstream)
+    spec["deployments"]["big"]["responses_api"] = True
+    gw = gateway(spec)
+    result = run(
+        [str(CODEX), "exec", "--skip-git-repo-check", PROMPT], codex_env(tmp_path, gw), tmp_path / "work"
+    )
+    assert result.returncode == 0, failure(result)
+    assert ANSWER in result.stdout, failure(result)
+    body = upstream.requests[-1].body
+    assert "messages" not in body and body["store"] is False and body["model"] == "fake-model"
+    # Codex's own tools as it sent them: the freeform apply_patch stays a custom tool.
+    assert {"type": "custom", "name": "apply_patch"}.items() <= next(
+        tool for tool in body["tools"] if tool.get("name") == "apply_patch"
+    ).items()
+    [record] = ledger_rows(gw, bg)
+    assert (record["api"], record["status"]) == ("responses", 200) and record["completion_tokens"] > 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not CLAUDE.exists(), reason=f"Claude Code is {NOT_INSTALLED}")
+def test_claude_code_passes_through_to_an_anthropic_deployment(
+    bg: BackgroundLoop, gateway: Gateway, tmp_path: Path
+) -> None:
+    anthropic_upstream = FakeAnthropicUpstream(
+        default=AnthropicBehaviour(content=ANSWER), api_key="sk-ant-fake"
+    )
+    bg.run(anthropic_upstream.start())
+    try:
+        claude = {
+            "provider": "anthropic",
+            "model": "claude-sonnet-4-5",
+            "api_base": anthropic_upstream.base_url,
+            "api_key_env": "FAKE_ANTHROPIC_KEY",
+        }
+        spec = {
+            "deployments": {"claude": claude},
+            "routes": {"frontier": ["claude"]},
+            "default_route": "frontier",
+            "model_aliases": {"claude-*": "auto"},
+        }
+        gw = gateway(spec, environ={"FAKE_ANTHROPIC_KEY": "sk-ant-fake"})
+        command = [str(CLAUDE), "-p", PROMPT, "--model", CLAUDE_MODEL, "--output-format", "json"]
+        result = run(command, claude_env(tmp_path, gw), tmp_path / "work")
+        assert result.returncode == 0, failure(result)
+        answer = json.loads(result.stdout)
+        assert answer["is_error"] is False and answer["result"] == ANSWER, failure(result)
+        sent = anthropic_upstream.requests[-1]
+        assert sent.body["model"] == "claude-sonnet-4-5" and sent.headers["x-api-key"] == "sk-ant-fake"
+        assert {"Bash", "Read", "Edit"} <= {tool["name"] for tool in sent.body["tools"]}
+        records = ledger_rows(gw, bg)
+        assert {record["api"] for record in records} == {"messages"}
+        assert records[-1]["status"] == 200 and records[-1]["deployment"] == "claude"
+    finally:
+        bg.run(anthropic_upstream.stop())
