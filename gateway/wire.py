@@ -43,6 +43,8 @@ class Caller:
     traceparent: str | None = None
     # `Cache-Control: no-cache`: answer from the upstream, whatever the policy says.
     no_cache: bool = False
+    # The client's API headers (`anthropic-version`, `anthropic-beta`) for an upstream that speaks its API.
+    api_headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True)

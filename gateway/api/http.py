@@ -22,8 +22,12 @@ _WANTED = frozenset(
         b"x-gateway-tags",
         b"traceparent",
         b"cache-control",
+        b"anthropic-version",
+        b"anthropic-beta",
     }
 )
+# The client's API headers an upstream that speaks its API is sent on (a pass-through).
+API_HEADERS = (b"anthropic-version", b"anthropic-beta")
 
 
 def wanted_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, str]:
@@ -99,6 +103,7 @@ def caller_of(headers: dict[bytes, str], principal: Principal) -> Caller:
         tags=tuple(tag.strip() for tag in tags.split(",") if tag.strip()) if tags else (),
         traceparent=headers.get(b"traceparent"),
         no_cache=_no_cache(headers.get(b"cache-control")),
+        api_headers=tuple((name.decode(), headers[name]) for name in API_HEADERS if name in headers),
     )
 
 

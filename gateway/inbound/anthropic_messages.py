@@ -187,6 +187,8 @@ class MessagesInbound:
 
     model: str
     native_body: dict[str, Any]
+    # The client's anthropic-version and anthropic-beta, which an Anthropic deployment is sent too.
+    native_headers: tuple[tuple[str, str], ...] = ()
 
 
 class AnthropicMessages:
@@ -203,7 +205,7 @@ class AnthropicMessages:
             stream=bool(body.get("stream")),
             include_usage=False,
             api=self.name,
-            inbound=MessagesInbound(model=body["model"], native_body=client_body),
+            inbound=MessagesInbound(body["model"], client_body, caller.api_headers),
         )
 
     async def body_of(self, request: ChatRequest, completion: Completion) -> bytes:

@@ -75,11 +75,17 @@ class AnthropicMessagesCalls:
             body["max_tokens"] = cap  # a rule's override, as on the translated path
         return orjson.dumps(body)
 
+    def _headers_for(self, request: ChatRequest) -> dict[str, str]:
+        """The deployment's headers, with the client's anthropic-version and anthropic-beta (the
+        features its body may use need them)."""
+        sent = getattr(request.inbound, "native_headers", ())
+        return {**self._headers, **dict(sent)} if sent else self._headers
+
     async def complete(self, request: ChatRequest, deadline: Deadline) -> Completion:
         started = time.perf_counter()
-        payload = self._payload(request, False)
+        payload, headers = self._payload(request, False), self._headers_for(request)
         data = await post_for_body(
-            self._session, self._name, self._url, payload, self._headers, clipped(self._limits, deadline)
+            self._session, self._name, self._url, payload, headers, clipped(self._limits, deadline)
         )
         usage = json_usage(self._name, data)
         return Completion(
@@ -92,8 +98,9 @@ class AnthropicMessagesCalls:
     async def open_stream(self, request: ChatRequest, deadline: Deadline) -> NativeEventStream:
         payload, timeout = self._payload(request, True), clipped(self._limits, deadline)
         return await open_event_stream(
-            self._session, self._name, self._url, payload, self._headers, timeout, MessagesEvents(self._name)
-        )
+            self._session, self._name, self._url, payload, self._headers_for(request), timeout,
+            MessagesEvents(self._name),
+        )  # fmt: skip
 
 
 class MessagesEvents:

@@ -63,13 +63,18 @@ def test_a_message_goes_to_anthropic_as_sent_and_comes_back_untouched(
         "messages": [{"role": "user", "content": [{"type": "text", "text": "Where is Brest?"}]}],
         "metadata": {"user_id": "u-1"},
     }
-    raw = gw.anthropic().messages.with_raw_response.create(model="claude-sonnet-4-5-20250929", **body)
+    raw = gw.anthropic().messages.with_raw_response.create(
+        model="claude-sonnet-4-5-20250929",
+        **body,
+        extra_headers={"anthropic-beta": "context-management-2025-06-27"},
+    )
     message = raw.parse()
     assert message.content[0].text == "Hello from the fake Anthropic upstream."  # type: ignore[union-attr]
     assert message.id.startswith("msg_fake")  # Anthropic's own id: the bytes were not rebuilt
     sent = anthropic_upstream.requests[-1]
     assert sent.body == {**body, "model": "claude-sonnet-4-5"}
     assert sent.headers["x-api-key"] == "sk-ant-fake" and "anthropic-version" in sent.headers
+    assert sent.headers["anthropic-beta"] == "context-management-2025-06-27"  # the client's own betas
     assert raw.headers["x-gateway-deployment"] == "claude"
     [record] = ledger_rows(gw, bg)
     assert (record["api"], record["deployment"], record["status"]) == ("messages", "claude", 200)
