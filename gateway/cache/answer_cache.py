@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from gateway.cache.keys import CacheKeys, cache_keys
+from gateway.cache.keys import CacheKeys, cache_keys, embedding_cache_keys
 from gateway.cache.store import CachedAnswer, CacheStore
 from gateway.cache.verifier import PairScorer
 from gateway.embedding.batcher import EmbeddingBatcher, MicroBatcher, ModelBusy, short_text
@@ -76,6 +76,8 @@ def keepable(completion: Completion, directive: CacheDirective) -> bool:
     except orjson.JSONDecodeError:
         return False
     choices = parsed.get("choices") if isinstance(parsed, dict) else None
+    if choices is None and isinstance(parsed, dict) and isinstance(parsed.get("data"), list):
+        return bool(parsed["data"])  # an embeddings answer
     if not isinstance(choices, list) or not choices:
         return False
     for choice in choices:
@@ -148,6 +150,19 @@ class AnswerCache:
         if directive is None or not cacheable_request(body, directive, no_cache):
             return None
         return cache_keys(body, namespace_of(directive, team), route)
+
+    def embedding_keys(
+        self,
+        body: Mapping[str, Any],
+        directive: CacheDirective,
+        team: str | None,
+        route: str,
+        no_cache: bool,
+    ) -> CacheKeys | None:
+        """An embeddings request's keys (exact only), else None."""
+        if not directive.enabled or no_cache:
+            return None
+        return embedding_cache_keys(body, namespace_of(directive, team), route)
 
     async def question_vector(self, keys: CacheKeys, memo: dict[Any, Any]) -> Vectors | None:
         """The last user turn's embedding, computed at most once per request, never on the loop."""

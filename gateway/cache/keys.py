@@ -60,6 +60,23 @@ def cache_keys(body: Mapping[str, Any], namespace: str, route: str) -> CacheKeys
     return CacheKeys(namespace, context_key, exact_key, question)
 
 
+# What shapes an embeddings answer besides its inputs.
+EMBEDDING_FIELDS = ("encoding_format", "dimensions")
+
+
+def embedding_cache_keys(body: Mapping[str, Any], namespace: str, route: str) -> CacheKeys:
+    """An embeddings request's keys: the same inputs (exactly: no normalising), encoding and dimensions
+    on the same route."""
+    context = {
+        "route": route,
+        "api": "embeddings",
+        **{name: body[name] for name in EMBEDDING_FIELDS if name in body},
+    }
+    context_key = _digest(namespace, orjson.dumps(context, option=orjson.OPT_SORT_KEYS))
+    exact_key = _digest(context_key, orjson.dumps(body["input"]))
+    return CacheKeys(namespace, context_key, exact_key, "")
+
+
 def normalise(text: str) -> str:
     return _SPACE.sub(" ", text).strip().casefold()
 

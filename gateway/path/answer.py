@@ -12,7 +12,7 @@ from gateway.cache.capture import KeepingStream
 from gateway.cache.keys import CacheKeys
 from gateway.cache.replay import ReplayStream
 from gateway.cache.store import CachedAnswer
-from gateway.path.decide import Routing
+from gateway.path.decide import EMBEDDINGS, Routing
 from gateway.policy.schema import Overrides
 from gateway.providers.base import Provider
 from gateway.routing.catalog import Target
@@ -80,24 +80,28 @@ class Answering:
         self._request_timeout = request_timeout
 
     def cache_keys(self, request: ChatRequest, caller: Caller, routing: Routing) -> CacheKeys | None:
-        """The request's cache keys when its rule caches and it may be cached, else None."""
-        if routing.decision is None or routing.decision.cache is None:
+        """The request's cache keys when its rule (or the policy, for embeddings) caches and it may be
+        cached, else None."""
+        directive = routing.cache
+        if directive is None:
             return None
-        return self.cache.keys(
-            request.body, routing.decision.cache, caller.team, routing.target.route, caller.no_cache
-        )
+        if request.api == EMBEDDINGS:
+            return self.cache.embedding_keys(
+                request.body, directive, caller.team, routing.target.route, caller.no_cache
+            )
+        return self.cache.keys(request.body, directive, caller.team, routing.target.route, caller.no_cache)
 
     async def from_cache(self, request: ChatRequest, routing: Routing, keys: CacheKeys) -> Answer | None:
         """The cached answer, as a body or replayed as a stream (it costs nothing); None on a miss."""
-        decision = routing.decision
-        assert decision is not None and decision.cache is not None  # keys come only with a cache rule
+        directive = routing.cache
+        assert directive is not None  # keys come only with a cache directive
         memo = routing.facts.memo if routing.facts is not None else {}
-        hit = await self.cache.lookup(keys, decision.cache, memo)
+        hit = await self.cache.lookup(keys, directive, memo)
         self._telemetry.count_cache_lookup(hit.kind if hit is not None else "miss", routing.target.route)
         if hit is None:
             return None
         if hit.kind == "semantic":
-            self._audit.maybe_check(request, routing.target, hit.answer, decision.cache.verify_sample)
+            self._audit.maybe_check(request, routing.target, hit.answer, directive.verify_sample)
         return _cached_answer(request, routing, hit)
 
     async def from_upstream(
@@ -143,7 +147,7 @@ class Answering:
     async def _keep(self, answer: Answer, keys: CacheKeys, routing: Routing) -> None:
         """Keep a fresh answer for the next time; a stream is kept once it has finished."""
         cache = self.cache
-        directive = routing.decision.cache if routing.decision is not None else None
+        directive = routing.cache
         if directive is None:
             return
         memo: dict[Any, Any] = routing.facts.memo if routing.facts is not None else {}

@@ -13,7 +13,7 @@ from gateway.path.cost import RoutePrices
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.decide import Decision, decide
 from gateway.policy.prepare import prepare_embeddings
-from gateway.policy.schema import Policy
+from gateway.policy.schema import CacheDirective, Policy
 from gateway.policy.signals import RequestFacts
 from gateway.policy.store import PolicyStore
 from gateway.routing.catalog import AUTO, Catalog, Target
@@ -36,6 +36,8 @@ class Routing:
     policy: CompiledPolicy
     # What the policy looked at; its memo (the question's embedding) is shared with the cache.
     facts: RequestFacts | None = None
+    # How the answer may come from (and go to) the cache: the rule's, or the policy's for embeddings.
+    cache: CacheDirective | None = None
 
 
 class Decide:
@@ -68,16 +70,17 @@ class Decide:
         model = request.body["model"]
         if model != AUTO:
             model = compiled.aliases.target_of(model) or model
+        embeddings_cache = compiled.policy.embeddings_cache if request.api == EMBEDDINGS else None
         if model != AUTO:
             target = self.catalog.resolve(model, compiled.policy, request.request_id)
-            return Routing(target, EXPLICIT_RULE, None, compiled)
+            return Routing(target, EXPLICIT_RULE, None, compiled, cache=embeddings_cache)
         if request.api == EMBEDDINGS:
             return self._embeddings(compiled, request)
         facts = self.facts(request, caller, compiled.policy)
         await prepare_embeddings(compiled, facts, explain=explain)
         decision = decide(compiled, facts, explain=explain)
         target = self.catalog.for_decision(decision, compiled.policy, request.request_id)
-        return Routing(target, decision.rule, decision, compiled, facts)
+        return Routing(target, decision.rule, decision, compiled, facts, decision.cache)
 
     def _embeddings(self, compiled: CompiledPolicy, request: ChatRequest) -> Routing:
         route = compiled.policy.embeddings_route
@@ -88,7 +91,7 @@ class Decide:
                 param="model",
             )
         target = self.catalog.resolve(route, compiled.policy, request.request_id)
-        return Routing(target, EMBEDDINGS_RULE, None, compiled)
+        return Routing(target, EMBEDDINGS_RULE, None, compiled, cache=compiled.policy.embeddings_cache)
 
     async def explain(self, request: ChatRequest, caller: Caller) -> dict[str, Any]:
         """What the request path would do with this request, and why, without calling any model: the
@@ -121,4 +124,10 @@ class Decide:
                     f"Budget exhausted: the {budget} is used up, and route '{route}' that "
                     "the policy names for this case is not free."
                 )
-        return Routing(target, f"{routing.rule} (budget exhausted)", routing.decision, routing.policy)
+        return Routing(
+            target,
+            f"{routing.rule} (budget exhausted)",
+            routing.decision,
+            routing.policy,
+            cache=routing.cache,
+        )

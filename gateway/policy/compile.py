@@ -187,6 +187,10 @@ def _reference_problems(policy: Policy, deployments: Collection[str], problem: P
             if limit.when_exhausted is not None and limit.when_exhausted not in routes:
                 where = ("budgets", kind, name, "when_exhausted")
                 problems.append(problem(where, f"unknown route '{limit.when_exhausted}'"))
+    if policy.embeddings_cache is not None and policy.embeddings_cache.similarity is not None:
+        problems.append(
+            problem(("embeddings_cache", "similarity"), "embeddings are cached by exact match only")
+        )
     for model, target in policy.model_aliases.items():
         if target != AUTO and target not in routes and target not in deployments:
             not_a_target = f"'{target}' is not auto, a route or a deployment"

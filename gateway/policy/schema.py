@@ -308,6 +308,9 @@ class Policy(Strict):
     log_bodies: bool = False
     # Where `POST /v1/embeddings` with `model: auto` goes (the rules decide chat requests only).
     embeddings_route: str | None = None
+    # Answer repeated embeddings requests (the same inputs, encoding and dimensions on the same route)
+    # from the cache; exact matches only.
+    embeddings_cache: CacheDirective | None = None
     # Model names clients send, mapped to `auto` (the rules decide), a route or a deployment; `*`
     # matches any run of characters, e.g. `claude-*: auto` for Claude Code (`policy/aliases.py`).
     model_aliases: dict[Annotated[str, Field(min_length=1, max_length=200)], str] = {}

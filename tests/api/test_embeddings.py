@@ -120,3 +120,22 @@ def test_a_policy_without_an_embeddings_route_says_so_for_auto(
     with pytest.raises(openai.BadRequestError) as raised:
         gw.client().embeddings.create(model="auto", input="hi")
     assert "embeddings_route" in str(raised.value)
+
+
+def test_the_policys_embeddings_cache_answers_the_same_inputs_again_at_no_cost(
+    upstreams: Upstreams, gateway: Gateway
+) -> None:
+    upstream = upstreams()
+    gw = gateway({**embedding_routes(upstream), "embeddings_cache": {"ttl_seconds": 600}})
+    client = gw.client()
+    first = client.embeddings.with_raw_response.create(model="auto", input=["a lighthouse"])
+    again = client.embeddings.with_raw_response.create(model="auto", input=["a lighthouse"])
+    other = client.embeddings.with_raw_response.create(model="auto", input=["a lighthouse"], dimensions=4)
+    assert [r.headers["x-gateway-cache"] for r in (first, again, other)] == ["miss", "exact", "miss"]
+    assert again.parse().data[0].embedding == first.parse().data[0].embedding
+    assert float(again.headers["x-gateway-cost-usd"]) == 0
+    assert len(upstream.requests) == 2
+    fresh = client.embeddings.with_raw_response.create(
+        model="auto", input=["a lighthouse"], extra_headers={"cache-control": "no-cache"}
+    )
+    assert fresh.headers.get("x-gateway-cache") is None and len(upstream.requests) == 3
