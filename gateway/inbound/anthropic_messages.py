@@ -51,6 +51,7 @@ from typing_extensions import TypedDict
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.inbound.adapter import OutboundStream
 from gateway.inbound.anthropic_stream import MessagesStream, error_payload, message_of, sse_event
+from gateway.inbound.json_body import json_object
 from gateway.tokens import TokenCounter
 from gateway.wire import Caller, ChatRequest, ChatStream, Completion
 
@@ -197,7 +198,7 @@ class AnthropicMessages:
     paths = frozenset({"/v1/messages"})
 
     async def parse(self, raw: bytes, request_id: str, caller: Caller) -> ChatRequest:
-        client_body = _loaded(raw)
+        client_body = json_object(raw)
         body = chat_body_of(client_body, counting=False)
         return ChatRequest(
             body=body,
@@ -243,7 +244,7 @@ def count_input_tokens(raw: bytes, tokens: TokenCounter) -> int:
     """The input tokens of a `POST /v1/messages/count_tokens` body (a Messages body without the need
     for `max_tokens`), counted on its chat translation: the messages, the tool calls' names and
     arguments, and the tool definitions' JSON. Raises `InvalidRequest` as `parse` does."""
-    body = chat_body_of(_loaded(raw), counting=True)
+    body = chat_body_of(json_object(raw), counting=True)
     messages = body["messages"]
     total = tokens.count_messages(messages)
     for message in messages:
@@ -279,16 +280,6 @@ def chat_body_of(body: dict[str, Any], *, counting: bool) -> dict[str, Any]:
     if body.get("tool_choice") is not None:
         _add_tool_choice(body["tool_choice"], chat)
     return chat
-
-
-def _loaded(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.") from exc
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return body
 
 
 def _validate(adapter: TypeAdapter[Any], value: object, where: str) -> None:

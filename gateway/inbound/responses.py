@@ -79,6 +79,7 @@ import orjson
 
 from gateway.errors import GatewayError, NotFound, UpstreamError
 from gateway.inbound.adapter import OutboundStream
+from gateway.inbound.json_body import json_object
 from gateway.inbound.response_store import ResponseStore, StoredResponse, tenant_of
 from gateway.inbound.responses_history import native_body
 from gateway.inbound.responses_render import (
@@ -100,7 +101,6 @@ from gateway.inbound.responses_request import (
     chat_messages,
     input_items,
     invalid,
-    json_object,
     optional_bool,
     optional_str,
     refuse_unsupported,

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from gateway.errors import InvalidRequest
 from gateway.inbound.responses_render import (
     CUSTOM_INPUT,
@@ -55,16 +53,6 @@ _GRAMMAR_SYNTAXES = frozenset({"lark", "regex"})
 
 
 # The request's fields other than its input.
-
-
-def json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.") from exc
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return body
 
 
 def refuse_unsupported(body: dict[str, Any]) -> None:
