@@ -18,8 +18,9 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_the_shipped_configuration_is_valid() -> None:
     config = load_config(REPO / "policies" / "deployments.yaml")
-    assert set(config.deployments) == {"gpt-4o", "claude-sonnet", "smollm2"}
+    assert set(config.deployments) == {"gpt-4o", "claude-sonnet", "smollm2", "minilm"}
     assert config.deployments["smollm2"].provider == "managed-local"
+    assert config.deployments["minilm"].provider == "local-embedder"
 
 
 @pytest.mark.parametrize(
