@@ -47,6 +47,11 @@ class SqliteResponses:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db = open_database(path, MIGRATIONS_TABLE)
+        # A commit is in the WAL before the call returns, so a stored response survives the process
+        # (a crash, a restart); only the OS going down may lose the last ones, which is what skipping
+        # the fsync of each commit buys: about 45 µs of CPU a put instead of 150, and 50 µs instead of
+        # 270 of waiting. Spend never lives here (the ledger's spool is its own).
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._lock = threading.Lock()
         try:
             with self._lock:
