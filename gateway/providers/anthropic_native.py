@@ -15,19 +15,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
-import orjson
 
 from gateway.config import Deployment
 from gateway.errors import UpstreamError
 from gateway.providers.native_stream import (
     NativeEventStream,
-    clipped,
     event_data,
     json_usage,
+    native_payload,
     open_event_stream,
     post_for_body,
 )
-from gateway.wire import ChatRequest, Completion, Deadline, Usage, native_body_of
+from gateway.providers.openai_compat import clipped, limits_of
+from gateway.wire import ChatRequest, Completion, Deadline, Usage
 
 ANTHROPIC_API = "https://api.anthropic.com"
 ANTHROPIC_VERSION = "2023-06-01"
@@ -60,20 +60,10 @@ class AnthropicMessagesCalls:
             "anthropic-version": ANTHROPIC_VERSION,
             "x-api-key": api_key or "",
         }
-        timeouts = deployment.timeouts
-        self._limits = aiohttp.ClientTimeout(
-            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.first_byte
-        )
+        self._limits = limits_of(deployment)
 
     def _payload(self, request: ChatRequest, stream: bool) -> bytes:
-        body = dict(native_body_of(request))
-        body["model"] = self._model
-        if stream:
-            body["stream"] = True
-        cap = request.body.get("max_tokens")
-        if isinstance(cap, int) and cap < body.get("max_tokens", cap + 1):
-            body["max_tokens"] = cap  # a rule's override, as on the translated path
-        return orjson.dumps(body)
+        return native_payload(request, self._model, stream=stream, max_tokens_field="max_tokens")
 
     def _headers_for(self, request: ChatRequest) -> dict[str, str]:
         """The deployment's headers, with the client's anthropic-version and anthropic-beta (the

@@ -16,7 +16,7 @@ import orjson
 
 from gateway.errors import GatewayError, UpstreamError
 from gateway.providers.openai_compat import translate_transport_error, upstream_status_error
-from gateway.wire import Deadline, Usage
+from gateway.wire import ChatRequest, Usage, native_body_of
 
 
 class EventWatcher(Protocol):
@@ -111,18 +111,6 @@ class NativeEventStream:
         self._response.release()
 
 
-def clipped(limits: aiohttp.ClientTimeout, deadline: Deadline) -> aiohttp.ClientTimeout:
-    """A deployment's timeouts, clipped to the request's deadline when that is nearer."""
-    remaining = max(deadline.remaining(), 0.001)
-    if limits.total is not None and remaining >= limits.total:
-        return limits
-    return aiohttp.ClientTimeout(
-        total=remaining,
-        sock_connect=min(limits.sock_connect or remaining, remaining),
-        sock_read=min(limits.sock_read or remaining, remaining),
-    )
-
-
 async def post_for_body(
     session: aiohttp.ClientSession,
     deployment: str,
@@ -182,3 +170,18 @@ def json_usage(deployment: str, data: bytes) -> Mapping[str, Any] | None:
     except (orjson.JSONDecodeError, AttributeError) as exc:
         raise UpstreamError(f"Deployment '{deployment}' returned a malformed response.") from exc
     return usage if isinstance(usage, dict) else None
+
+
+def native_payload(request: ChatRequest, model: str, *, stream: bool, max_tokens_field: str) -> bytes:
+    """What an upstream that speaks the request's API is sent: the body its adapter kept
+    (`wire.native_body_of`) with the deployment's model, and the rule's cap on the answer's length
+    where it is lower than the client's (as on the translated path, where it is chat's `max_tokens`)."""
+    body = dict(native_body_of(request))
+    body["model"] = model
+    if stream:
+        body["stream"] = True
+    cap = request.body.get("max_tokens")
+    asked = body.get(max_tokens_field)
+    if isinstance(cap, int) and (not isinstance(asked, int) or cap < asked):
+        body[max_tokens_field] = cap
+    return orjson.dumps(body)

@@ -44,11 +44,7 @@ class OpenAICompatProvider:
         self.deployment = deployment
         self._session = session
         self._tokens = tokens
-        timeouts = deployment.timeouts
-        self._total = timeouts.total
-        self._limits = aiohttp.ClientTimeout(
-            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.first_byte
-        )
+        self._limits = limits_of(deployment)
         base = (api_base or deployment.api_base or "").rstrip("/")
         self.api_base = base
         query = f"?api-version={deployment.api_version}" if deployment.api_version else ""
@@ -93,18 +89,7 @@ class OpenAICompatProvider:
         return orjson.dumps(body)
 
     def _timeout(self, deadline: Deadline) -> aiohttp.ClientTimeout:
-        """The deployment's own timeouts, clipped to the request's deadline only when it is nearer
-        (building a ClientTimeout per request is measurable on the hot path)."""
-        remaining = deadline.remaining()
-        if remaining >= self._total:
-            return self._limits
-        remaining = max(remaining, 0.001)
-        limits = self._limits
-        return aiohttp.ClientTimeout(
-            total=remaining,
-            sock_connect=min(limits.sock_connect or remaining, remaining),
-            sock_read=min(limits.sock_read or remaining, remaining),
-        )
+        return clipped(self._limits, deadline)
 
     async def complete(self, request: ChatRequest, deadline: Deadline) -> Completion:
         started = time.perf_counter()
@@ -325,6 +310,28 @@ def _carries_content(event: bytes) -> bool:
     if b'"content": "' in event:
         return b'"content": ""' not in event
     return False
+
+
+def limits_of(deployment: Deployment) -> aiohttp.ClientTimeout:
+    """A deployment's own timeouts, as aiohttp takes them."""
+    timeouts = deployment.timeouts
+    return aiohttp.ClientTimeout(
+        total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.first_byte
+    )
+
+
+def clipped(limits: aiohttp.ClientTimeout, deadline: Deadline) -> aiohttp.ClientTimeout:
+    """A deployment's timeouts, clipped to the request's deadline only when that is nearer (building a
+    ClientTimeout per request is measurable on the hot path)."""
+    remaining = deadline.remaining()
+    if limits.total is not None and remaining >= limits.total:
+        return limits
+    remaining = max(remaining, 0.001)
+    return aiohttp.ClientTimeout(
+        total=remaining,
+        sock_connect=min(limits.sock_connect or remaining, remaining),
+        sock_read=min(limits.sock_read or remaining, remaining),
+    )
 
 
 def upstream_status_error(

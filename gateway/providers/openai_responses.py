@@ -16,19 +16,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
-import orjson
 
 from gateway.config import Deployment
 from gateway.errors import UpstreamError
 from gateway.providers.native_stream import (
     NativeEventStream,
-    clipped,
     event_data,
     json_usage,
+    native_payload,
     open_event_stream,
     post_for_body,
 )
-from gateway.wire import ChatRequest, Completion, Deadline, Usage, native_body_of
+from gateway.providers.openai_compat import clipped, limits_of
+from gateway.wire import ChatRequest, Completion, Deadline, Usage
 
 RESPONSES = "responses"
 # The events that end a Responses stream: finished, cut short by a limit, or failed.
@@ -83,21 +83,10 @@ class ResponsesCalls:
         self._url = f"{base.rstrip('/')}/responses{query}"
         self._session = session
         self._headers = dict(headers)
-        timeouts = deployment.timeouts
-        self._limits = aiohttp.ClientTimeout(
-            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.first_byte
-        )
+        self._limits = limits_of(deployment)
 
     def _payload(self, request: ChatRequest, stream: bool) -> bytes:
-        body = dict(native_body_of(request))
-        body["model"] = self._model
-        if stream:
-            body["stream"] = True
-        cap = request.body.get("max_tokens")
-        asked = body.get("max_output_tokens")
-        if isinstance(cap, int) and (not isinstance(asked, int) or cap < asked):
-            body["max_output_tokens"] = cap  # a rule's override, as on the translated path
-        return orjson.dumps(body)
+        return native_payload(request, self._model, stream=stream, max_tokens_field="max_output_tokens")
 
     async def complete(self, request: ChatRequest, deadline: Deadline) -> Completion:
         started = time.perf_counter()
