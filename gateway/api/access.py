@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from gateway.api.http import credentials
 from gateway.identity.auth import Principal, require_role
 from gateway.services import Services
 
@@ -27,9 +28,7 @@ def caller(
 ) -> Principal:
     """The principal of the bearer key, or of Anthropic's `x-api-key` (401 without a valid one, unless
     the gateway is open)."""
-    if authorization is None and x_api_key:
-        authorization = f"Bearer {x_api_key}"
-    return services.auth.principal(authorization)
+    return services.auth.principal(credentials(authorization, x_api_key))
 
 
 def admin(principal: Annotated[Principal, Depends(caller)]) -> Principal:

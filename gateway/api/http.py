@@ -39,13 +39,17 @@ def wanted_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, str]:
     return found
 
 
-def credentials_of(wanted: dict[bytes, str]) -> str | None:
+def credentials(authorization: str | None, api_key: str | None) -> str | None:
     """The client's credentials as an `Authorization` value: that header, or Anthropic's `x-api-key`
     (what Anthropic's clients send) as a bearer token."""
-    authorization = wanted.get(b"authorization")
-    if authorization is None and (api_key := wanted.get(b"x-api-key")):
+    if authorization is None and api_key:
         return f"Bearer {api_key}"
     return authorization
+
+
+def credentials_of(wanted: dict[bytes, str]) -> str | None:
+    """`credentials` from the headers `wanted_headers` gathered."""
+    return credentials(wanted.get(b"authorization"), wanted.get(b"x-api-key"))
 
 
 class RequestIds:

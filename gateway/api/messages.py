@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 
 from gateway.api.access import ServicesDep
+from gateway.api.http import credentials
 from gateway.errors import BodyTooLarge, GatewayError
 from gateway.inbound.anthropic_messages import AnthropicMessages, count_input_tokens
 
@@ -24,9 +25,7 @@ async def count_tokens(
 ) -> Response:
     api = AnthropicMessages()
     try:
-        if authorization is None and x_api_key:
-            authorization = f"Bearer {x_api_key}"
-        services.auth.principal(authorization)
+        services.auth.principal(credentials(authorization, x_api_key))
         raw = await request.body()
         if len(raw) > services.settings.max_body_bytes:
             raise BodyTooLarge(

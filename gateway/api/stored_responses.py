@@ -8,10 +8,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
+from gateway import wire
 from gateway.api.access import Caller, ServicesDep
 from gateway.errors import NotFound
 from gateway.identity.auth import Principal
-from gateway.inbound.response_store import StoredResponse
+from gateway.inbound.response_store import StoredResponse, tenant_of
 from gateway.inbound.responses import deleted_object, input_items_page
 from gateway.inbound.responses_render import StoredResponsesUnavailable
 
@@ -19,7 +20,8 @@ router = APIRouter()
 
 
 def _tenant(principal: Principal) -> str:
-    return principal.team or principal.key_id or ""
+    """Whose stored responses the caller reads: as the Responses adapter stores them."""
+    return tenant_of(wire.Caller(team=principal.team, key=principal.key_id))
 
 
 async def _stored(services: ServicesDep, principal: Principal, response_id: str) -> StoredResponse:
