@@ -81,7 +81,6 @@ from gateway.errors import GatewayError, NotFound, UpstreamError
 from gateway.inbound.adapter import OutboundStream
 from gateway.inbound.json_body import json_object
 from gateway.inbound.response_store import ResponseStore, StoredResponse, tenant_of
-from gateway.inbound.responses_history import native_body
 from gateway.inbound.responses_render import (
     INCOMPLETE,
     ResponsesInbound,
@@ -149,7 +148,8 @@ class Responses:
             store=store,
             previous_response_id=previous_id,
             tools=tools,
-            native_body=native_body(body, earlier, previous_id),
+            client_body=body,
+            earlier=earlier,
         )
         return ChatRequest(chat, request_id, stream, include_usage=False, api=self.name, inbound=inbound)
 

@@ -17,6 +17,7 @@ import orjson
 
 from gateway.errors import GatewayError
 from gateway.inbound.response_store import ResponseStore, StoredResponse
+from gateway.inbound.responses_history import native_body
 from gateway.wire import Usage
 
 logger = logging.getLogger("gateway.inbound.responses")
@@ -91,8 +92,14 @@ class ResponsesInbound:
     # The chat functions offered to the upstream, by name: what each stands for, so a call to one is
     # rendered as the item its tool answers with. A name not here is rendered as a function call.
     tools: Mapping[str, ToolOrigin] = field(default_factory=dict)
-    # What an upstream that speaks the Responses API is sent instead (`responses_history.native_body`).
-    native_body: dict[str, Any] = field(default_factory=dict)
+    # The client's body and the stored conversation it continues: what an upstream that speaks the
+    # Responses API is sent instead is made from them only when one is called (`native_body`).
+    client_body: dict[str, Any] = field(default_factory=dict)
+    earlier: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def native_body(self) -> dict[str, Any]:
+        return native_body(self.client_body, self.earlier, self.previous_response_id)
 
 
 def output_item_id(inbound: ResponsesInbound, prefix: str, output_index: int) -> str:
