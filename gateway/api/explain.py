@@ -14,9 +14,9 @@ import orjson
 from fastapi import APIRouter, Header, Request
 
 from gateway.api.access import ServicesDep
-from gateway.api.http import caller_of, credentials_of, wanted_headers
+from gateway.api.http import body_within, caller_of, credentials_of, wanted_headers
 from gateway.api.openapi import CHAT_BODY
-from gateway.errors import BodyTooLarge, InvalidRequest
+from gateway.errors import InvalidRequest
 from gateway.inbound.chat_completions import parse_chat_request
 from gateway.inbound.json_body import json_object
 from gateway.routing.catalog import AUTO
@@ -34,9 +34,7 @@ async def explain_route(
 ) -> dict[str, Any]:
     headers = wanted_headers(request.scope["headers"])
     principal = services.auth.principal(credentials_of(headers))
-    raw = await request.body()
-    if len(raw) > services.settings.max_body_bytes:
-        raise BodyTooLarge(f"The request body exceeds the limit of {services.settings.max_body_bytes} bytes.")
+    raw = await body_within(request, services.settings.max_body_bytes)
     request_id = services.request_ids.of(headers.get(b"x-request-id"))
     caller = caller_of(headers, principal)
     if api == "chat.completions":

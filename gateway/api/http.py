@@ -7,7 +7,9 @@ import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from gateway.errors import GatewayError
+from starlette.requests import Request
+
+from gateway.errors import BodyTooLarge, GatewayError
 from gateway.identity.auth import Principal
 from gateway.wire import Caller
 
@@ -64,6 +66,14 @@ class RequestIds:
         if sent and len(sent) <= _MAX_REQUEST_ID and sent.isprintable() and sent.isascii():
             return sent
         return f"{self._prefix}{next(self._next):08x}"
+
+
+async def body_within(request: Request, limit: int) -> bytes:
+    """A FastAPI route's request body; BodyTooLarge past `limit` bytes (as the hot path's endpoints)."""
+    raw = await request.body()
+    if len(raw) > limit:
+        raise BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+    return raw
 
 
 def header_value(scope: MutableMapping[str, Any], name: bytes) -> str | None:

@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 
 from gateway.api.access import ServicesDep
-from gateway.api.http import credentials
-from gateway.errors import BodyTooLarge, GatewayError
+from gateway.api.http import body_within, credentials
+from gateway.errors import GatewayError
 from gateway.inbound.anthropic_messages import AnthropicMessages, count_input_tokens
 
 router = APIRouter()
@@ -26,11 +26,7 @@ async def count_tokens(
     api = AnthropicMessages()
     try:
         services.auth.principal(credentials(authorization, x_api_key))
-        raw = await request.body()
-        if len(raw) > services.settings.max_body_bytes:
-            raise BodyTooLarge(
-                f"The request body exceeds the limit of {services.settings.max_body_bytes} bytes."
-            )
+        raw = await body_within(request, services.settings.max_body_bytes)
         tokens = count_input_tokens(raw, services.tokens)
     except GatewayError as error:
         return Response(api.error_body(error), status_code=error.status, media_type="application/json")
