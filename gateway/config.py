@@ -35,6 +35,30 @@ class Price(StrictModel):
     output_per_mtok: Annotated[float, Field(ge=0)] = 0.0
 
 
+class Capacity(StrictModel):
+    """How many requests the deployment runs at once, and how many may wait for a place
+    (`capacity/gate.py`): strict priority by class, with ageing. A managed local model's server runs
+    one at a time, so its default is 1."""
+
+    max_concurrency: Annotated[int, Field(ge=1, le=100_000)]
+    queue: Annotated[int, Field(ge=0, le=100_000)] = 64
+    # A lower class overtakes a fresh request one class above it after waiting this long.
+    ageing_seconds: Annotated[float, Field(gt=0)] = 10.0
+
+
+class Energy(StrictModel):
+    """Estimated energy per request (`gateway/energy.py`): watt-hours per 1,000 prompt and completion
+    tokens; for a managed local model, the CPU time its server used at `cpu_watts` per busy core."""
+
+    wh_per_1k_input_tokens: Annotated[float, Field(ge=0)] | None = None
+    wh_per_1k_output_tokens: Annotated[float, Field(ge=0)] | None = None
+    cpu_watts: Annotated[float, Field(gt=0)] | None = None
+
+
+# The managed local model's server (llama_cpp.server) serves one request at a time.
+MANAGED_LOCAL_CAPACITY = Capacity(max_concurrency=1, queue=32)
+
+
 class Deployment(StrictModel):
     name: str = ""
     provider: ProviderKind
@@ -52,6 +76,16 @@ class Deployment(StrictModel):
     # The upstream serves OpenAI's Responses API itself (`{api_base}/responses`: OpenAI, recent vLLM):
     # Responses requests are passed through rather than translated to chat.
     responses_api: bool = False
+    # At most this many requests at once, the rest queued by priority; unlimited when unset (a managed
+    # local model: one at a time, `MANAGED_LOCAL_CAPACITY`).
+    capacity: Capacity | None = None
+    energy: Energy | None = None
+
+    @property
+    def effective_capacity(self) -> Capacity | None:
+        if self.capacity is None and self.provider == "managed-local":
+            return MANAGED_LOCAL_CAPACITY
+        return self.capacity
 
 
 class CircuitBreakerConfig(StrictModel):

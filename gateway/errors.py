@@ -9,7 +9,9 @@
     ├── ModelNotFound                 404 invalid_request_error (code model_not_found)
     ├── RateLimited                   429 rate_limit_error (the gateway's limits, or an upstream's)
     │   └── BudgetExceeded            429 insufficient_quota (code budget_exceeded)
+    │   └── LoadShed                  429 rate_limit_error (code load_shed: a lower class shed under load)
     ├── CountersDown                  503 server_error (limits_unavailable: Redis away, policy fails closed)
+    ├── Overloaded                    503 server_error (capacity_exceeded: a deployment's queue is full)
     └── UpstreamError                 502 upstream_error
         ├── UpstreamRejected          the upstream's own 4xx, passed on with its status
         ├── UpstreamUnavailable       503 (no deployment available, circuits open, missing provider key)
@@ -153,6 +155,22 @@ class CountersDown(GatewayError):
         return True
 
 
+class Overloaded(GatewayError):
+    """A deployment runs all it may and its queue is full (or the wait ran out): elsewhere or later."""
+
+    status = 503
+    error_type = "server_error"
+    code: str | None = "capacity_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1.0, retry_after)
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
 class UpstreamTimeout(UpstreamError):
     status = 504
     code: str | None = "upstream_timeout"
@@ -163,6 +181,13 @@ class BudgetExceeded(RateLimited):
 
     error_type = "insufficient_quota"
     code: str | None = "budget_exceeded"
+
+
+class LoadShed(RateLimited):
+    """Admission control shed a request of a lower class: its route would miss its objective now, and
+    the policy sheds that class rather than queue it. `retry_after` is the predicted wait."""
+
+    code: str | None = "load_shed"
 
 
 class UpstreamRateLimited(RateLimited):

@@ -24,8 +24,11 @@ from gateway.cache.answer_cache import AnswerCache
 from gateway.cache.audit import AuditTotals, CacheAudit
 from gateway.cache.store import CachedAnswer, CacheStore, InProcessCacheStore
 from gateway.cache.verifier import LazyVerifier, VerifierMissing
+from gateway.capacity.capacity import local_capacity
+from gateway.capacity.shared import shared_capacity
 from gateway.config import GatewayConfig, load_config
 from gateway.dashboard.session import Sessions
+from gateway.energy import CpuClock, EnergyBook, process_cpu_seconds
 from gateway.identity.auth import Authenticator
 from gateway.identity.key_backends import open_key_store
 from gateway.identity.key_changes import KeyChanges
@@ -43,6 +46,7 @@ from gateway.path.admit import Admission
 from gateway.path.answer import Answering, CacheAudits
 from gateway.path.cost import RoutePrices
 from gateway.path.decide import Decide
+from gateway.path.overload import Overload
 from gateway.path.record import Recording
 from gateway.path.request_path import RequestPath
 from gateway.policy.compile import PolicyError
@@ -296,7 +300,11 @@ async def _build(
     if circuits is not None:
         background.start(circuits.run(health, list(providers)))
     catalog = Catalog(providers, health)
-    executor = RouteExecutor(health)
+    capacity = local_capacity(config)
+    if client is not None:  # one limit per deployment across every replica
+        capacity = shared_capacity(config, client, settings.redis_prefix, redis_guard)
+    stack.push_async_callback(capacity.aclose)
+    executor = RouteExecutor(health, capacity=capacity)
     shadows = ShadowCopies(catalog, executor, decisions.add_shadow)
     stack.push_async_callback(shadows.aclose)
     cache = await _answer_cache(settings, client, redis_guard, tools, stack)
@@ -307,9 +315,11 @@ async def _build(
         stack.push_async_callback(audit.aclose)
         audits = audit
     answering = Answering(executor, cache, audits, shadows, telemetry, settings.request_timeout)
-    recording = Recording(route_prices, tokens, ledger, telemetry, decisions)
+    energy = EnergyBook(config.deployments, _local_cpu(local_model))
+    recording = Recording(route_prices, tokens, ledger, telemetry, decisions, energy)
     decide = Decide(catalog, policies, route_prices, admission.budget_spent)
-    path = RequestPath(policies, decide, admission, answering, recording, tokens)
+    overload = Overload(capacity, decide)
+    path = RequestPath(policies, decide, admission, overload, answering, recording, tokens)
     request_ids = RequestIds()
     stored_responses = _stored_responses(settings)
     stack.push_async_callback(stored_responses.aclose)
@@ -427,6 +437,18 @@ def _local_model(
         return None, reason
     model = ManagedLocalModel(path, n_threads=settings.local_model_threads, log_path=settings.local_model_log)
     return model, (model.base_url, lambda: model.healthy)
+
+
+def _local_cpu(model: ManagedLocalModel | None) -> CpuClock | None:
+    """The managed local model server's CPU seconds so far, for its energy (None while it is down)."""
+    if model is None:
+        return None
+
+    def cpu_seconds() -> float | None:
+        pid = model.pid
+        return process_cpu_seconds(pid) if pid is not None else None
+
+    return cpu_seconds
 
 
 async def _run_local_model(model: ManagedLocalModel) -> None:

@@ -45,6 +45,8 @@ class Caller:
     no_cache: bool = False
     # The client's API headers (`anthropic-version`, `anthropic-beta`) for an upstream that speaks its API.
     api_headers: tuple[tuple[str, str], ...] = ()
+    # The priority class the client asked for (`x-gateway-priority`), None when it asked for none.
+    priority: str | None = None
 
 
 @dataclass(slots=True)

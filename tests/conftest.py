@@ -117,6 +117,7 @@ def openai_deployment(upstream: FakeOpenAIUpstream, **extra: Any) -> dict[str, A
 POLICY_KEYS = (
     "routes", "signals", "rules", "default_route", "fallback_route", "reference_route", "budgets",
     "rate_limits", "log_bodies", "tests", "embeddings_route", "embeddings_cache", "model_aliases",
+    "priorities",
 )  # fmt: skip
 
 

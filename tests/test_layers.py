@@ -52,6 +52,9 @@ FORBIDDEN = {
     "gateway.ledger": REQUEST_PATH,
     "gateway.limits": REQUEST_PATH,
     "gateway.pricing": REQUEST_PATH,
+    "gateway.energy": REQUEST_PATH,
+    # Capacity (gates, priorities) is read by the executor and admission control, and reads neither.
+    "gateway.capacity": REQUEST_PATH,
     # The learned router is read by the policy; it knows nothing of the request path.
     "gateway.router": REQUEST_PATH,
     # Telemetry reads finished records through its own Protocol; it knows nothing of the rest.

@@ -9,7 +9,8 @@ from typing import Any
 
 from starlette.requests import Request
 
-from gateway.errors import BodyTooLarge, GatewayError
+from gateway.capacity.priority import PRIORITIES, priority_named
+from gateway.errors import BodyTooLarge, GatewayError, InvalidRequest
 from gateway.identity.auth import Principal
 from gateway.wire import Caller
 
@@ -22,6 +23,7 @@ _WANTED = frozenset(
         b"content-length",
         b"x-request-id",
         b"x-gateway-tags",
+        b"x-gateway-priority",
         b"traceparent",
         b"cache-control",
         b"anthropic-version",
@@ -110,6 +112,13 @@ def caller_of(headers: dict[bytes, str], principal: Principal) -> Caller:
     """Who is asking: the key's team and role, and the request's tags (`x-gateway-tags: a, b`);
     `headers` as `wanted_headers` gathered them."""
     tags = headers.get(b"x-gateway-tags")
+    asked = headers.get(b"x-gateway-priority")
+    priority = priority_named(asked) if asked else None
+    if asked and priority is None:
+        raise InvalidRequest(
+            f"x-gateway-priority must be one of {', '.join(PRIORITIES)}, not {asked[:40]!r}.",
+            param="x-gateway-priority",
+        )
     return Caller(
         team=principal.team,
         key=principal.key_id,
@@ -118,6 +127,7 @@ def caller_of(headers: dict[bytes, str], principal: Principal) -> Caller:
         traceparent=headers.get(b"traceparent"),
         no_cache=_no_cache(headers.get(b"cache-control")),
         api_headers=tuple((name.decode(), headers[name]) for name in API_HEADERS if name in headers),
+        priority=priority,
     )
 
 

@@ -133,6 +133,8 @@ class InboundEndpoint:
                 saved = record.saved_usd
                 if saved is not None:
                     headers.append((b"x-gateway-saved-usd", f"{saved:.8f}".encode()))
+                if record.energy_wh is not None:
+                    headers.append((b"x-gateway-energy-wh", f"{record.energy_wh:.6f}".encode()))
                 headers.append((b"content-length", str(len(body)).encode()))
                 await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS + headers})
                 await send({"type": "http.response.body", "body": body})
@@ -198,7 +200,12 @@ def _routing_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
         (b"x-gateway-route", answer.route.encode()),
         (b"x-gateway-rule", _header_safe(answer.rule)),
         (b"x-gateway-deployment", answer.deployment.encode()),
+        (b"x-gateway-priority", exchange.routing.priority.encode()),
     ]
+    if answer.queued_seconds:
+        headers.append((b"x-gateway-queue-ms", f"{answer.queued_seconds * 1000:.1f}".encode()))
+    if exchange.overload is not None:
+        headers.append((b"x-gateway-admission", _header_safe(exchange.overload.text)))
     if answer.fallback:
         headers.append((b"x-gateway-fallback", _header_safe(answer.fallback)))
     if answer.cache is not None:

@@ -26,6 +26,7 @@ import aiohttp
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from gateway.config import Deployment
+from gateway.energy import EnergyBook
 from gateway.ledger.ledger import Ledger
 from gateway.ledger.spool import Spool
 from gateway.ledger.sqlite import SqliteLedgerStore
@@ -86,7 +87,7 @@ async def _run(policy: Policy, telemetry: Telemetry, requests: int, state: Path)
     ledger = Ledger(Spool(state / "spool"), SqliteLedgerStore(state / "ledger.sqlite"))
     decisions = DecisionLog(state / "decisions.sqlite")
     admission = Admission(prices, tokens, InProcessBudgetCounters(), InProcessRateCounters(), telemetry)
-    recording = Recording(prices, tokens, ledger, telemetry, decisions)
+    recording = Recording(prices, tokens, ledger, telemetry, decisions, EnergyBook(deployments))
     async with aiohttp.ClientSession() as session:  # the candidate is never called
         big = build_provider(deployments["big"], session, {}, tokens, "no local model")
         compiled = CompiledPolicy("bench", policy, {}, ())

@@ -21,6 +21,7 @@ from typing import Literal
 import orjson
 
 from gateway.cache.store import CachedAnswer
+from gateway.capacity.priority import DEFERRABLE
 from gateway.embedding.batcher import EmbeddingBatcher
 from gateway.policy.signals import TextEmbedder
 from gateway.routing.background import BoundedTasks, plain_copy
@@ -83,7 +84,11 @@ class CacheAudit:
         outcome: AuditOutcome = "failed"
         try:
             fresh = await self._executor.run(
-                target, lambda provider: provider.complete(request, deadline), deadline
+                # Copies the client never sees: behind every request someone waits for.
+                target,
+                lambda provider: provider.complete(request, deadline),
+                deadline,
+                priority=DEFERRABLE,
             )
             outcome = await self._compare(cached.body, fresh.result)
         except Exception as error:  # an audit must never take anything else down

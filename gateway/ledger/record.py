@@ -54,12 +54,27 @@ class SpendRecord:
     body: str | None = None
     # The inbound API the request came through (`chat.completions`, `responses`, `messages`, ...).
     api: str = "chat.completions"
+    # Its priority class, how long it waited for a place at a deployment with a capacity limit, and
+    # what admission control did when its route was over its objective (`downgraded: …`, `shed: …`).
+    priority: str = "interactive"
+    queue_ms: float = 0.0
+    admission: str | None = None
+    # Estimated watt-hours (`gateway/energy.py`), and what the reference route would have used;
+    # None when unknown.
+    energy_wh: float | None = None
+    reference_energy_wh: float | None = None
 
     @property
     def saved_usd(self) -> float | None:
         if self.cost_usd is None or self.reference_usd is None:
             return None
         return self.reference_usd - self.cost_usd
+
+    @property
+    def saved_energy_wh(self) -> float | None:
+        if self.energy_wh is None or self.reference_energy_wh is None:
+            return None
+        return self.reference_energy_wh - self.energy_wh
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)

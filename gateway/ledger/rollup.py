@@ -18,13 +18,17 @@ from collections.abc import Sequence
 LATENCY_BOUNDS_MS = (10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000)
 LATENCY_COLUMNS = tuple(f"latency_le_{index}" for index in range(len(LATENCY_BOUNDS_MS) + 1))
 KEYS = ("hour", "team", "route", "model", "rule", "deployment", "cache")
-SUMS = (
+# The sums as migration 3 made them; migration 5 added the energy sums (`SUMS` is the table now).
+SUMS_V3 = (
     "requests", "errors", "cached_answers", "prompt_tokens", "completion_tokens", "cost_usd", "unpriced",
     "reference_usd", "saved_usd", "latency_ms", *LATENCY_COLUMNS,
 )  # fmt: skip
+ENERGY_SUMS = ("energy_wh", "reference_energy_wh")
+SUMS = (*SUMS_V3, *ENERGY_SUMS)
+_REAL_SUMS = ("cost_usd", "reference_usd", "saved_usd", "latency_ms", *ENERGY_SUMS)
 
 
-def _values(row: str, hour: str) -> list[str]:
+def _values(row: str, hour: str, sums: Sequence[str] = SUMS) -> list[str]:
     """The rollup's column values for one ledger row named `row` (NEW in a trigger, a table otherwise)."""
     latency = [
         f"CASE WHEN {row}.latency_ms <= {bound} THEN 1 ELSE 0 END"
@@ -48,15 +52,12 @@ def _values(row: str, hour: str) -> list[str]:
         f"COALESCE({row}.saved_usd, 0)",
         f"{row}.latency_ms",
         *latency,
+        *(f"COALESCE({row}.{name}, 0)" for name in ENERGY_SUMS if name in sums),
     ]
 
 
 def _table(real: str) -> str:
-    sums = ",\n    ".join(
-        f"{name} {real if name in ('cost_usd', 'reference_usd', 'saved_usd', 'latency_ms') else 'BIGINT'}"
-        " NOT NULL"
-        for name in SUMS
-    )
+    sums = ",\n    ".join(f"{name} {real if name in _REAL_SUMS else 'BIGINT'} NOT NULL" for name in SUMS_V3)
     return f"""
 CREATE TABLE IF NOT EXISTS spend_hourly (
     hour BIGINT NOT NULL,
@@ -72,19 +73,19 @@ CREATE TABLE IF NOT EXISTS spend_hourly (
 CREATE INDEX IF NOT EXISTS spend_hourly_team_hour ON spend_hourly (team, hour)"""
 
 
-def _upsert(values: Sequence[str]) -> str:
-    updates = ", ".join(f"{name} = spend_hourly.{name} + excluded.{name}" for name in SUMS)
+def _upsert(values: Sequence[str], sums: Sequence[str] = SUMS) -> str:
+    updates = ", ".join(f"{name} = spend_hourly.{name} + excluded.{name}" for name in sums)
     return (
-        f"INSERT INTO spend_hourly ({', '.join((*KEYS, *SUMS))}) VALUES ({', '.join(values)})"
+        f"INSERT INTO spend_hourly ({', '.join((*KEYS, *sums))}) VALUES ({', '.join(values)})"
         f" ON CONFLICT ({', '.join(KEYS)}) DO UPDATE SET {updates}"
     )
 
 
 def _backfill(hour: str) -> str:
-    values = _values("ledger", hour)
+    values = _values("ledger", hour, SUMS_V3)
     keys, sums = values[: len(KEYS)], values[len(KEYS) :]
     return (
-        f"INSERT INTO spend_hourly ({', '.join((*KEYS, *SUMS))})"
+        f"INSERT INTO spend_hourly ({', '.join((*KEYS, *SUMS_V3))})"
         f" SELECT {', '.join(keys)}, {', '.join(f'SUM({value})' for value in sums)} FROM ledger"
         f" GROUP BY {', '.join(keys)}"
     )
@@ -97,7 +98,7 @@ SQLITE = ";\n".join(
     [
         _table("REAL"),
         "CREATE TRIGGER IF NOT EXISTS ledger_rollup AFTER INSERT ON ledger BEGIN "
-        + _upsert(_values("NEW", _SQLITE_HOUR.format(row="NEW")))
+        + _upsert(_values("NEW", _SQLITE_HOUR.format(row="NEW"), SUMS_V3), SUMS_V3)
         + "; END",
         _backfill(_SQLITE_HOUR.format(row="ledger")),
     ]
@@ -106,9 +107,32 @@ POSTGRES = ";\n".join(
     [
         _table("DOUBLE PRECISION"),
         "CREATE OR REPLACE FUNCTION ledger_rollup() RETURNS trigger AS $$ BEGIN "
-        + _upsert(_values("NEW", _POSTGRES_HOUR.format(row="NEW")))
+        + _upsert(_values("NEW", _POSTGRES_HOUR.format(row="NEW"), SUMS_V3), SUMS_V3)
         + "; RETURN NULL; END $$ LANGUAGE plpgsql",
         "CREATE TRIGGER ledger_rollup AFTER INSERT ON ledger FOR EACH ROW EXECUTE FUNCTION ledger_rollup()",
         _backfill(_POSTGRES_HOUR.format(row="ledger")),
+    ]
+)
+
+
+# Migration 5: the energy sums, and the trigger that keeps them (hours before it count no energy).
+SQLITE_ENERGY = ";\n".join(
+    [
+        *(f"ALTER TABLE spend_hourly ADD COLUMN {name} REAL NOT NULL DEFAULT 0" for name in ENERGY_SUMS),
+        "DROP TRIGGER IF EXISTS ledger_rollup",
+        "CREATE TRIGGER ledger_rollup AFTER INSERT ON ledger BEGIN "
+        + _upsert(_values("NEW", _SQLITE_HOUR.format(row="NEW")))
+        + "; END",
+    ]
+)
+POSTGRES_ENERGY = ";\n".join(
+    [
+        *(
+            f"ALTER TABLE spend_hourly ADD COLUMN {name} DOUBLE PRECISION NOT NULL DEFAULT 0"
+            for name in ENERGY_SUMS
+        ),
+        "CREATE OR REPLACE FUNCTION ledger_rollup() RETURNS trigger AS $$ BEGIN "
+        + _upsert(_values("NEW", _POSTGRES_HOUR.format(row="NEW")))
+        + "; RETURN NULL; END $$ LANGUAGE plpgsql",
     ]
 )

@@ -17,7 +17,8 @@ COLUMNS = (
     "id", "request_id", "at", "day", "team", "key_id", "policy", "route", "rule", "deployment", "model",
     "stream", "status", "error", "cache", "prompt_tokens", "completion_tokens", "cached_tokens",
     "reasoning_tokens", "estimated", "cost_usd", "reference_usd", "saved_usd", "latency_ms", "ttfb_ms",
-    "upstream_ms", "overhead_ms", "signals", "body", "api",
+    "upstream_ms", "overhead_ms", "signals", "body", "api", "priority", "queue_ms", "admission",
+    "energy_wh", "reference_energy_wh", "saved_energy_wh",
 )  # fmt: skip
 
 
@@ -88,6 +89,16 @@ CREATE INDEX IF NOT EXISTS ledger_request ON ledger (request_id);
 # Records from before it came through chat completions, the only API then served.
 _API_COLUMN = "ALTER TABLE ledger ADD COLUMN api TEXT NOT NULL DEFAULT 'chat.completions';"
 
+# Priority classes, capacity queues and admission control; energy beside cost.
+_LOAD_COLUMNS = """
+ALTER TABLE ledger ADD COLUMN priority TEXT NOT NULL DEFAULT 'interactive';
+ALTER TABLE ledger ADD COLUMN queue_ms {real} NOT NULL DEFAULT 0;
+ALTER TABLE ledger ADD COLUMN admission TEXT;
+ALTER TABLE ledger ADD COLUMN energy_wh {real};
+ALTER TABLE ledger ADD COLUMN reference_energy_wh {real};
+ALTER TABLE ledger ADD COLUMN saved_energy_wh {real};
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the ledger table", _TABLE.format(real="REAL"), _TABLE.format(real="DOUBLE PRECISION")),
     Migration(
@@ -95,10 +106,18 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(3, "spend by the hour, for dashboards", ledger_rollup.SQLITE, ledger_rollup.POSTGRES),
     Migration(4, "the inbound API of each request", _API_COLUMN, _API_COLUMN),
+    Migration(
+        5,
+        "priority, queue time, admission and energy",
+        _LOAD_COLUMNS.format(real="REAL") + ledger_rollup.SQLITE_ENERGY,
+        _LOAD_COLUMNS.format(real="DOUBLE PRECISION") + ledger_rollup.POSTGRES_ENERGY,
+    ),
 )
 
 # What a report may group by (the column names double as the allow-list: never interpolate input).
-GROUPS = ("team", "route", "model", "rule", "day", "deployment", "key_id", "cache", "policy", "api")
+GROUPS = (
+    "team", "route", "model", "rule", "day", "deployment", "key_id", "cache", "policy", "api", "priority",
+)  # fmt: skip
 
 
 def row_of(record: SpendRecord) -> tuple[object, ...]:
@@ -109,7 +128,8 @@ def row_of(record: SpendRecord) -> tuple[object, ...]:
         record.error, record.cache, record.prompt_tokens, record.completion_tokens, record.cached_tokens,
         record.reasoning_tokens, int(record.estimated), record.cost_usd, record.reference_usd,
         record.saved_usd, record.latency_ms, record.ttfb_ms, record.upstream_ms, record.overhead_ms,
-        dumps(dict(record.signals)).decode(), record.body, record.api,
+        dumps(dict(record.signals)).decode(), record.body, record.api, record.priority, record.queue_ms,
+        record.admission, record.energy_wh, record.reference_energy_wh, record.saved_energy_wh,
     )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from gateway.cache.capture import KeepingStream
 from gateway.cache.keys import CacheKeys
 from gateway.cache.replay import ReplayStream
 from gateway.cache.store import CachedAnswer
+from gateway.capacity.gate import Slot
 from gateway.path.decide import EMBEDDINGS, Routing
 from gateway.policy.schema import Overrides
 from gateway.providers.base import Provider
@@ -46,6 +47,10 @@ class Answer:
     # Semantic hits: the questions' cosine and the verifier's probability that they mean the same.
     similarity: float | None = None
     verified: float | None = None
+    # Seconds spent waiting for a place at deployments with a capacity limit.
+    queued_seconds: float = 0.0
+    # The answering deployment's place, held while a stream runs; released when the request is recorded.
+    slot: Slot | None = None
 
     @property
     def native(self) -> bool:
@@ -128,21 +133,32 @@ class Answering:
             attempt.in_flight = provider.deployment.name
             return provider
 
+        executor, priority = self._executor, routing.priority
         if request.stream:
-            streamed: Outcome[ChatStream] = await self._executor.run(
-                target, lambda provider: calling(provider).open_stream(request, deadline), deadline
-            )
+            streamed: Outcome[ChatStream] = await executor.run(
+                target, lambda provider: calling(provider).open_stream(request, deadline), deadline,
+                priority=priority, hold=True,
+            )  # fmt: skip
+            self._observe(streamed, True)
             return Answer(
                 streamed.route, streamed.deployment, rule, streamed.fallback, streamed.upstream_seconds,
-                stream=streamed.result,
+                stream=streamed.result, queued_seconds=streamed.queued_seconds, slot=streamed.slot,
             )  # fmt: skip
-        completed: Outcome[Completion] = await self._executor.run(
-            target, lambda provider: calling(provider).complete(request, deadline), deadline
-        )
+        completed: Outcome[Completion] = await executor.run(
+            target, lambda provider: calling(provider).complete(request, deadline), deadline,
+            priority=priority,
+        )  # fmt: skip
+        self._observe(completed, False)
         return Answer(
             completed.route, completed.deployment, rule, completed.fallback, completed.upstream_seconds,
-            completion=completed.result,
+            completion=completed.result, queued_seconds=completed.queued_seconds,
         )  # fmt: skip
+
+    def _observe(self, outcome: Outcome[Any], stream: bool) -> None:
+        """How long the answering deployment took to its first byte (a stream's first event, a plain
+        answer's whole body), for admission's predictions; answers after retries are left out."""
+        if outcome.attempts == 1:
+            self._executor.capacity.observe_first_byte(outcome.deployment, stream, outcome.upstream_seconds)
 
     async def _keep(self, answer: Answer, keys: CacheKeys, routing: Routing) -> None:
         """Keep a fresh answer for the next time; a stream is kept once it has finished."""

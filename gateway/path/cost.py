@@ -61,6 +61,14 @@ class RoutePrices:
         )
 
 
+def reference_deployment(policy: Policy | None) -> str | None:
+    """The deployment the policy's reference route would call first."""
+    if policy is None or policy.reference_route is None:
+        return None
+    spec = policy.routes[policy.reference_route]
+    return spec.deployments[0] if spec.deployments else next(iter(spec.split or {}))
+
+
 def cached_tokens(usage: Usage | None) -> int:
     if usage is None:
         return 0

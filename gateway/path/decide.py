@@ -8,11 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.capacity.priority import INTERACTIVE, PriorityName
 from gateway.errors import BudgetExceeded, InvalidRequest
 from gateway.path.cost import RoutePrices
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.decide import Decision, decide
 from gateway.policy.prepare import prepare_embeddings
+from gateway.policy.priorities import priority_of
 from gateway.policy.schema import CacheDirective, Policy
 from gateway.policy.signals import RequestFacts
 from gateway.policy.store import PolicyStore
@@ -38,6 +40,8 @@ class Routing:
     facts: RequestFacts | None = None
     # How the answer may come from (and go to) the cache: the rule's, or the policy's for embeddings.
     cache: CacheDirective | None = None
+    # The request's priority class (`policy/priorities.py`): who waits first when capacity is short.
+    priority: PriorityName = INTERACTIVE
 
 
 class Decide:
@@ -49,9 +53,12 @@ class Decide:
         self._prices = prices
         self._budget_spent = budget_spent
 
-    def facts(self, request: ChatRequest, caller: Caller, policy: Policy) -> RequestFacts:
+    def facts(
+        self, request: ChatRequest, caller: Caller, policy: Policy, priority: str | None = None
+    ) -> RequestFacts:
         budget_spent = self._budget_spent
         return RequestFacts(
+            priority=priority,
             body=request.body,
             team=caller.team,
             key=caller.key,
@@ -67,22 +74,24 @@ class Decide:
         signal's, when explaining) computed off the event loop and batched with other requests', then the
         pure `decide`."""
         compiled = self.policies.current
+        policy = compiled.policy
+        priority = priority_of(policy.priorities, caller.team, caller.key, caller.priority, request.body)
         model = request.body["model"]
         if model != AUTO:
             model = compiled.aliases.target_of(model) or model
-        embeddings_cache = compiled.policy.embeddings_cache if request.api == EMBEDDINGS else None
+        embeddings_cache = policy.embeddings_cache if request.api == EMBEDDINGS else None
         if model != AUTO:
-            target = self.catalog.resolve(model, compiled.policy, request.request_id)
-            return Routing(target, EXPLICIT_RULE, None, compiled, cache=embeddings_cache)
+            target = self.catalog.resolve(model, policy, request.request_id)
+            return Routing(target, EXPLICIT_RULE, None, compiled, cache=embeddings_cache, priority=priority)
         if request.api == EMBEDDINGS:
-            return self._embeddings(compiled, request)
-        facts = self.facts(request, caller, compiled.policy)
+            return self._embeddings(compiled, request, priority)
+        facts = self.facts(request, caller, policy, priority)
         await prepare_embeddings(compiled, facts, explain=explain)
         decision = decide(compiled, facts, explain=explain)
-        target = self.catalog.for_decision(decision, compiled.policy, request.request_id)
-        return Routing(target, decision.rule, decision, compiled, facts, decision.cache)
+        target = self.catalog.for_decision(decision, policy, request.request_id)
+        return Routing(target, decision.rule, decision, compiled, facts, decision.cache, priority)
 
-    def _embeddings(self, compiled: CompiledPolicy, request: ChatRequest) -> Routing:
+    def _embeddings(self, compiled: CompiledPolicy, request: ChatRequest, priority: PriorityName) -> Routing:
         route = compiled.policy.embeddings_route
         if route is None:
             raise InvalidRequest(
@@ -91,7 +100,8 @@ class Decide:
                 param="model",
             )
         target = self.catalog.resolve(route, compiled.policy, request.request_id)
-        return Routing(target, EMBEDDINGS_RULE, None, compiled, cache=compiled.policy.embeddings_cache)
+        cache = compiled.policy.embeddings_cache
+        return Routing(target, EMBEDDINGS_RULE, None, compiled, cache=cache, priority=priority)
 
     async def explain(self, request: ChatRequest, caller: Caller) -> dict[str, Any]:
         """What the request path would do with this request, and why, without calling any model: the
@@ -130,4 +140,14 @@ class Decide:
             routing.decision,
             routing.policy,
             cache=routing.cache,
+            priority=routing.priority,
         )
+
+    def downgrade(self, routing: Routing, route: str, request: ChatRequest) -> Routing:
+        """The route admission control sends a request to when its own would miss its objective; the
+        rule's cache directive still applies (a downgraded answer is kept and found like any other)."""
+        target = self.catalog.resolve(route, routing.policy.policy, request.request_id)
+        return Routing(
+            target, f"{routing.rule} (downgraded)", routing.decision, routing.policy, routing.facts,
+            routing.cache, routing.priority,
+        )  # fmt: skip

@@ -12,14 +12,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.capacity.priority import INTERACTIVE
+from gateway.energy import EnergyBook
 from gateway.ledger.ledger import Ledger
 from gateway.ledger.record import CacheOutcome, SpendRecord
 from gateway.ledger.redact import answer_text, logged_body
 from gateway.ledger.spool import Intent
 from gateway.path.admit import Admitted
 from gateway.path.answer import Answer
-from gateway.path.cost import RoutePrices, cached_tokens
+from gateway.path.cost import RoutePrices, cached_tokens, reference_deployment
 from gateway.path.decide import Routing
+from gateway.path.overload import OverloadNote
 from gateway.policy.records import DecisionLog, DecisionRecord
 from gateway.telemetry.names import SPAN_UPSTREAM, operation_of
 from gateway.telemetry.spans import ChildSpan, RequestSpan
@@ -65,8 +68,10 @@ class Recording:
         ledger: Ledger,
         telemetry: Telemetry,
         decisions: DecisionLog,
+        energy: EnergyBook,
     ) -> None:
         self.ledger = ledger
+        self.energy = energy
         self.telemetry = telemetry
         self._prices = prices
         self._tokens = tokens
@@ -117,6 +122,7 @@ class Recording:
         answer: Answer | None,
         in_flight: str | None,
         ending: Ending,
+        overload: OverloadNote | None = None,
     ) -> SpendRecord:
         """Write the request's spend record to the spool, end its span and count its metrics; once."""
         if trail.record is not None:
@@ -140,6 +146,9 @@ class Recording:
         latency_ms = (time.perf_counter() - trail.started) * 1000
         details = usage.details if usage is not None else {}
         ttfb = ending.ttfb_seconds
+        energy = self.energy
+        # An answer from the cache used no model: what the reference would have used is all saved.
+        energy_wh = energy.wh(deployment, usage) if cache == "miss" else (0.0 if usage else None)
         record = SpendRecord(
             id=trail.record_id or self._new_id(),
             request_id=request.request_id,
@@ -171,6 +180,11 @@ class Recording:
             upstream_ms=upstream_ms,
             overhead_ms=latency_ms - upstream_ms if upstream_ms is not None else None,
             signals=_signals(routing),
+            priority=routing.priority if routing is not None else INTERACTIVE,
+            queue_ms=answer.queued_seconds * 1000 if answer is not None else 0.0,
+            admission=overload.text if overload is not None else None,
+            energy_wh=energy_wh,
+            reference_energy_wh=energy.reference_wh(reference_deployment(policy), usage),
         )
         if policy is not None and policy.log_bodies:
             text = answer_text(ending.sent) if ending.sent is not None else None

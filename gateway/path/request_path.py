@@ -1,6 +1,6 @@
 """One request from start to end, as named steps over one internal request (`wire.ChatRequest`):
 
-    authenticate (the endpoint) → decide → admit → answer → record
+    authenticate (the endpoint) → decide → admit (rates) → cache → overload → admit (budget) → answer → record
 
 Each step owns its own state (`Routing`, `Admitted`, `Answer`/`Attempt`, `Trail`) and no record is
 written by two of them. Any inbound API runs through here the same way: its adapter parses the body
@@ -17,11 +17,12 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, LoadShed
 from gateway.ledger.record import SpendRecord
 from gateway.path.admit import Admission, Admitted
 from gateway.path.answer import Answer, Answering, Attempt
 from gateway.path.decide import Decide, Routing
+from gateway.path.overload import Overload, OverloadNote
 from gateway.path.record import Ending, Recording, Trail
 from gateway.policy.store import PolicyStore
 from gateway.providers.stream_usage import usage_of_cut_stream
@@ -41,6 +42,8 @@ class Exchange:
     routing: Routing
     admitted: Admitted
     trail: Trail
+    # What admission control did (queued, deferred, downgraded), when the route was over its objective.
+    overload: OverloadNote | None = None
 
     @property
     def log_bodies(self) -> bool:
@@ -54,6 +57,7 @@ class RequestPath:
         policies: PolicyStore,
         decide: Decide,
         admission: Admission,
+        overload: Overload,
         answering: Answering,
         recording: Recording,
         tokens: TokenCounter,
@@ -61,6 +65,7 @@ class RequestPath:
         self.policies = policies
         self.decide = decide
         self.admission = admission
+        self.overload = overload
         self.answering = answering
         self.recording = recording
         self._tokens = tokens
@@ -72,6 +77,7 @@ class RequestPath:
         attempt = Attempt()
         routing: Routing | None = None
         answer: Answer | None = None
+        note: OverloadNote | None = None
         status = 200
         try:
             await self.admission.admit_rates(admitted, self.policies.current.policy)
@@ -82,6 +88,9 @@ class RequestPath:
                 answer = await self.answering.from_cache(request, routing, keys)
                 if answer is not None:
                     return Exchange(answer, routing, admitted, trail)
+            routing, note = await self.overload.admit(routing, request)
+            if note is not None and note.action == "shed":
+                raise LoadShed(f"Shed under load: {note.reason}.", retry_after=note.retry_after)
             reroute = await self.admission.reserve(admitted, routing)
             if reroute is not None:
                 routing = self.decide.reroute(routing, reroute.route, reroute.budget, request)
@@ -89,14 +98,14 @@ class RequestPath:
                 first = routing.target.candidates[0].provider.deployment.name
                 self.recording.calling(trail, routing, admitted, first)
             answer = await self.answering.from_upstream(request, routing, attempt, keys)
-            return Exchange(answer, routing, admitted, trail)
+            return Exchange(answer, routing, admitted, trail, note)
         except GatewayError as error:
             # The client is told which rule and route failed it, as on success.
             if routing is not None:
                 error.rule, error.route = routing.rule, routing.target.route
             status = error.status
             ending = Ending(status=status, error=error.code or error.error_type)
-            self._end(trail, routing, admitted, None, attempt, ending)
+            self._end(trail, routing, admitted, None, attempt, ending, note)
             raise
         except (asyncio.CancelledError, Exception) as failure:
             # The client left during the call (cancelled), or a bug: still recorded, and the budget
@@ -104,7 +113,7 @@ class RequestPath:
             status = CLIENT_CLOSED if isinstance(failure, asyncio.CancelledError) else 500
             reason = "client_disconnected" if status == CLIENT_CLOSED else "internal_error"
             ending = Ending(status=status, error=reason, interrupted=True)
-            self._end(trail, routing, admitted, None, attempt, ending)
+            self._end(trail, routing, admitted, None, attempt, ending, note)
             raise
         finally:
             if routing is not None:
@@ -135,7 +144,7 @@ class RequestPath:
             if usage is None and sent is not None:
                 usage = usage_of_cut_stream(self._tokens, trail.request.body, sent)
         ending = Ending(status=status, error=error, usage=usage, ttfb_seconds=ttfb_seconds, sent=sent)
-        return self._end(trail, exchange.routing, exchange.admitted, answer, None, ending)
+        return self._end(trail, exchange.routing, exchange.admitted, answer, None, ending, exchange.overload)
 
     def _end(
         self,
@@ -145,8 +154,11 @@ class RequestPath:
         answer: Answer | None,
         attempt: Attempt | None,
         ending: Ending,
+        overload: OverloadNote | None,
     ) -> SpendRecord:
+        if answer is not None and answer.slot is not None:
+            answer.slot.release()  # a stream's place, held until it ended
         in_flight = attempt.in_flight if attempt is not None else None
-        record = self.recording.end(trail, routing, admitted, answer, in_flight, ending)
+        record = self.recording.end(trail, routing, admitted, answer, in_flight, ending, overload)
         self.admission.settle_later(admitted, record.cost_usd, record.completion_tokens)
         return record

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pydantic
 
+from gateway.capacity.priority import PRIORITIES
 from gateway.policy.aliases import AUTO, NO_ALIASES, ModelAliases
 from gateway.policy.conditions import CompiledCondition, comparisons, compile_condition
 from gateway.policy.decide import decide
@@ -17,9 +18,11 @@ from gateway.policy.schema import (
     DEFAULT_RULE,
     BudgetSignal,
     Compare,
+    Downgrade,
     LearnedScoreSignal,
     MetadataSignal,
     Policy,
+    PrioritySignal,
     RouteHealthSignal,
     Rule,
     SemanticSignal,
@@ -195,6 +198,16 @@ def _reference_problems(policy: Policy, deployments: Collection[str], problem: P
         if target != AUTO and target not in routes and target not in deployments:
             not_a_target = f"'{target}' is not auto, a route or a deployment"
             problems.append(problem(("model_aliases", model), not_a_target))
+    for route_name, route in policy.routes.items():
+        if route.admission is None:
+            continue
+        for priority in PRIORITIES:
+            action = getattr(route.admission, priority)
+            if isinstance(action, Downgrade) and (
+                action.downgrade not in routes or action.downgrade == route_name
+            ):
+                wrong = f"downgrade must name another route, not '{action.downgrade}'"
+                problems.append(problem(("routes", route_name, "admission", priority, "downgrade"), wrong))
     for signal_name, signal in policy.signals.items():
         if isinstance(signal, RouteHealthSignal) and signal.route not in routes:
             problems.append(problem(("signals", signal_name, "route"), f"unknown route '{signal.route}'"))
@@ -234,7 +247,7 @@ def _comparison_problem(compare: Compare, signals: Mapping[str, Signal]) -> str 
         allowed = NUMERIC_OPERATORS
     elif isinstance(signal, MetadataSignal):
         allowed = frozenset({"contains"}) if signal.of == "tags" else TEXT_OPERATORS
-    elif isinstance(signal, SemanticSignal):
+    elif isinstance(signal, SemanticSignal | PrioritySignal):
         allowed = TEXT_OPERATORS - {"contains"}
     else:
         allowed = BOOLEAN_OPERATORS

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from gateway.capacity.priority import PriorityName
 from gateway.limits.budgets import Budgets
 from gateway.limits.rate_limits import RateLimits
 
@@ -29,6 +30,31 @@ class RoutePrice(Strict):
     output_per_mtok: Annotated[float, Field(ge=0)]
 
 
+class Downgrade(Strict):
+    """Send the request to another route instead (a cheaper tier with room, or one that only answers
+    from the cache)."""
+
+    downgrade: str
+
+
+# What happens to a request of one class when the route would miss its first-byte objective: wait for
+# its turn anyway (`queue`), wait in spare capacity without the objective (`defer`, deferrable only),
+# another route (`downgrade`), or refused now with 429 and the predicted wait as Retry-After (`shed`).
+OverObjective = Literal["queue", "defer", "shed"] | Downgrade
+
+
+class RouteAdmission(Strict):
+    """Admission control against a latency objective (`path/overload.py`): before a request is sent,
+    its wait is predicted from its first deployment's queue and recent service times; when its first
+    byte would come later than `first_byte_seconds`, its class's action applies. Interactive requests
+    are never shed: they queue, ahead of every other class, or are downgraded."""
+
+    first_byte_seconds: Annotated[float, Field(gt=0)]
+    interactive: Literal["queue"] | Downgrade = "queue"
+    standard: Literal["queue", "shed"] | Downgrade = "queue"
+    deferrable: OverObjective = "defer"
+
+
 class Route(Strict):
     """Either deployments in fallback order, or a weighted split between deployments (A/B, canary):
     one is picked by weight, the others follow as fallbacks."""
@@ -36,6 +62,7 @@ class Route(Strict):
     deployments: Annotated[list[str], Field(min_length=1)] | None = None
     split: dict[str, Annotated[float, Field(gt=0)]] | None = None
     price: RoutePrice | None = None
+    admission: RouteAdmission | None = None
 
     @model_validator(mode="after")
     def _one_shape(self) -> Route:
@@ -124,6 +151,12 @@ class BudgetSignal(Strict):
     kind: Literal["budget_spent"]
 
 
+class PrioritySignal(Strict):
+    """The request's priority class: `interactive`, `standard` or `deferrable` (`policy.priorities`)."""
+
+    kind: Literal["priority"]
+
+
 class RouteHealthSignal(Strict):
     """Whether a route has a deployment that can take requests now."""
 
@@ -140,6 +173,7 @@ Signal = Annotated[
     | SemanticSignal
     | LearnedScoreSignal
     | BudgetSignal
+    | PrioritySignal
     | RouteHealthSignal,
     Field(discriminator="kind"),
 ]
@@ -287,6 +321,20 @@ class GoldenCase(Strict):
     expect: Expectation
 
 
+# ---- priorities -------------------------------------------------------------------------------
+
+
+class Priorities(Strict):
+    """Each request's class (`capacity/priority.py`): the key's default, else the team's, else `default`.
+    A client may ask for another with `x-gateway-priority` (or OpenAI's `service_tier: flex`, which is
+    deferrable): a lower class always, a higher one only when `clients_may_raise`."""
+
+    default: PriorityName = "interactive"
+    teams: dict[str, PriorityName] = {}
+    keys: dict[str, PriorityName] = {}
+    clients_may_raise: bool = False
+
+
 # ---- the policy -------------------------------------------------------------------------------
 
 
@@ -303,6 +351,7 @@ class Policy(Strict):
     # Spend caps per team and key (USD per day and month), and requests/tokens per minute.
     budgets: Budgets = Budgets()
     rate_limits: RateLimits = RateLimits()
+    priorities: Priorities = Priorities()
     # Keep the prompt and answer text in the spend ledger, with e-mail addresses, API keys and card
     # numbers redacted. Off by default: the ledger holds no text at all.
     log_bodies: bool = False

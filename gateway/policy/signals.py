@@ -18,6 +18,7 @@ from gateway.policy.schema import (
     KeywordSignal,
     LearnedScoreSignal,
     MetadataSignal,
+    PrioritySignal,
     RegexSignal,
     RouteHealthSignal,
     Scalar,
@@ -47,6 +48,8 @@ class RequestFacts:
     role: str | None = None
     tags: tuple[str, ...] = ()
     request_id: str = ""
+    # The request's priority class (`interactive`, `standard`, `deferrable`), when known.
+    priority: str | None = None
     # Whether a route can take requests now (None: not known, e.g. outside a running gateway).
     route_healthy: Callable[[str], bool | None] | None = None
     # The largest fraction spent of the caller's budgets (None: no budget, or outside a gateway).
@@ -194,6 +197,8 @@ def build_evaluator(signal: Signal, tools: SignalTools) -> Evaluator:
         if tools.embedder is None:
             raise EmbedderUnavailable(tools.embedder_missing)
         return _learned(signal, tools.embedder, tools.batcher)
+    if isinstance(signal, PrioritySignal):
+        return lambda facts: facts.priority
     if isinstance(signal, RouteHealthSignal):
         route = signal.route
         return lambda facts: facts.route_healthy(route) if facts.route_healthy else None

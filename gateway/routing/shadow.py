@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from gateway.capacity.priority import DEFERRABLE
 from gateway.errors import GatewayError
 from gateway.policy.records import ShadowRecord
 from gateway.policy.schema import Policy
@@ -51,7 +52,11 @@ class ShadowCopies:
         try:
             target = self._catalog.resolve(route, policy, request.request_id)
             outcome = await self._executor.run(
-                target, lambda provider: provider.complete(request, deadline), deadline
+                # Copies the client never sees: behind every request someone waits for.
+                target,
+                lambda provider: provider.complete(request, deadline),
+                deadline,
+                priority=DEFERRABLE,
             )
             deployment, completion = outcome.deployment, outcome.result
         except GatewayError as error:

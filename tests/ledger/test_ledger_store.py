@@ -171,19 +171,20 @@ MIGRATED = [
     (2, "feedback on requests"),
     (3, "spend by the hour, for dashboards"),
     (4, "the inbound API of each request"),
+    (5, "priority, queue time, admission and energy"),
 ]
 
 
 def test_migrations_are_applied_once(backend: Backend) -> None:
     first = backend.open()
-    assert first.schema_version() == 4
+    assert first.schema_version() == 5
     first.insert(RECORDS[:1])
     applied = backend.query("SELECT version, description, applied_at FROM ledger_migrations ORDER BY version")
     assert [(version, description) for version, description, _ in applied] == MIGRATED
     first.close()
 
     again = backend.open()
-    assert again.schema_version() == 4
+    assert again.schema_version() == 5
     assert (
         backend.query("SELECT version, description, applied_at FROM ledger_migrations ORDER BY version")
         == applied
@@ -320,8 +321,9 @@ def test_stores_opened_together_on_a_fresh_database_migrate_once(backend: Backen
     for thread in threads:
         thread.join(30)
     assert failures == []
-    assert versions == [4, 4, 4, 4]
-    assert backend.query("SELECT version FROM ledger_migrations ORDER BY version") == [(1,), (2,), (3,), (4,)]
+    assert versions == [5, 5, 5, 5]
+    migrations = backend.query("SELECT version FROM ledger_migrations ORDER BY version")
+    assert migrations == [(1,), (2,), (3,), (4,), (5,)]
 
 
 def test_sqlite_stores_opened_together_migrate_once(tmp_path: Path) -> None:
@@ -344,9 +346,9 @@ def test_sqlite_stores_opened_together_migrate_once(tmp_path: Path) -> None:
         thread.join(30)
     try:
         assert failures == []
-        assert [each.schema_version() for each in opened] == [4, 4, 4, 4]
+        assert [each.schema_version() for each in opened] == [5, 5, 5, 5]
         versions = sqlite_query(path)("SELECT version FROM ledger_migrations ORDER BY version")
-        assert versions == [(1,), (2,), (3,), (4,)]
+        assert versions == [(1,), (2,), (3,), (4,), (5,)]
     finally:
         for each in opened:
             each.close()
@@ -416,7 +418,7 @@ def test_migration_3_backfills_what_the_ledger_held_before_it(backend: Backend, 
     for statement in [*drop, "DELETE FROM ledger_migrations WHERE version = 3"]:
         run_statement(backend, statement)
     reopened = backend.open()
-    assert reopened.schema_version() == 4
+    assert reopened.schema_version() == 5
     [sums] = backend.query(ROLLUP_SUMS)
     assert tuple(float(v) for v in sums) == (5, 1, 1, 540, 100, 2.25, 1, 4.5, 1.75)
     reopened.insert([spend("f", prompt_tokens=10, cost_usd=0.5, reference_usd=1.0)])  # the trigger is back
@@ -438,9 +440,36 @@ def test_migration_4_says_the_records_before_it_came_through_chat_completions(
     for statement in undo:
         run_statement(backend, statement)
     reopened = backend.open()
-    assert reopened.schema_version() == 4
+    assert reopened.schema_version() == 5
     assert backend.query("SELECT DISTINCT api FROM ledger") == [("chat.completions",)]
     reopened.insert([spend("responses-1", api="responses")])
     assert backend.query("SELECT api FROM ledger WHERE id = 'responses-1'") == [("responses",)]
     by_api = {row["api"]: row["requests"] for row in reopened.report(["api"])}
     assert by_api["responses"] == 1 and by_api["chat.completions"] >= 2
+
+
+def test_migration_5_adds_priority_queue_admission_and_energy(backend: Backend, store: LedgerStore) -> None:
+    """Records from before it are interactive, waited nothing and used unknown energy; the hourly rollup
+    sums the energy of the records after it, once each."""
+    store.insert([spend("before-5")])
+    store.insert(
+        [
+            spend("e1", priority="deferrable", queue_ms=1250.0, admission="deferred: frontier busy",
+                  energy_wh=0.25, reference_energy_wh=1.0),
+            spend("e2", energy_wh=0.5, reference_energy_wh=0.5),
+        ]
+    )  # fmt: skip
+    store.insert([spend("e1", energy_wh=0.25, reference_energy_wh=1.0)])  # drained twice: counted once
+    rows = backend.query(
+        "SELECT id, priority, queue_ms, admission, energy_wh, saved_energy_wh FROM ledger"
+        " WHERE id IN ('before-5', 'e1', 'e2') ORDER BY id"
+    )
+    assert [tuple(row) for row in rows] == [
+        ("before-5", "interactive", 0.0, None, None, None),
+        ("e1", "deferrable", 1250.0, "deferred: frontier busy", 0.25, 0.75),
+        ("e2", "interactive", 0.0, None, 0.5, 0.0),
+    ]
+    [(energy, reference)] = backend.query("SELECT SUM(energy_wh), SUM(reference_energy_wh) FROM spend_hourly")
+    assert (float(energy), float(reference)) == (0.75, 1.5)
+    by_priority = {row["priority"]: row["requests"] for row in store.report(["priority"])}
+    assert by_priority["deferrable"] == 1 and by_priority["interactive"] >= 2

@@ -24,6 +24,7 @@ import pytest
 import redis
 
 from gateway.config import Deployment
+from gateway.energy import EnergyBook
 from gateway.fakes.anthropic_upstream import AnthropicBehaviour, FakeAnthropicUpstream
 from gateway.fakes.background import BackgroundLoop
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
@@ -659,7 +660,8 @@ def test_a_cached_answer_is_recorded_at_zero_with_its_saving(tmp_path: Path, bg:
     ledger = Ledger(Spool(tmp_path / "spool"), SqliteLedgerStore(tmp_path / "ledger.sqlite"))
     decisions = DecisionLog(tmp_path / "decisions.sqlite")
     prices = RoutePrices(PriceBook(deployments, {}))
-    recording = Recording(prices, TokenCounter(), ledger, Telemetry(), decisions)
+    energy = EnergyBook(deployments)
+    recording = Recording(prices, TokenCounter(), ledger, Telemetry(), decisions, energy)
     request = ChatRequest(body={"model": "auto", "messages": MESSAGES}, request_id="r1")
     trail = recording.begin(request, Caller(team="search"), time.perf_counter())
     routing = Routing(Target("frontier", (), False), "default", None, CompiledPolicy("p", policy, {}, ()))
@@ -668,6 +670,9 @@ def test_a_cached_answer_is_recorded_at_zero_with_its_saving(tmp_path: Path, bg:
     record = recording.end(trail, routing, admitted, cached, None, Ending(usage=Usage(12, 10, 22)))
     assert record.cache == "semantic"
     assert record.cost_usd == 0.0
+    # No model ran: no energy used, and the reference's (remote defaults, by tokens) all saved.
+    assert record.energy_wh == 0.0
+    assert record.reference_energy_wh == pytest.approx((12 * 0.24 + 10 * 0.6) / 1000)
     assert record.reference_usd == pytest.approx((12 * 1000 + 10 * 10000) / 1e6)
     assert record.saved_usd == record.reference_usd
     bg.run(ledger.close())

@@ -1,0 +1,103 @@
+"""Admission control against a latency objective: before a request is sent upstream, when would its
+first byte come? Its route's first deployment is asked how it stands (`capacity/gate.Outlook`: places
+in use, requests of this class or above waiting, recent service time), and the prediction is that wait
+plus the deployment's recent upstream first-byte time. Within the route's `first_byte_seconds`, the
+request goes on as it is. Over it, the route's `admission` says, by class (`policy.schema.RouteAdmission`):
+
+- `queue`: wait for its turn anyway (interactive requests wait ahead of every other class);
+- `defer` (deferrable only): wait in spare capacity, without the objective;
+- `downgrade: ROUTE`: go to that route instead, when its own prediction is better; else queue (or,
+  deferrable, defer) on the route it had;
+- `shed`: refused now, 429 with the predicted wait as Retry-After.
+
+Every decision says why (`OverloadNote`: the response's `x-gateway-admission`, explain, the ledger):
+"downgraded: frontier queue 4.2 s over its 1.5 s objective". A route without `admission`, or whose
+first deployment has no capacity limit, costs nothing here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.capacity.capacity import Capacity
+from gateway.capacity.priority import DEFERRABLE
+from gateway.path.decide import Decide, Routing
+from gateway.policy.schema import Downgrade, RouteAdmission
+from gateway.wire import ChatRequest
+
+OverloadAction = Literal["queued", "deferred", "downgraded", "shed"]
+
+
+@dataclass(frozen=True, slots=True)
+class OverloadNote:
+    """What admission control did with a request that would have missed its route's objective."""
+
+    action: OverloadAction
+    reason: str
+    # The predicted wait, for a shed request's Retry-After.
+    retry_after: float = 1.0
+
+    @property
+    def text(self) -> str:
+        return f"{self.action}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    deployment: str
+    wait_seconds: float
+    first_byte_seconds: float
+
+
+class Overload:
+    def __init__(self, capacity: Capacity, decide: Decide) -> None:
+        self.capacity = capacity
+        self._decide = decide
+
+    async def predict(self, routing: Routing, stream: bool) -> Prediction | None:
+        """When the first byte of a new request of this class would come from the route's first
+        deployment; None when that deployment has no capacity limit."""
+        candidates = routing.target.candidates
+        if not candidates:
+            return None
+        name = candidates[0].provider.deployment.name
+        gate = self.capacity.gate(name)
+        if gate is None:
+            return None
+        outlook = await gate.outlook(routing.priority)
+        wait = outlook.predicted_wait
+        return Prediction(name, wait, wait + self.capacity.first_byte_seconds(name, stream))
+
+    async def admit(self, routing: Routing, request: ChatRequest) -> tuple[Routing, OverloadNote | None]:
+        """The routing to call (the same, or a downgrade) and what was done, if anything (a `shed`
+        note: the request path refuses the request)."""
+        admission = _admission_of(routing)
+        if admission is None:
+            return routing, None
+        predicted = await self.predict(routing, request.stream)
+        objective = admission.first_byte_seconds
+        if predicted is None or predicted.first_byte_seconds <= objective:
+            return routing, None
+        route = routing.target.route
+        reason = (
+            f"{route} first byte in {predicted.first_byte_seconds:.1f} s over its {objective:g} s objective"
+            f" ({predicted.deployment} queue {predicted.wait_seconds:.1f} s)"
+        )
+        action = getattr(admission, routing.priority)
+        if action == "shed":
+            return routing, OverloadNote("shed", reason, max(1.0, predicted.wait_seconds))
+        if isinstance(action, Downgrade):
+            lower = self._decide.downgrade(routing, action.downgrade, request)
+            alternative = await self.predict(lower, request.stream)
+            if alternative is None or alternative.first_byte_seconds < predicted.first_byte_seconds:
+                return lower, OverloadNote("downgraded", f"{reason}; sent to {action.downgrade}")
+            reason += f"; {action.downgrade} is no sooner"
+        if action == "defer" or routing.priority == DEFERRABLE:
+            return routing, OverloadNote("deferred", f"{reason}; waits for spare capacity")
+        return routing, OverloadNote("queued", reason)
+
+
+def _admission_of(routing: Routing) -> RouteAdmission | None:
+    route = routing.policy.policy.routes.get(routing.target.route)
+    return route.admission if route is not None else None
