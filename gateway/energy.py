@@ -58,12 +58,17 @@ class _CpuMeter:
     wh_total: float = 0.0
     tokens_total: int = 0
 
+    def start(self) -> None:
+        """Before a call: the first one since start (or a restart) needs a reading to count from."""
+        if self.last is None:
+            self.last = self.clock()
+
     def read(self, tokens: int) -> float | None:
         now = self.clock()
         if now is None:
             return None
         before, self.last = self.last, now
-        if before is None or now < before:  # the first reading, or a restarted server
+        if before is None or now < before:  # no reading before the call, or a restarted server
             return None
         wh = (now - before) * self.watts / 3600
         self.wh_total += wh
@@ -108,6 +113,12 @@ class EnergyBook:
             elif deployment.provider == "managed-local" and local_cpu is not None:
                 watts = (deployment.energy.cpu_watts if deployment.energy else None) or CPU_WATTS_PER_CORE
                 self._meters[name] = _CpuMeter(local_cpu, watts)
+
+    def calling(self, deployment: str) -> None:
+        """A call to `deployment` is about to be made (a CPU-metered one takes its first reading)."""
+        meter = self._meters.get(deployment)
+        if meter is not None:
+            meter.start()
 
     def wh(self, deployment: str | None, usage: Usage | None) -> float | None:
         """The estimated energy of one answer (None: unknown)."""

@@ -24,7 +24,7 @@ from gateway.cache.answer_cache import AnswerCache
 from gateway.cache.audit import AuditTotals, CacheAudit
 from gateway.cache.store import CachedAnswer, CacheStore, InProcessCacheStore
 from gateway.cache.verifier import LazyVerifier, VerifierMissing
-from gateway.capacity.capacity import local_capacity
+from gateway.capacity.capacity import Capacity, local_capacity
 from gateway.capacity.shared import shared_capacity
 from gateway.config import GatewayConfig, load_config
 from gateway.dashboard.session import Sessions
@@ -146,6 +146,8 @@ class Services:
     tokens: TokenCounter
     # The managed local model's server, when this gateway runs one.
     local_model: ManagedLocalModel | None
+    # Each limited deployment's gate: places in use and the priority queue.
+    capacity: Capacity
     # The backing services a replica serves without (the ledger's database, the key store, Redis):
     # how each stands, for /readyz.
     backing: tuple[BackingService, ...]
@@ -342,7 +344,7 @@ async def _build(
         telemetry=telemetry, policies=policies, history=history, decisions=decisions, catalog=catalog,
         health=health, cache=cache, audits=audits, ledger=ledger, path=path, endpoints=endpoints,
         request_ids=request_ids, stored_responses=stored_responses, tokens=tokens,
-        local_model=local_model, backing=backing,
+        local_model=local_model, capacity=capacity, backing=backing,
     )  # fmt: skip
 
 

@@ -47,6 +47,6 @@ async def explain_route(
         body = json_object(raw)
         body.setdefault("model", AUTO)
         chat = await inbound[api].parse(orjson.dumps(body), request_id, caller)
-    explained = await services.path.decide.explain(chat, caller)
+    explained = await services.path.explain(chat, caller)
     explained["api"] = chat.api
     return explained

@@ -106,13 +106,17 @@ class Decide:
     async def explain(self, request: ChatRequest, caller: Caller) -> dict[str, Any]:
         """What the request path would do with this request, and why, without calling any model: the
         same routing code, with every rule and signal evaluated (embeddings off the event loop)."""
-        routing = await self.route(request, caller, explain=True)
+        return self.explained(await self.route(request, caller, explain=True))
+
+    def explained(self, routing: Routing) -> dict[str, Any]:
+        """A routing decided with `explain=True`, as explain's JSON."""
         target = routing.target
         if routing.decision is not None:
             explained = routing.decision.as_json()
         else:
             explained = {"rule": routing.rule, "route": target.route}
         explained["policy"] = routing.policy.name
+        explained["priority"] = routing.priority
         explained["candidates"] = [
             {
                 "route": candidate.route,

@@ -18,7 +18,7 @@ first deployment has no capacity limit, costs nothing here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.capacity.capacity import Capacity
 from gateway.capacity.priority import DEFERRABLE
@@ -69,6 +69,32 @@ class Overload:
         wait = outlook.predicted_wait
         return Prediction(name, wait, wait + self.capacity.first_byte_seconds(name, stream))
 
+    async def explain(self, routing: Routing, request: ChatRequest) -> dict[str, Any] | None:
+        """How the route's first deployment stands for this request's class, and what admission control
+        would do now (None when the route has no objective or that deployment no capacity limit)."""
+        admission = _admission_of(routing)
+        predicted = await self.predict(routing, request.stream)
+        if predicted is None:
+            return None
+        gate = self.capacity.gate(predicted.deployment)
+        assert gate is not None  # predicted only for a deployment with a gate
+        outlook = await gate.outlook(routing.priority)
+        explained: dict[str, Any] = {
+            "deployment": predicted.deployment, "limit": outlook.limit, "in_flight": outlook.in_flight,
+            "waiting": outlook.waiting, "ahead": outlook.ahead,
+            "service_seconds": round(outlook.service_seconds, 4),
+            "predicted_wait_seconds": round(predicted.wait_seconds, 4),
+            "predicted_first_byte_seconds": round(predicted.first_byte_seconds, 4),
+        }  # fmt: skip
+        if admission is None:
+            return explained
+        explained["objective_seconds"] = admission.first_byte_seconds
+        _, note = await self.admit(routing, request)
+        explained["action"] = note.action if note is not None else "admitted"
+        if note is not None:
+            explained["reason"] = note.reason
+        return explained
+
     async def admit(self, routing: Routing, request: ChatRequest) -> tuple[Routing, OverloadNote | None]:
         """The routing to call (the same, or a downgrade) and what was done, if anything (a `shed`
         note: the request path refuses the request)."""
@@ -95,6 +121,8 @@ class Overload:
             reason += f"; {action.downgrade} is no sooner"
         if action == "defer" or routing.priority == DEFERRABLE:
             return routing, OverloadNote("deferred", f"{reason}; waits for spare capacity")
+        if predicted.wait_seconds == 0:
+            return routing, None  # no queue: the upstream itself is slower than the objective
         return routing, OverloadNote("queued", reason)
 
 

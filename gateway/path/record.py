@@ -95,6 +95,7 @@ class Recording:
         `deployment` is called is spooled: the prompt was sent, so its estimated cost at the
         deployment's price (status 500, `interrupted`). Kept to a few µs: no tokenizer, no record object."""
         trail.upstream_span = trail.span.start_child(SPAN_UPSTREAM)
+        self.energy.calling(deployment)
         trail.record_id = self._new_id()
         request = trail.request
         known = admitted.prompt_tokens

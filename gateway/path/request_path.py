@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.errors import GatewayError, LoadShed
 from gateway.ledger.record import SpendRecord
@@ -120,6 +121,14 @@ class RequestPath:
                 # The deployment that answered this request: none for an answer from the cache.
                 called = answer.deployment if answer is not None and answer.cache in (None, "miss") else None
                 self.recording.decided(trail, routing, called, status)
+
+    async def explain(self, request: ChatRequest, caller: Caller) -> dict[str, Any]:
+        """What the request path would do with this request, and why, calling no model: the routing
+        decision with every rule and signal, its priority, and how admission control sees it now."""
+        routing = await self.decide.route(request, caller, explain=True)
+        explained = self.decide.explained(routing)
+        explained["admission"] = await self.overload.explain(routing, request)
+        return explained
 
     def finish(
         self,

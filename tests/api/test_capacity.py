@@ -153,3 +153,30 @@ def test_a_team_default_class_holds_unless_the_client_asks_lower(
     assert priority_of({"x-gateway-priority": "interactive"}) == "standard"  # not raised by a header
     assert priority_of({"x-gateway-priority": "deferrable"}) == "deferrable"
     assert priority_of({}, service_tier="flex") == "deferrable"
+
+
+def test_explain_says_the_class_and_how_admission_control_sees_the_route_now(
+    upstreams: Callable[..., FakeOpenAIUpstream], gateway: Callable[..., RunningGateway]
+) -> None:
+    frontier, local = upstreams(SLOW), upstreams()
+    config = spec(frontier, local)
+    admission = {"first_byte_seconds": 0.2, "standard": {"downgrade": "local"}}
+    config["routes"]["frontier"] = {"deployments": ["big"], "admission": admission}
+    gw = gateway(config)
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    assert httpx.post(f"{gw.base_url}/chat/completions", json=body, timeout=10).status_code == 200
+
+    def explain() -> dict[str, Any]:
+        answer = httpx.post(
+            f"{gw.base_url}/route/explain", json=body, headers={"x-gateway-priority": "standard"}
+        )
+        assert answer.status_code == 200
+        return answer.json()  # type: ignore[no-any-return]
+
+    idle = explain()
+    assert idle["priority"] == "standard"
+    assert idle["admission"]["deployment"] == "big" and idle["admission"]["limit"] == 1
+    assert idle["admission"]["objective_seconds"] == 0.2
+    # Idle, but its first byte takes 0.3 s: over the objective, so a standard request would go local.
+    assert idle["admission"]["action"] == "downgraded"
+    assert idle["admission"]["predicted_first_byte_seconds"] == pytest.approx(0.3, abs=0.1)
