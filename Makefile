@@ -15,7 +15,7 @@ NODE_DIR   := .gateway/node
 AGENT_CLIS := $(NODE_DIR)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install install-dev lock lint typecheck pytest bench bench-accounting bench-ledger bench-cache bench-router bench-dashboard soak clean embedder browser agent-clis
+.PHONY: run test install install-dev lock lint typecheck pytest bench bench-accounting bench-ledger bench-cache bench-router bench-dashboard soak overload clean embedder browser agent-clis
 
 run: $(VENV)/.installed-run $(EMBEDDER_MODEL)
 	$(BIN)/gateway serve
@@ -69,6 +69,15 @@ PROMPTS ?= ../shared/data/traces/ShareGPT_V3_filtered_1000.json
 soak: $(VENV)/.installed-bench
 	@mkdir -p artifacts
 	$(BIN)/python -m gateway.bench.soak --trace $(TRACE) --prompts $(PROMPTS) --json artifacts/soak.json --png artifacts/soak.png
+
+# The same trace's arrivals at 1x, 3x and 10x the fake frontier's capacity (60 s each, then a drain),
+# admission control on and off: first byte, shed, downgraded and deferred requests by priority class,
+# cost and energy per request, the issue's targets as PASS/FAIL, with a plot. More options (e.g.
+# --seconds 30, --configs off) in OVERLOAD_ARGS; `python -m gateway.bench.overload --help` lists them.
+OVERLOAD_ARGS ?=
+overload: $(VENV)/.installed-bench
+	@mkdir -p artifacts
+	$(BIN)/python -m gateway.bench.overload --trace $(TRACE) --prompts $(PROMPTS) --json artifacts/overload.json --plot artifacts/overload.png $(OVERLOAD_ARGS)
 
 install: $(VENV)/.installed-run
 embedder: $(EMBEDDER_MODEL)
