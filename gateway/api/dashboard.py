@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 
 from gateway.api.access import ServicesDep
 from gateway.dashboard.session import COOKIE
-from gateway.dashboard.views import BadFilter, Filters, SpendView, as_csv, spend_view
+from gateway.dashboard.views import BadFilter, Filters, SpendView, as_csv, energy_text, spend_view
 from gateway.errors import AuthenticationFailed
 from gateway.identity.auth import Principal
 from gateway.ledger.store import LedgerUnavailable
@@ -47,6 +47,7 @@ class LazyTemplates:
                 loader=PackageLoader("gateway.dashboard", "templates"), autoescape=select_autoescape()
             )
             environment.filters["datetime"] = lambda timestamp: _utc(float(timestamp))
+            environment.filters["wh"] = energy_text
             self._environment = environment
         return self._environment.get_template(name)
 
@@ -172,6 +173,7 @@ async def spend_page(
         "days": view.days,
         "spend": view.spend_by_day,
         "saved": view.saved_by_day,
+        "energy": view.energy_by_day,
         "group": view.filters.group,
     }
     return page(

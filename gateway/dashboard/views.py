@@ -1,17 +1,24 @@
 """What the finance dashboard shows, read from the hourly rollup (`ledger.rollup`), never from a
-scan of the ledger: totals, spend and savings per day by a group, a table by that group, latency
-percentiles per route, error rates per deployment, and budget burn with a forecast to the period's end.
+scan of the ledger: totals, spend, savings and estimated energy per day by a group, a table by that group,
+latency percentiles per route, error rates per deployment, and budget burn with a forecast to the period's
+end.
 
 A filter's period is whole UTC days (`since` inclusive, `until` exclusive), so the rollup's hours answer it
 exactly: the totals equal the ledger's for the same days.
+
+Energy is an estimate (`gateway/energy.py`). The rollup adds an unknown figure as 0 and counts the
+requests that had one (`energy_estimated`); energy saved is summed over requests whose own and reference
+figures are both known. `known_energy` turns the sums of groups with no estimate into None, which the
+page shows as a dash and the CSV as an empty cell, never as 0.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
@@ -25,8 +32,12 @@ DEFAULT_DAYS = 30
 NEAR_LIMIT = 0.8
 TOTALS = (
     "requests", "cost_usd", "reference_usd", "saved_usd", "errors", "cached_answers", "unpriced",
-    "prompt_tokens", "completion_tokens",
+    "prompt_tokens", "completion_tokens", "energy_wh", "reference_energy_wh", "saved_energy_wh",
+    "energy_estimated",
 )  # fmt: skip
+ENERGY = ("energy_wh", "reference_energy_wh", "saved_energy_wh")
+# Energy in the CSV export: named as estimates, empty where nothing is known.
+ENERGY_CSV = tuple(f"estimated_{name}" for name in ENERGY)
 
 
 class Readable(Protocol):
@@ -97,6 +108,36 @@ class SpendView:
     latency: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     budgets: list[dict[str, Any]] = field(default_factory=list)
+    # group value -> estimated Wh per day, aligned with `days`; None for a day with no estimate
+    energy_by_day: dict[str, list[float | None]] = field(default_factory=dict)
+    # The totals' energy as `known_energy` gives it (each row holds its own under "energy").
+    energy: dict[str, float | None] = field(default_factory=dict)
+
+
+def known_energy(sums: Mapping[str, float]) -> dict[str, float | None]:
+    """A row's or the totals' energy sums with None where nothing is known: no request of theirs had
+    an estimate (`energy_estimated`), or, for the reference's and the saving, none had one for the
+    reference (a sum of 0 there)."""
+    if not sums["energy_estimated"]:
+        return {"energy_wh": None, "reference_energy_wh": None, "saved_energy_wh": None}
+    reference = sums["reference_energy_wh"] or None
+    saved = sums["saved_energy_wh"] if reference is not None else None
+    return {"energy_wh": sums["energy_wh"], "reference_energy_wh": reference, "saved_energy_wh": saved}
+
+
+def energy_text(wh: float) -> str:
+    """Watt-hours for people to read, to three significant digits, in Wh below 1 kWh: "0.0301 Wh",
+    "12.3 Wh", "4.56 kWh", "1.2 MWh"."""
+    size = float(f"{abs(wh):.3g}")  # 999.96 Wh reads 1 kWh
+    unit, scale = next(
+        ((unit, scale) for unit, scale in (("MWh", 1e6), ("kWh", 1e3)) if size >= scale), ("Wh", 1.0)
+    )
+    scaled = wh / scale
+    decimals = max(2 - math.floor(math.log10(abs(scaled))), 0) if scaled else 0
+    text = f"{scaled:,.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} {unit}"
 
 
 def spend_view(store: Readable, filters: Filters, budgets: Budgets | None = None) -> SpendView:
@@ -104,18 +145,23 @@ def spend_view(store: Readable, filters: Filters, budgets: Budgets | None = None
     sums = ", ".join(f"SUM({name})" for name in TOTALS)
     group = filters.group
     per_day = store.read(
-        f"SELECT (hour / 86400) * 86400, {group}, SUM(cost_usd), SUM(saved_usd) FROM spend_hourly"
-        f" WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2",
+        f"SELECT (hour / 86400) * 86400, {group}, SUM(cost_usd), SUM(saved_usd), SUM(energy_wh)"
+        f" FROM spend_hourly WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2",
         params,
     )
     days = _days(filters)
     spend: dict[str, list[float]] = {}
     saved: dict[str, list[float]] = {}
-    for day_start, key, cost, save in per_day:
+    energy: dict[str, list[float | None]] = {}
+    for day_start, key, cost, save, wh in per_day:
         index = days.index(_day_name(int(day_start)))
         name = _label(key)
         spend.setdefault(name, [0.0] * len(days))[index] += float(cost)
         saved.setdefault(name, [0.0] * len(days))[index] += float(save)
+        # Every group gets a series (the charts colour groups alike); a day without an estimate stays None.
+        day_energy = energy.setdefault(name, [None] * len(days))
+        if wh:
+            day_energy[index] = (day_energy[index] or 0.0) + float(wh)
     table = store.read(
         f"SELECT {group}, {sums} FROM spend_hourly WHERE {where}"
         f" GROUP BY {group} ORDER BY SUM(cost_usd) DESC, {group}",
@@ -131,6 +177,8 @@ def spend_view(store: Readable, filters: Filters, budgets: Budgets | None = None
         )
     ]
     rows: list[dict[str, Any]] = [{group: _label(row[0]), **_numbers(row[1:])} for row in table]
+    for row in rows:
+        row["energy"] = known_energy(row)
     # The table's groups add up to the period's totals: no query of their own.
     totals = {name: float(sum(row[name] for row in rows)) for name in TOTALS}
     view = SpendView(
@@ -142,6 +190,8 @@ def spend_view(store: Readable, filters: Filters, budgets: Budgets | None = None
         rows,
         [team for team in teams if team],
     )
+    view.energy_by_day = energy
+    view.energy = known_energy(totals)
     view.latency = _latency(store, where, params)
     view.errors = _errors(store, where, params)
     if budgets is not None:
@@ -150,12 +200,21 @@ def spend_view(store: Readable, filters: Filters, budgets: Budgets | None = None
 
 
 def as_csv(view: SpendView) -> str:
-    """Exactly the view's table: one row per group value, with its sums."""
+    """Exactly the view's table: one row per group value, with its sums; estimated energy last, empty
+    where nothing is known."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([view.filters.group, *TOTALS])
+    money = [name for name in TOTALS if name not in ENERGY]
+    writer.writerow([view.filters.group, *money, *ENERGY_CSV])
     for row in view.rows:
-        writer.writerow([row[view.filters.group] or "", *(_csv_number(row[name]) for name in TOTALS)])
+        known = row["energy"]
+        writer.writerow(
+            [
+                row[view.filters.group] or "",
+                *(_csv_number(row[name]) for name in money),
+                *("" if known[name] is None else _csv_number(known[name]) for name in ENERGY),
+            ]
+        )
     return out.getvalue()
 
 

@@ -23,9 +23,12 @@ SUMS_V3 = (
     "requests", "errors", "cached_answers", "prompt_tokens", "completion_tokens", "cost_usd", "unpriced",
     "reference_usd", "saved_usd", "latency_ms", *LATENCY_COLUMNS,
 )  # fmt: skip
-ENERGY_SUMS = ("energy_wh", "reference_energy_wh")
+# Energy used and the reference's (each where known), saved (where both are), and how many requests
+# had an estimate: a sum of 0 over requests with none is unknown, not nothing.
+ENERGY_WH_SUMS = ("energy_wh", "reference_energy_wh", "saved_energy_wh")
+ENERGY_SUMS = (*ENERGY_WH_SUMS, "energy_estimated")
 SUMS = (*SUMS_V3, *ENERGY_SUMS)
-_REAL_SUMS = ("cost_usd", "reference_usd", "saved_usd", "latency_ms", *ENERGY_SUMS)
+_REAL_SUMS = ("cost_usd", "reference_usd", "saved_usd", "latency_ms", *ENERGY_WH_SUMS)
 
 
 def _values(row: str, hour: str, sums: Sequence[str] = SUMS) -> list[str]:
@@ -52,7 +55,8 @@ def _values(row: str, hour: str, sums: Sequence[str] = SUMS) -> list[str]:
         f"COALESCE({row}.saved_usd, 0)",
         f"{row}.latency_ms",
         *latency,
-        *(f"COALESCE({row}.{name}, 0)" for name in ENERGY_SUMS if name in sums),
+        *((f"COALESCE({row}.{name}, 0)" for name in ENERGY_WH_SUMS) if "energy_wh" in sums else ()),
+        *([f"CASE WHEN {row}.energy_wh IS NULL THEN 0 ELSE 1 END"] if "energy_estimated" in sums else []),
     ]
 
 
@@ -118,7 +122,8 @@ POSTGRES = ";\n".join(
 # Migration 5: the energy sums, and the trigger that keeps them (hours before it count no energy).
 SQLITE_ENERGY = ";\n".join(
     [
-        *(f"ALTER TABLE spend_hourly ADD COLUMN {name} REAL NOT NULL DEFAULT 0" for name in ENERGY_SUMS),
+        *(f"ALTER TABLE spend_hourly ADD COLUMN {name} REAL NOT NULL DEFAULT 0" for name in ENERGY_WH_SUMS),
+        "ALTER TABLE spend_hourly ADD COLUMN energy_estimated BIGINT NOT NULL DEFAULT 0",
         "DROP TRIGGER IF EXISTS ledger_rollup",
         "CREATE TRIGGER ledger_rollup AFTER INSERT ON ledger BEGIN "
         + _upsert(_values("NEW", _SQLITE_HOUR.format(row="NEW")))
@@ -129,8 +134,9 @@ POSTGRES_ENERGY = ";\n".join(
     [
         *(
             f"ALTER TABLE spend_hourly ADD COLUMN {name} DOUBLE PRECISION NOT NULL DEFAULT 0"
-            for name in ENERGY_SUMS
+            for name in ENERGY_WH_SUMS
         ),
+        "ALTER TABLE spend_hourly ADD COLUMN energy_estimated BIGINT NOT NULL DEFAULT 0",
         "CREATE OR REPLACE FUNCTION ledger_rollup() RETURNS trigger AS $$ BEGIN "
         + _upsert(_values("NEW", _POSTGRES_HOUR.format(row="NEW")))
         + "; RETURN NULL; END $$ LANGUAGE plpgsql",

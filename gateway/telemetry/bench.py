@@ -53,6 +53,12 @@ class _Record:
     ttfb_ms: float | None = 212.0
     upstream_ms: float | None = 842.6
     overhead_ms: float | None = 0.4
+    priority: str = "interactive"
+    queue_ms: float = 0.0
+    admission: str | None = None
+    energy_wh: float | None = 0.3233
+    reference_energy_wh: float | None = 0.3233
+    saved_energy_wh: float | None = 0.0
 
 
 class _DiscardingExporter(SpanExporter):

@@ -6,8 +6,9 @@ define a name it is used as written there (tests/telemetry/test_names.py checks 
 `opentelemetry-semantic-conventions` package); the `gateway.*` names are the gateway's own.
 
 Spans carry rich, per-request attributes (`gen_ai.*`, `gateway.*`). Metrics carry only short, bounded labels
-(route, team, deployment, status, cache outcome, token type, rule or limit name): never a request id, key id
-or model string sent by a client, because every distinct label set is a time series kept forever.
+(route, team, deployment, status, cache outcome, token type, rule or limit name, priority class, admission
+action): never a request id, key id or model string sent by a client, because every distinct label set is a
+time series kept forever.
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ LABEL_TOKEN_TYPE: Final = "type"
 LABEL_POLICY: Final = "policy"
 LABEL_BUDGET: Final = "budget"
 LABEL_LIMIT: Final = "limit"
+# The request's priority class (interactive, standard or deferrable).
+LABEL_PRIORITY: Final = "priority"
+# What admission control did over a route's latency objective: queued, deferred, downgraded or shed.
+LABEL_ACTION: Final = "action"
 # Values of LABEL_TOKEN_TYPE. `cached` is part of `input`, `reasoning` part of `output` (as OpenAI counts).
 TOKEN_INPUT: Final = "input"
 TOKEN_OUTPUT: Final = "output"
@@ -93,6 +98,8 @@ UNIT_TOKEN: Final = "{token}"
 UNIT_REQUEST: Final = "{request}"
 UNIT_LOOKUP: Final = "{lookup}"
 UNIT_USD: Final = "USD"
+# Watt-hours. UCUM writes W.h; "Wh" is what the ledger says (energy_wh), and the exporter keeps it as written.
+UNIT_WH: Final = "Wh"
 
 # --- Metrics (OpenTelemetry instrument names) ----------------------------------------------------------
 # GenAI semantic conventions: one observation per upstream call (not for cache hits or rejections).
@@ -109,6 +116,16 @@ METRIC_COST: Final = "gateway.cost"  # counter, USD; requests with an unknown pr
 # than its reference adds to gateway.overspend instead: net saving = savings - overspend.
 METRIC_SAVINGS: Final = "gateway.savings"  # counter, USD
 METRIC_OVERSPEND: Final = "gateway.overspend"  # counter, USD
+# Estimated energy (gateway/energy.py); requests whose energy is unknown add nothing. Saved against the
+# policy's reference route as money is: net energy saved = energy.savings - energy.overspend.
+METRIC_ENERGY: Final = "gateway.energy"  # counter, Wh
+METRIC_ENERGY_SAVINGS: Final = "gateway.energy.savings"  # counter, Wh
+METRIC_ENERGY_OVERSPEND: Final = "gateway.energy.overspend"  # counter, Wh
+# Time waited for a place at a deployment with a capacity limit (0 without one), by priority class; only
+# requests that reached a deployment.
+METRIC_QUEUE_DURATION: Final = "gateway.queue.duration"  # histogram, s
+# What admission control did with requests over their route's latency objective, by action and priority.
+METRIC_ADMISSIONS: Final = "gateway.admission.decisions"  # counter
 METRIC_CACHE_LOOKUPS: Final = "gateway.cache.lookups"  # counter, by outcome
 # Semantic hits checked live against a fresh answer: outcome agree, disagree or failed.
 METRIC_CACHE_AUDITS: Final = "gateway.cache.audits"  # counter, by outcome and route
@@ -130,6 +147,11 @@ PROMETHEUS_NAMES: Final[Mapping[str, str]] = MappingProxyType(
         METRIC_COST: "gateway_cost_USD_total",
         METRIC_SAVINGS: "gateway_savings_USD_total",
         METRIC_OVERSPEND: "gateway_overspend_USD_total",
+        METRIC_ENERGY: "gateway_energy_Wh_total",
+        METRIC_ENERGY_SAVINGS: "gateway_energy_savings_Wh_total",
+        METRIC_ENERGY_OVERSPEND: "gateway_energy_overspend_Wh_total",
+        METRIC_QUEUE_DURATION: "gateway_queue_duration_seconds",
+        METRIC_ADMISSIONS: "gateway_admission_decisions_total",
         METRIC_CACHE_LOOKUPS: "gateway_cache_lookups_total",
         METRIC_CACHE_AUDITS: "gateway_cache_audits_total",
         METRIC_POLICY_REJECTIONS: "gateway_policy_rejections_total",
@@ -146,6 +168,11 @@ LATENCY_BUCKETS_S: Final = (
 # The gateway's own share is normally well under a millisecond, so these start at 0.1 ms.
 OVERHEAD_BUCKETS_S: Final = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+# Queue time: 0 (a place was free, or no capacity limit) on its own, then 1 ms to 120 s (a deferrable
+# request waiting for spare capacity).
+QUEUE_BUCKETS_S: Final = (
+    0.0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
 )  # fmt: skip
 # The boundaries the GenAI semantic conventions advise for their two histograms.
 GEN_AI_DURATION_BUCKETS_S: Final = (

@@ -5,7 +5,7 @@ in one process (as in the tests) never see each other's spans or counts, and not
 Metrics come from finished spend records (`observe`), off the request path; spans are opened by the
 pipeline (`start_request`) and closed with the same record (`RequestSpan.finish`).
 
-A synchronous OpenTelemetry SDK measurement costs ~8 µs, and a record makes 14, so `observe` makes none:
+A synchronous OpenTelemetry SDK measurement costs ~8 µs, and a record makes 18, so `observe` makes none:
 counters are summed in `totals.Totals` and read by observable counters only when a reader collects, and
 histograms are aggregated in `histograms.Histogram` and shown on /metrics by their own collector, in the
 exporter's format. Each record's cells are found once per label set (`_Series`), so `observe` is a few
@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, Literal
 
@@ -40,8 +40,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from gateway.telemetry import histograms, names
-from gateway.telemetry.histograms import Buckets, Histogram, HistogramCollector
-from gateway.telemetry.record import FinishedRequest, error_type, present
+from gateway.telemetry.histograms import Buckets, Histogram, HistogramCollector, HistogramSpec
+from gateway.telemetry.record import Attributes, FinishedRequest, error_type, present
 from gateway.telemetry.spans import RecordingRequestSpan, RequestSpan
 from gateway.telemetry.totals import Cell, Totals
 
@@ -52,6 +52,13 @@ RejectionKind = Literal["policy", "budget", "rate_limit"]
 _MAX_LABEL_SETS: Final = 4096
 HISTOGRAM_INTERVAL_S: Final = 0.25
 _Callback = Callable[[CallbackOptions], Iterable[Observation]]
+# Admission control has four actions; a series keeps no more cells than this however its text reads.
+_MAX_ACTIONS: Final = 8
+
+QUEUE_DURATION: Final = HistogramSpec(
+    names.METRIC_QUEUE_DURATION, names.UNIT_SECONDS, "Waited for a place at a capacity-limited deployment.",
+    names.QUEUE_BUCKETS_S,
+)  # fmt: skip
 
 # Every counter as an instrument: name, unit, description (in the order they are created).
 _COUNTERS: Final = (
@@ -69,6 +76,14 @@ _COUNTERS: Final = (
     ),
     (names.METRIC_BUDGET_REJECTIONS, names.UNIT_REQUEST, "Refused by a budget."),
     (names.METRIC_RATE_LIMIT_REJECTIONS, names.UNIT_REQUEST, "Over a rate limit."),
+    (names.METRIC_ENERGY, names.UNIT_WH, "Estimated energy of requests whose energy is known."),
+    (names.METRIC_ENERGY_SAVINGS, names.UNIT_WH, "Energy saved against the policy's reference route."),
+    (names.METRIC_ENERGY_OVERSPEND, names.UNIT_WH, "Energy used beyond the policy's reference route."),
+    (
+        names.METRIC_ADMISSIONS,
+        names.UNIT_REQUEST,
+        "Admission control's decisions over a route's latency objective, by action.",
+    ),
 )
 
 
@@ -85,6 +100,10 @@ class _Counters:
     cache_lookups: Totals
     cache_audits: Totals
     rejections: Mapping[str, tuple[Totals, str]]
+    energy: Totals
+    energy_savings: Totals
+    energy_overspend: Totals
+    admissions: Totals
 
     @classmethod
     def make(cls, lock: threading.Lock) -> _Counters:
@@ -105,6 +124,10 @@ class _Counters:
                     "rate_limit": (totals[names.METRIC_RATE_LIMIT_REJECTIONS], names.LABEL_LIMIT),
                 }
             ),
+            energy=totals[names.METRIC_ENERGY],
+            energy_savings=totals[names.METRIC_ENERGY_SAVINGS],
+            energy_overspend=totals[names.METRIC_ENERGY_OVERSPEND],
+            admissions=totals[names.METRIC_ADMISSIONS],
         )
 
     def instrument(self, meter: Meter, first: _Callback | None = None) -> None:
@@ -126,6 +149,7 @@ class _Histograms:
     overhead: Histogram
     gen_ai_duration: Histogram
     gen_ai_tokens: Histogram
+    queue: Histogram
 
     @classmethod
     def make(cls, lock: threading.Lock, *, export: bool) -> _Histograms:
@@ -138,11 +162,35 @@ class _Histograms:
             overhead=histogram(histograms.OVERHEAD),
             gen_ai_duration=histogram(histograms.GEN_AI_OPERATION_DURATION),
             gen_ai_tokens=histogram(histograms.GEN_AI_TOKEN_USAGE),
+            queue=histogram(QUEUE_DURATION),
         )
 
     def all(self) -> tuple[Histogram, ...]:
-        """In the order /metrics has always shown them (the order of a record's first measurements)."""
-        return (self.duration, self.ttfb, self.overhead, self.gen_ai_duration, self.gen_ai_tokens)
+        """In the order /metrics has always shown them (the order of a record's first measurements), then
+        those added since."""
+        return (self.duration, self.ttfb, self.overhead, self.gen_ai_duration, self.gen_ai_tokens, self.queue)
+
+
+@dataclass(frozen=True, slots=True)
+class _Actions:
+    """The admission-decision cells of one route and priority class, by action, made on first use (most
+    requests are never over their objective, so a series makes none until one is)."""
+
+    totals: Totals
+    key: tuple[object, ...]
+    labels: Attributes
+    cells: dict[str, Cell] = field(default_factory=dict)
+
+    def cell(self, admission: str) -> Cell:
+        """The cell of the action `admission` names (`downgraded: ...` is action downgraded). Takes the
+        totals' lock when it makes one: call it before taking that lock."""
+        action = admission.split(":", 1)[0]
+        found = self.cells.get(action)
+        if found is None:
+            found = self.totals.cell((*self.key, action), {**self.labels, names.LABEL_ACTION: action})
+            if len(self.cells) < _MAX_ACTIONS:
+                self.cells[action] = found
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,12 +205,17 @@ class _Series:
     cost: Cell
     savings: Cell
     overspend: Cell
+    energy: Cell
+    energy_savings: Cell
+    energy_overspend: Cell
+    admissions: _Actions
     duration: Buckets
     ttfb: Buckets
     overhead: Buckets
     gen_ai_duration: Buckets
     gen_ai_input: Buckets
     gen_ai_output: Buckets
+    queue: Buckets
 
     @classmethod
     def of(cls, record: FinishedRequest, counters: _Counters, histograms: _Histograms) -> _Series:
@@ -183,6 +236,14 @@ class _Series:
                 names.LABEL_DEPLOYMENT: record.deployment,
                 names.LABEL_STATUS: record.status,
                 names.LABEL_CACHE: record.cache,
+            }
+        )
+        queue_key = (record.route, record.deployment, record.priority)
+        queue = present(
+            {
+                names.LABEL_ROUTE: record.route,
+                names.LABEL_DEPLOYMENT: record.deployment,
+                names.LABEL_PRIORITY: record.priority,
             }
         )
         operation = names.operation_of(record.api)
@@ -214,6 +275,14 @@ class _Series:
             cost=counters.cost.cell(spend_key, spend),
             savings=counters.savings.cell(spend_key, spend),
             overspend=counters.overspend.cell(spend_key, spend),
+            energy=counters.energy.cell(spend_key, spend),
+            energy_savings=counters.energy_savings.cell(spend_key, spend),
+            energy_overspend=counters.energy_overspend.cell(spend_key, spend),
+            admissions=_Actions(
+                counters.admissions,
+                (record.route, record.priority),
+                present({names.LABEL_ROUTE: record.route, names.LABEL_PRIORITY: record.priority}),
+            ),
             duration=histograms.duration.cell(latency_key, latency),
             ttfb=histograms.ttfb.cell(latency_key, latency),
             overhead=histograms.overhead.cell(latency_key, latency),
@@ -222,6 +291,7 @@ class _Series:
             ),
             gen_ai_input=token_usage(names.GEN_AI_TOKEN_TYPE_INPUT),
             gen_ai_output=token_usage(names.GEN_AI_TOKEN_TYPE_OUTPUT),
+            queue=histograms.queue.cell(queue_key, queue),
         )
 
 
@@ -356,6 +426,8 @@ class Telemetry:
     def observe(self, record: FinishedRequest) -> None:
         """Counts one finished request in every metric it touches."""
         series = self._series_of(record)
+        admission = record.admission
+        decided = series.admissions.cell(admission) if admission is not None else None
         with self._lock:
             series.requests.value += 1
             series.input_tokens.value += record.prompt_tokens
@@ -370,6 +442,16 @@ class Telemetry:
                     series.savings.value += saved
                 else:
                     series.overspend.value -= saved
+            if record.energy_wh is not None:
+                series.energy.value += record.energy_wh
+            saved_wh = record.saved_energy_wh
+            if saved_wh is not None:
+                if saved_wh >= 0:
+                    series.energy_savings.value += saved_wh
+                else:
+                    series.energy_overspend.value -= saved_wh
+            if decided is not None:
+                decided.value += 1
             series.duration.record(record.latency_ms / 1000.0)
             if record.ttfb_ms is not None:
                 series.ttfb.record(record.ttfb_ms / 1000.0)
@@ -381,6 +463,8 @@ class Telemetry:
                 if record.status < 400:
                     series.gen_ai_input.record(record.prompt_tokens)
                     series.gen_ai_output.record(record.completion_tokens)
+            if record.deployment is not None:
+                series.queue.record(record.queue_ms / 1000.0)
 
     def record_histograms(self) -> None:
         """Feeds the SDK histograms of OTLP and extra readers what `observe` measured since the last call
@@ -409,6 +493,7 @@ class Telemetry:
             record.model,
             record.error,
             record.api,
+            record.priority,
         )
         series = self._series.get(key)
         if series is None:

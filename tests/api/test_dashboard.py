@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import re
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -14,20 +15,43 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.dashboard.views import energy_text
+from gateway.fakes.background import BackgroundLoop
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
 from gateway.identity.keys import digest_of
 from tests.api.test_spend import spec as spend_spec
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, ledger_rows
 
 Gateway = Callable[..., RunningGateway]
 ADMIN_KEY = "sk-dashboard-admin"
+# Watt-hours per 1,000 input and output tokens: the frontier (the reference route), and the local route.
+FRONTIER_ENERGY = {"wh_per_1k_input_tokens": 0.5, "wh_per_1k_output_tokens": 2.0}
+LOCAL_ENERGY = {"wh_per_1k_input_tokens": 0.05, "wh_per_1k_output_tokens": 0.2}
 
 
 def spec(upstream: FakeOpenAIUpstream) -> dict[str, Any]:
     """The spend tests' routing (team support local, everyone else the frontier, the reference), with a
     monthly budget for team search (the budget-burn table)."""
     return {**spend_spec(upstream), "budgets": {"teams": {"search": {"monthly_usd": 1000.0}}}}
+
+
+def energy_spec(upstream: FakeOpenAIUpstream) -> dict[str, Any]:
+    """`spec` with each deployment's energy set, so that team support's answers (local) save energy
+    against the frontier and everyone else's save none."""
+    config = spec(upstream)
+    config["deployments"]["big"]["energy"] = FRONTIER_ENERGY
+    config["deployments"]["small"]["energy"] = LOCAL_ENERGY
+    return config
+
+
+def energy_by_team(rows: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """The ledger's energy used and saved per team, summed from its records."""
+    sums: dict[str, tuple[float, float]] = {}
+    for row in rows:
+        used, saved = sums.get(row["team"], (0.0, 0.0))
+        sums[row["team"]] = (used + row["energy_wh"], saved + row["saved_energy_wh"])
+    return sums
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -172,3 +196,39 @@ def test_bad_filters_are_explained_and_team_names_cannot_inject_script(
     assert page.text.count("<script") == 3  # the chart data and the two served scripts
     assert browser.get("/dashboard/static/plotly.min.js").status_code == 200
     assert browser.get("/dashboard/static/..%2Fsession.py").status_code == 404
+
+
+def test_energy_beside_cost_on_the_page_and_in_the_csv_is_the_ledgers(
+    upstreams: Callable[..., FakeOpenAIUpstream], gateway: Gateway, bg: BackgroundLoop
+) -> None:
+    gw = gateway(energy_spec(upstreams(Behaviour(content="one two three four"))), admin_keys=[ADMIN_KEY])
+    for team, questions in (("search", 3), ("support", 2)):
+        key, _ = create_key(gw, team, "client")
+        for n in range(questions):
+            gw.client(api_key=key).chat.completions.create(
+                model="auto", messages=[{"role": "user", "content": f"q{n}"}]
+            )
+    finance, _ = create_key(gw, "finance", "finance")
+    ledger = energy_by_team(ledger_rows(gw, bg))
+    used, saved = (sum(figures) for figures in zip(*ledger.values(), strict=True))
+    assert ledger["search"][0] > 0 and ledger["search"][1] == 0  # on the reference route: nothing saved
+    assert ledger["support"][1] > 0
+
+    page = sign_in(gw, finance).get("/dashboard", params={"group": "team"}).text
+    for element, expected in (("total-energy", used), ("total-energy-saved", saved)):
+        found = re.search(f'id="{element}" data-wh="([^"]+)">([^<]+)<', page)
+        assert found is not None, element
+        assert float(found[1]) == pytest.approx(expected, rel=1e-9)
+        assert found[2] == energy_text(expected)
+    assert "Energy is an estimate, not a measurement" in page
+    # A saving of 0 against a known reference is known: shown as 0, not as unknown.
+    assert '<td class="energy-saved" data-wh="0.0">0 Wh</td>' in page
+
+    exported = sign_in(gw, finance).get("/dashboard/export.csv", params={"group": "team"})
+    rows = {row["team"]: row for row in csv.DictReader(io.StringIO(exported.text))}
+    assert set(rows) == set(ledger)
+    for team, (team_used, team_saved) in ledger.items():
+        assert float(rows[team]["estimated_energy_wh"]) == pytest.approx(team_used, rel=1e-9)
+        assert float(rows[team]["estimated_saved_energy_wh"]) == pytest.approx(
+            team_saved, rel=1e-9, abs=1e-12
+        )

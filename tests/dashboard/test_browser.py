@@ -1,7 +1,8 @@
 """The finance dashboard in a real browser: Debian's headless Chromium driven by Playwright signs in with
 a finance key, reads totals that must equal the ledger's, sees the charts drawn, filters to one team,
-downloads the CSV and finds the table in it, with no script or policy error in the console. Screenshots
-at desktop and phone width land in artifacts/screenshots/ (look at them: people read these pages)."""
+downloads the CSV and finds the table in it, reads the estimated energy used and saved beside the cost,
+with no script or policy error in the console. Screenshots at desktop and phone width land in
+artifacts/screenshots/ (look at them: people read these pages)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from gateway.dashboard.views import energy_text
+from gateway.fakes.background import BackgroundLoop
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
-from tests.api.test_dashboard import ADMIN_KEY, bearer, create_key, spec
-from tests.conftest import RunningGateway
+from tests.api.test_dashboard import ADMIN_KEY, bearer, create_key, energy_by_team, energy_spec, spec
+from tests.conftest import RunningGateway, ledger_rows
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
@@ -163,5 +166,63 @@ def test_an_admin_validates_the_live_policy_and_explains_a_request(
     page.click("button[value=explain]")
     assert '"route": "frontier"' in page.text_content("#explained")
     page.screenshot(path=str(SCREENSHOTS / "dashboard-policies.png"), full_page=True)
+    assert problems == []
+    page.context.close()
+
+
+def watt_hours(text: str) -> float:
+    """A figure as the page shows it ("0.0301 Wh", "4.56 kWh") back in watt-hours."""
+    number, unit = text.split()
+    return float(number.replace(",", "")) * {"Wh": 1.0, "kWh": 1e3, "MWh": 1e6}[unit]
+
+
+def test_finance_reads_the_estimated_energy_used_and_saved_beside_the_cost(
+    upstreams: Callable[..., FakeOpenAIUpstream], gateway: Gateway, bg: BackgroundLoop, browser: Browser
+) -> None:
+    gw = gateway(
+        energy_spec(upstreams(Behaviour(content="one two three four five six"))), admin_keys=[ADMIN_KEY]
+    )
+    for team, questions in (("search", 2), ("support", 3)):
+        key, _ = create_key(gw, team, "client")
+        client = gw.client(api_key=key)
+        for n in range(questions):
+            client.chat.completions.create(
+                model="auto", messages=[{"role": "user", "content": f"question {n}"}]
+            )
+    ledger = energy_by_team(ledger_rows(gw, bg))
+    used, saved = (sum(figures) for figures in zip(*ledger.values(), strict=True))
+    assert used > 0 and saved > 0  # support's answers came from the local route, at a tenth of the energy
+    finance, _ = create_key(gw, "finance", "finance")
+    page, problems = signed_in_page(browser, gw, finance, viewport={"width": 1280, "height": 800})
+    page.wait_for_url(f"{gw.url}/dashboard")
+
+    # The totals as people read them, and the exact sums behind them, are the ledger's.
+    assert page.text_content("#total-energy") == energy_text(used)
+    assert watt_hours(page.inner_text("#total-energy")) == pytest.approx(used, rel=5e-3)  # three digits
+    assert watt_hours(page.inner_text("#total-energy-saved")) == pytest.approx(saved, rel=5e-3)
+    assert float(page.get_attribute("#total-energy", "data-wh") or "nan") == pytest.approx(used, rel=1e-9)
+    assert page.text_content("#total-energy-saved") == energy_text(saved)
+    assert float(page.get_attribute("#total-energy-saved", "data-wh") or "nan") == pytest.approx(
+        saved, rel=1e-9
+    )
+    assert "Energy used (estimated)" in page.inner_text(".cards")
+    assert "Energy is an estimate, not a measurement" in page.inner_text("#energy-note")
+    # Per team in the table, beside its spend.
+    shown = {
+        row.locator("td").first.inner_text(): (
+            row.locator("td.energy").inner_text(),
+            row.locator("td.energy-saved").inner_text(),
+        )
+        for row in page.locator("#by-group tbody tr").all()
+    }
+    assert shown == {
+        team: (energy_text(team_used), energy_text(team_saved))
+        for team, (team_used, team_saved) in ledger.items()
+    }
+    # plotly drew the energy per day, one bar trace per team.
+    page.wait_for_selector("#energy-chart .main-svg")
+    assert page.locator("#energy-chart g.trace.bars").count() == 2
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "dashboard-energy.png"), full_page=True)
     assert problems == []
     page.context.close()

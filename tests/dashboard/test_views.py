@@ -3,13 +3,15 @@ percentiles come from the rollup's histogram, budgets burn and forecast, and bad
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 
 from gateway.bench.dashboard import main as bench_main
-from gateway.dashboard.views import BadFilter, Filters, as_csv, budget_burn, spend_view
+from gateway.dashboard.views import BadFilter, Filters, as_csv, budget_burn, energy_text, spend_view
 from gateway.ledger.record import SpendRecord
 from gateway.ledger.sqlite import SqliteLedgerStore
 from gateway.limits.budgets import Budgets, SpendLimit
@@ -100,3 +102,58 @@ def test_the_render_benchmark_prints_a_table_and_writes_json(
     printed = capsys.readouterr().out
     assert "30 days, all teams, by team" in printed and "PASS" in printed
     assert output.read_text().count("views_ms") == 1
+
+
+def test_energy_adds_up_to_the_ledger_and_what_is_unknown_is_never_zero(tmp_path: Path) -> None:
+    store = SqliteLedgerStore(tmp_path / "energy.sqlite")
+
+    def answered(
+        n: int, team: str, energy: float | None, reference: float | None, at: float = NOON
+    ) -> SpendRecord:
+        made = record(n, at, team, "frontier", 0.5, 30.0)
+        made.energy_wh, made.reference_energy_wh = energy, reference
+        return made
+
+    store.insert(
+        [
+            answered(1, "search", 0.25, 1.0),
+            answered(2, "search", 0.5, 0.25, at=NOON + 3600),  # more than its reference
+            answered(3, "ads", None, None),  # nothing known
+            answered(4, "support", 0.125, None),  # no reference route
+            answered(5, "support", None, None, at=NOON - 86400),  # the day before: nothing known
+        ]
+    )
+    view = spend_view(store, Filters.parse("2026-03-09", "2026-03-11", None, "team", DAY))
+    energy = {row["team"]: row["energy"] for row in view.rows}
+    assert energy["search"] == {"energy_wh": 0.75, "reference_energy_wh": 1.25, "saved_energy_wh": 0.5}
+    assert energy["ads"] == {"energy_wh": None, "reference_energy_wh": None, "saved_energy_wh": None}
+    assert energy["support"] == {"energy_wh": 0.125, "reference_energy_wh": None, "saved_energy_wh": None}
+    # Saved only where both are known: support's request, with no reference, saved nothing knowable.
+    assert view.energy == {"energy_wh": 0.875, "reference_energy_wh": 1.25, "saved_energy_wh": 0.5}
+    assert view.energy_by_day == {"ads": [None, None], "search": [None, 0.75], "support": [None, 0.125]}
+    exported = {row["team"]: row for row in csv.DictReader(io.StringIO(as_csv(view)))}
+    assert exported["search"]["estimated_energy_wh"] == "0.75"
+    assert exported["search"]["estimated_saved_energy_wh"] == "0.5"
+    assert exported["ads"]["estimated_energy_wh"] == exported["ads"]["estimated_saved_energy_wh"] == ""
+    assert exported["support"]["estimated_reference_energy_wh"] == ""
+    # A period with no traffic at all knows no energy either.
+    empty = spend_view(store, Filters.parse("2026-01-01", "2026-01-02", None, "team", DAY))
+    assert empty.energy == {"energy_wh": None, "reference_energy_wh": None, "saved_energy_wh": None}
+
+
+@pytest.mark.parametrize(
+    ("wh", "text"),
+    [
+        (0.0301234, "0.0301 Wh"),
+        (0.000004, "0.000004 Wh"),
+        (1.0, "1 Wh"),
+        (12.34, "12.3 Wh"),
+        (999.96, "1 kWh"),
+        (4560.0, "4.56 kWh"),
+        (1_234_567.0, "1.23 MWh"),
+        (-0.5, "-0.5 Wh"),
+        (0.0, "0 Wh"),
+    ],
+)
+def test_energy_reads_in_wh_kwh_or_mwh_to_three_digits(wh: float, text: str) -> None:
+    assert energy_text(wh) == text

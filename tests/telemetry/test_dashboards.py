@@ -27,6 +27,7 @@ def exported_labels(telemetry: Telemetry) -> dict[str, set[str]]:
     """Metric name on /metrics -> the label names its samples carry."""
     telemetry.observe(make_record())
     telemetry.observe(make_record(cost_usd=2.0, reference_usd=1.0, status=502, error="bad_gateway"))
+    telemetry.observe(make_record(energy_wh=0.3, reference_energy_wh=0.2, admission="downgraded: slow"))
     telemetry.count_cache_lookup("exact", "cheap")
     telemetry.count_cache_audit("agree", "cheap")
     telemetry.count_rejection("policy", "no-secrets", "search")

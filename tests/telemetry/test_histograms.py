@@ -24,6 +24,7 @@ HISTOGRAM_NAMES = [
         names.METRIC_OVERHEAD,
         names.METRIC_GEN_AI_OPERATION_DURATION,
         names.METRIC_GEN_AI_TOKEN_USAGE,
+        names.METRIC_QUEUE_DURATION,
     )
 ]
 
@@ -54,6 +55,8 @@ def test_metrics_shows_histograms_byte_for_byte_as_the_opentelemetry_exporter() 
         telemetry.observe(make_record(status=504, error="upstream_timeout", completion_tokens=0))
         telemetry.observe(make_record(status=429, route=None, team=None, upstream_ms=None, ttfb_ms=None))
         telemetry.observe(make_record(latency_ms=1e9, prompt_tokens=10**9, model='m"x\\y\nz'))
+        telemetry.observe(make_record(priority="deferrable", queue_ms=1500.0))
+        telemetry.observe(make_record(priority="standard", queue_ms=1.0, deployment=None))  # not queued
         telemetry.record_histograms()
         ours, theirs = families(telemetry.prometheus_text()[0]), families(generate_latest(reference))
     finally:

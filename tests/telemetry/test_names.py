@@ -21,6 +21,7 @@ HISTOGRAMS = {
     names.METRIC_REQUEST_DURATION,
     names.METRIC_TIME_TO_FIRST_BYTE,
     names.METRIC_OVERHEAD,
+    names.METRIC_QUEUE_DURATION,
 }
 
 
@@ -85,6 +86,7 @@ def test_span_names_and_label_keys_are_unique() -> None:
 def test_every_metric_is_on_metrics_under_its_prometheus_name(telemetry: Telemetry) -> None:
     telemetry.observe(make_record())
     telemetry.observe(make_record(cost_usd=2.0, reference_usd=1.0))  # over the reference: overspend
+    telemetry.observe(make_record(energy_wh=0.2, reference_energy_wh=0.1, admission="queued: over"))
     telemetry.count_cache_lookup("miss", "cheap")
     telemetry.count_cache_audit("agree", "cheap")
     telemetry.count_rejection("policy", "no-secrets", "search")
@@ -119,6 +121,11 @@ def test_every_metric_is_on_metrics_under_its_prometheus_name(telemetry: Telemet
         "gateway_cost_USD_total{",
         "gateway_savings_USD_total{",
         "gateway_overspend_USD_total{",
+        "gateway_energy_Wh_total{",
+        "gateway_energy_savings_Wh_total{",
+        "gateway_energy_overspend_Wh_total{",
+        "gateway_queue_duration_seconds_bucket{",
+        "gateway_admission_decisions_total{",
         "gateway_cache_lookups_total{",
         "gateway_cache_audits_total{",
         "gateway_policy_rejections_total{",
@@ -142,6 +149,7 @@ def test_histograms_use_the_bucket_boundaries_in_names(telemetry: Telemetry) -> 
     assert bounds("gateway_request_duration_seconds") == [*names.LATENCY_BUCKETS_S, math.inf]
     assert bounds("gateway_request_time_to_first_byte_seconds") == [*names.LATENCY_BUCKETS_S, math.inf]
     assert bounds("gateway_request_overhead_seconds") == [*names.OVERHEAD_BUCKETS_S, math.inf]
+    assert bounds("gateway_queue_duration_seconds") == [*names.QUEUE_BUCKETS_S, math.inf]
     assert bounds("gen_ai_client_operation_duration_seconds") == [*names.GEN_AI_DURATION_BUCKETS_S, math.inf]
     assert bounds("gen_ai_client_token_usage") == [*names.GEN_AI_TOKEN_BUCKETS, math.inf]
 

@@ -34,6 +34,7 @@ def test_spans_and_metrics_reach_the_collector(collector: Collector) -> None:
         request.finish(record)
         telemetry.observe(record)
         telemetry.observe(make_record(cost_usd=2.0, reference_usd=1.0))
+        telemetry.observe(make_record(energy_wh=0.2, reference_energy_wh=0.1, admission="shed: over"))
         telemetry.count_cache_lookup("miss", "cheap")
         telemetry.count_cache_audit("agree", "cheap")
         kinds: tuple[RejectionKind, ...] = ("policy", "budget", "rate_limit")

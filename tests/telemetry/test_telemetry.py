@@ -172,3 +172,73 @@ def test_shutdown_unregisters_metrics_and_can_be_repeated() -> None:
     telemetry.shutdown()
     asyncio.run(telemetry.aclose())
     assert telemetry.prometheus_text()[0] == b""
+
+
+def test_energy_is_counted_with_what_the_reference_route_would_have_used(telemetry: Telemetry) -> None:
+    telemetry.observe(make_record(energy_wh=0.25, reference_energy_wh=1.0))
+    telemetry.observe(make_record(energy_wh=0.5, reference_energy_wh=0.25))  # more than the reference
+    telemetry.observe(make_record(energy_wh=0.125, reference_energy_wh=None))  # no reference route
+    telemetry.observe(make_record(energy_wh=None, reference_energy_wh=1.0))  # unknown: adds nothing
+    telemetry.observe(
+        make_record(team="ads", cache="exact", deployment=None, energy_wh=0.0, reference_energy_wh=2.0)
+    )
+    samples = scrape(telemetry)
+
+    search = {"route": "cheap", "team": "search", "deployment": "mini"}
+    assert value(samples, "gateway_energy_Wh_total", **search) == 0.875
+    assert value(samples, "gateway_energy_savings_Wh_total", **search) == 0.75
+    assert value(samples, "gateway_energy_overspend_Wh_total", **search) == 0.25
+    # A cache hit used no model: all its reference's energy is saved.
+    hit = {"route": "cheap", "team": "ads"}
+    assert value(samples, "gateway_energy_Wh_total", **hit) == 0
+    assert value(samples, "gateway_energy_savings_Wh_total", **hit) == 2.0
+
+
+def test_queue_time_is_a_histogram_by_route_deployment_and_priority(telemetry: Telemetry) -> None:
+    telemetry.observe(make_record(priority="interactive", queue_ms=0.0))
+    telemetry.observe(make_record(priority="deferrable", queue_ms=1500.0))
+    telemetry.observe(make_record(priority="deferrable", queue_ms=40.0))
+    # Refused before any deployment: it waited for none, so it is not a queue time of 0.
+    telemetry.observe(make_record(priority="standard", deployment=None, status=429, error="load_shed"))
+    samples = scrape(telemetry)
+
+    interactive = {"route": "cheap", "deployment": "mini", "priority": "interactive"}
+    assert value(samples, "gateway_queue_duration_seconds_count", **interactive) == 1
+    assert value(samples, "gateway_queue_duration_seconds_bucket", **interactive, le="0.0") == 1
+    deferrable = {"route": "cheap", "deployment": "mini", "priority": "deferrable"}
+    assert value(samples, "gateway_queue_duration_seconds_count", **deferrable) == 2
+    assert value(samples, "gateway_queue_duration_seconds_sum", **deferrable) == pytest.approx(1.54)
+    assert value(samples, "gateway_queue_duration_seconds_bucket", **deferrable, le="0.05") == 1
+    assert value(samples, "gateway_queue_duration_seconds_bucket", **deferrable, le="1.0") == 1
+    assert value(samples, "gateway_queue_duration_seconds_bucket", **deferrable, le="2.5") == 2
+    assert not any(
+        name.startswith("gateway_queue_duration") and ("priority", "standard") in labels
+        for name, labels in samples
+    )
+    # The priority class is on no other metric: the request counters keep their label sets.
+    answered = {"route": "cheap", "team": "search", "deployment": "mini", "status": "200", "cache": "miss"}
+    assert value(samples, "gateway_requests_total", **answered) == 3
+
+
+def test_admission_decisions_are_counted_by_route_priority_and_action(telemetry: Telemetry) -> None:
+    downgraded = "downgraded: frontier first byte in 4.2 s over its 1.5 s objective; sent to cheap"
+    telemetry.observe(make_record(priority="standard", admission=downgraded))
+    telemetry.observe(make_record(priority="standard", admission="downgraded: frontier queue 2.0 s: long"))
+    telemetry.observe(make_record(priority="interactive", admission="queued: frontier first byte in 2 s"))
+    shed = make_record(route="frontier", priority="deferrable", admission="shed: frontier", deployment=None)
+    telemetry.observe(shed)
+    telemetry.observe(make_record(priority="deferrable", admission="deferred: waits for spare capacity"))
+    telemetry.observe(make_record(priority="standard"))  # within its objective: no decision
+    samples = scrape(telemetry)
+
+    decisions = {
+        frozenset(labels): count
+        for (name, labels), count in samples.items()
+        if name == "gateway_admission_decisions_total"
+    }
+    assert decisions == {
+        frozenset({"route": "cheap", "priority": "standard", "action": "downgraded"}.items()): 2,
+        frozenset({"route": "cheap", "priority": "interactive", "action": "queued"}.items()): 1,
+        frozenset({"route": "frontier", "priority": "deferrable", "action": "shed"}.items()): 1,
+        frozenset({"route": "cheap", "priority": "deferrable", "action": "deferred"}.items()): 1,
+    }
