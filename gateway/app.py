@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 
 from gateway.api import (
     admin,
+    batches,
     cache,
     dashboard,
     dashboard_policies,
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None, environ: dict[str, str] | None 
     api.include_router(models.router)
     api.include_router(messages.router)
     api.include_router(stored_responses.router)
+    api.include_router(batches.router)
     api.include_router(health.router)
     api.include_router(explain.router)
     api.include_router(admin.router)

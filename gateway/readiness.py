@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gateway.batches.store import ThreadedBatchStore
 from gateway.identity.auth import Authenticator
 from gateway.ledger.ledger import Ledger
 from gateway.state.redis_client import RedisProbe
@@ -52,6 +53,15 @@ class KeyDatabase:
 class StoredResponsesDatabase:
     store: ThreadedResponseStore
     name: str = "stored_responses"
+
+    def status(self) -> dict[str, Any]:
+        return self.store.status()
+
+
+@dataclass(frozen=True, slots=True)
+class BatchesDatabase:
+    store: ThreadedBatchStore
+    name: str = "batches"
 
     def status(self) -> dict[str, Any]:
         return self.store.status()

@@ -20,6 +20,8 @@ import redis.asyncio
 
 from gateway.api.http import RequestIds
 from gateway.api.inbound import InboundEndpoint
+from gateway.batches.backends import open_batch_store
+from gateway.batches.store import ThreadedBatchStore
 from gateway.cache.answer_cache import AnswerCache
 from gateway.cache.audit import AuditTotals, CacheAudit
 from gateway.cache.store import CachedAnswer, CacheStore, InProcessCacheStore
@@ -28,6 +30,8 @@ from gateway.capacity.capacity import Capacity, local_capacity
 from gateway.capacity.shared import shared_capacity
 from gateway.config import GatewayConfig, load_config
 from gateway.dashboard.session import Sessions
+from gateway.deferred.background_responses import BackgroundResponses
+from gateway.deferred.batch_runner import BatchRunner
 from gateway.energy import CpuClock, EnergyBook, process_cpu_seconds
 from gateway.identity.auth import Authenticator
 from gateway.identity.key_backends import open_key_store
@@ -60,6 +64,7 @@ from gateway.providers.factory import build_provider
 from gateway.providers.managed_local import ManagedLocalModel, find_smollm2_model
 from gateway.readiness import (
     BackingService,
+    BatchesDatabase,
     KeyDatabase,
     LedgerDatabase,
     SharedRedis,
@@ -148,6 +153,8 @@ class Services:
     local_model: ManagedLocalModel | None
     # Each limited deployment's gate: places in use and the priority queue.
     capacity: Capacity
+    # The Batch API's files, batches and lines (run by `deferred/batch_runner.BatchRunner`).
+    batches: ThreadedBatchStore
     # The backing services a replica serves without (the ledger's database, the key store, Redis):
     # how each stands, for /readyz.
     backing: tuple[BackingService, ...]
@@ -325,17 +332,30 @@ async def _build(
     request_ids = RequestIds()
     stored_responses = _stored_responses(settings)
     stack.push_async_callback(stored_responses.aclose)
+    batches = _batches(settings)
+    stack.push_async_callback(batches.aclose)
+    background_responses = BackgroundResponses(batches, stored_responses)
     endpoints = {
-        route: InboundEndpoint(api, path, auth, request_ids, settings.max_body_bytes)
+        route: InboundEndpoint(
+            api, path, auth, request_ids, settings.max_body_bytes,
+            background_responses if api.name == "responses" else None,
+        )
         for api in adapters(tokens, stored_responses)
         for route in api.paths
-    }
+    }  # fmt: skip
+    apis = {route: endpoint.api for route, endpoint in endpoints.items()}
+    runner = BatchRunner(
+        batches, path, apis, concurrency=settings.batch_concurrency,
+        lease_seconds=settings.batch_lease_seconds, background=background_responses,
+    )  # fmt: skip
+    background.start(runner.run())
     if settings.policy_reload_interval > 0:
         background.start(policies.watch(settings.policy_reload_interval))
     backing: tuple[BackingService, ...] = (
         LedgerDatabase(ledger),
         KeyDatabase(auth),
         StoredResponsesDatabase(stored_responses),
+        BatchesDatabase(batches),
     )
     if redis_probe is not None:
         backing += (SharedRedis(redis_probe),)
@@ -344,13 +364,20 @@ async def _build(
         telemetry=telemetry, policies=policies, history=history, decisions=decisions, catalog=catalog,
         health=health, cache=cache, audits=audits, ledger=ledger, path=path, endpoints=endpoints,
         request_ids=request_ids, stored_responses=stored_responses, tokens=tokens,
-        local_model=local_model, capacity=capacity, backing=backing,
+        local_model=local_model, capacity=capacity, batches=batches, backing=backing,
     )  # fmt: skip
 
 
 def _stored_responses(settings: Settings) -> ThreadedResponseStore:
     try:
         return open_response_store(settings.database_url, settings.state_dir)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from exc
+
+
+def _batches(settings: Settings) -> ThreadedBatchStore:
+    try:
+        return open_batch_store(settings.state_dir, settings.database_url)
     except ValueError as exc:
         raise StartupError(str(exc)) from exc
 

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = 4 * 1024 * 1024
     # The overall deadline of one request, retries and fallbacks included.
     request_timeout: float = 600.0
+    # Batch lines (the Batch API) each replica runs at once, in spare capacity.
+    batch_concurrency: Annotated[int, Field(ge=1, le=1024)] = 4
+    # How long a replica holds a batch line it claimed without extending it (it extends it every
+    # third of this while the line runs): after a crash, its lines run again this much later.
+    batch_lease_seconds: Annotated[float, Field(ge=1, le=3600)] = 60.0
     # Start and supervise the local model server for `managed-local` deployments.
     manage_local_model: bool = True
     local_model_path: Path | None = None

@@ -49,6 +49,7 @@ LOADED_WITHOUT_AN_IMPORT = {
     "uvloop": "uvicorn, as loop='uvloop' (gateway.cli)",
     "httptools": "uvicorn, as http='httptools' (gateway.cli)",
     "plotly": "plotly.js served from the package, found with find_spec (gateway.api.dashboard)",
+    "python-multipart": "FastAPI, for the form of a file upload (gateway.api.batches: POST /v1/files)",
 }
 # What a started gateway with the default settings must not have imported by its first answer: each is
 # only for a feature it is not using (the semantic signals and cache, the dashboard, regex signals,

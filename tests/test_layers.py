@@ -55,6 +55,10 @@ FORBIDDEN = {
     "gateway.energy": REQUEST_PATH,
     # Capacity (gates, priorities) is read by the executor and admission control, and reads neither.
     "gateway.capacity": REQUEST_PATH,
+    # The Batch API's storage knows nothing of what runs its lines (`gateway.deferred`).
+    "gateway.batches": (*REQUEST_PATH, "gateway.deferred"),
+    # Deferred work runs through the request path; HTTP is the api's.
+    "gateway.deferred": ("gateway.api", "gateway.services", "gateway.app"),
     # The learned router is read by the policy; it knows nothing of the request path.
     "gateway.router": REQUEST_PATH,
     # Telemetry reads finished records through its own Protocol; it knows nothing of the rest.

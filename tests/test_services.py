@@ -34,7 +34,7 @@ def test_every_service_is_built_before_the_first_request(
     assert missing == []
     # Without Redis, the features that need it are explicit do-nothing implementations.
     assert isinstance(services.key_changes, NoOtherReplicas)
-    assert [service.name for service in services.backing] == ["ledger", "keys", "stored_responses"]
+    assert [service.name for service in services.backing] == ["ledger", "keys", "stored_responses", "batches"]
     assert set(services.endpoints) == {
         "/v1/chat/completions", "/chat/completions", "/v1/responses", "/v1/messages",
         "/v1/embeddings", "/embeddings", "/v1/completions", "/completions",
@@ -54,4 +54,10 @@ def test_with_redis_replicas_hear_of_each_other(
 ) -> None:
     services = gateway(spec(upstreams()), redis_url=redis_url).app.services
     assert not isinstance(services.key_changes, NoOtherReplicas)
-    assert [service.name for service in services.backing] == ["ledger", "keys", "stored_responses", "redis"]
+    assert [service.name for service in services.backing] == [
+        "ledger",
+        "keys",
+        "stored_responses",
+        "batches",
+        "redis",
+    ]

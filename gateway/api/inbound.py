@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from gateway.api.http import RequestIds, caller_of, credentials_of, send_error, wanted_headers
+from gateway.deferred.background_responses import BackgroundResponses
 from gateway.errors import BodyTooLarge, GatewayError, InvalidRequest
 from gateway.identity.auth import Authenticator
 from gateway.inbound.adapter import InboundApi
@@ -46,8 +47,10 @@ class InboundEndpoint:
         auth: Authenticator,
         request_ids: RequestIds,
         max_body_bytes: int,
+        background: BackgroundResponses | None = None,
     ) -> None:
         self.api = api
+        self._background = background
         self._path = path
         self._auth = auth
         self._request_ids = request_ids
@@ -69,6 +72,12 @@ class InboundEndpoint:
             raw = await self._read_body(wanted.get(b"content-length"), receive)
             caller = caller_of(wanted, principal)
             request = await api.parse(raw, request_id, caller)
+            if self._background is not None and request.inbound.background:
+                queued = await self._background.enqueue(request)
+                headers += [*_JSON_HEADERS, (b"content-length", str(len(queued)).encode())]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                await send({"type": "http.response.body", "body": queued})
+                return
         except GatewayError as error:
             await send_error(send, error, headers, api.error_body(error))
             return

@@ -117,11 +117,16 @@ class Responses:
     def __init__(self, store: ResponseStore) -> None:
         self._store = store
 
-    async def parse(self, raw: bytes, request_id: str, caller: Caller) -> ChatRequest:
+    async def parse(
+        self, raw: bytes, request_id: str, caller: Caller, *, response_id: str | None = None
+    ) -> ChatRequest:
+        """`response_id`: the id the answer is to have (a background response's, given when it was
+        queued); a new one by default."""
         body = json_object(raw)
         refuse_unsupported(body)
         tenant = tenant_of(caller)
-        base = secrets.token_hex(12)  # not the request id: a client may send the same x-request-id twice
+        # Not the request id: a client may send the same x-request-id twice.
+        base = response_id.removeprefix("resp_") if response_id else secrets.token_hex(12)
         items = input_items(body, base)
         echo, chat, tools = translate_fields(body, items)
         previous_id = optional_str(body, "previous_response_id")
@@ -150,6 +155,8 @@ class Responses:
             tools=tools,
             client_body=body,
             earlier=earlier,
+            # Queued as a background response (its id given): it says so when answered.
+            background=optional_bool(body, "background") is True or response_id is not None,
         )
         return ChatRequest(chat, request_id, stream, include_usage=False, api=self.name, inbound=inbound)
 

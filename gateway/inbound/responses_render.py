@@ -96,6 +96,8 @@ class ResponsesInbound:
     # Responses API is sent instead is made from them only when one is called (`native_body`).
     client_body: dict[str, Any] = field(default_factory=dict)
     earlier: list[dict[str, Any]] = field(default_factory=list)
+    # `background: true`: answered later, in spare capacity; the client polls GET /v1/responses/{id}.
+    background: bool = False
 
     @property
     def native_body(self) -> dict[str, Any]:
@@ -281,7 +283,7 @@ def response_object(
         "object": "response",
         "created_at": inbound.created_at,
         "status": status,
-        "background": False,
+        "background": inbound.background,
         "error": error,
         "incomplete_details": {"reason": incomplete_reason} if incomplete_reason else None,
         **inbound.echo,

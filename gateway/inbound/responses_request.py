@@ -57,10 +57,14 @@ _GRAMMAR_SYNTAXES = frozenset({"lark", "regex"})
 
 def refuse_unsupported(body: dict[str, Any]) -> None:
     if optional_bool(body, "background"):
-        raise InvalidRequest(
-            "Background responses are not supported yet; leave out 'background' or send false.",
-            param="background",
-        )
+        if optional_bool(body, "stream"):
+            raise InvalidRequest(
+                "A background response is not streamed: leave out 'stream' and poll "
+                "GET /v1/responses/{id} until its status is completed.",
+                param="stream",
+            )
+        if optional_bool(body, "store") is False:
+            raise InvalidRequest("A background response must be stored: leave out 'store'.", param="store")
     if body.get("conversation") is not None:
         raise InvalidRequest(
             "Conversations are not supported; continue a conversation with 'previous_response_id'.",
