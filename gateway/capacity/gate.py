@@ -147,7 +147,8 @@ class LocalGate:
 
     async def acquire(self, priority: str, wait_at_most: float) -> _LocalSlot:
         now = time.monotonic()
-        if self._in_flight < self.limit and not self._heap:
+        # A free place and nobody waiting (the heap may still hold waiters that left, until skipped).
+        if self._in_flight < self.limit and (not self._heap or not any(self._waiting_by_rank)):
             self._in_flight += 1
             return _LocalSlot(self, now)
         rank = RANK[priority]

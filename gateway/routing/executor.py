@@ -102,6 +102,7 @@ class RouteExecutor:
                     try:
                         slot = await gate.acquire(priority, deadline.remaining())
                     except Overloaded as exc:  # full, or no place before the deadline: the next one
+                        breaker.release_probe()  # not called: a half-open circuit's probe is unused
                         queued_seconds += time.perf_counter() - asked
                         last_error = exc
                         skipped.append(f"{name}: {exc.message}")
