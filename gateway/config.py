@@ -41,7 +41,9 @@ class Capacity(StrictModel):
     one at a time, so its default is 1."""
 
     max_concurrency: Annotated[int, Field(ge=1, le=100_000)]
+    # Interactive and standard requests that may wait; deferrable ones wait in a room of their own.
     queue: Annotated[int, Field(ge=0, le=100_000)] = 64
+    deferred_queue: Annotated[int, Field(ge=0, le=1_000_000)] = 1024
     # A lower class overtakes a fresh request one class above it after waiting this long.
     ageing_seconds: Annotated[float, Field(gt=0)] = 10.0
 

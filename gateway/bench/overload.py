@@ -89,7 +89,9 @@ ENERGY = MappingProxyType(
         LOCAL: MappingProxyType({"wh_per_1k_input_tokens": 0.002, "wh_per_1k_output_tokens": 0.05}),
     }
 )
-QUEUE = MappingProxyType({FRONTIER: 64, LOCAL: 32})
+# Interactive and standard requests that may wait: 16 at the frontier is about four of its service
+# times per place (~12 s), past which a request is better refused with Retry-After than kept waiting.
+QUEUE = MappingProxyType({FRONTIER: 16, LOCAL: 8})
 RSS_SAMPLE_SECONDS = 0.5
 STATS_TIMEOUT = 10.0
 
@@ -516,7 +518,10 @@ def _parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--trace", type=Path, default=ROOT / DEFAULT_TRACE, help="Azure LLM inference trace (CSV)")
     add("--prompts", type=Path, default=ROOT / DEFAULT_PROMPTS, help="ShareGPT conversations (JSON)")
-    add("--levels", type=_levels, default="1,3,10", help="load levels: multiples of the frontier's capacity")
+    add(
+        "--levels", type=_levels, default="0.5,1,3,10",
+        help="load levels: multiples of the frontier's capacity (the lowest is the unloaded reference)",
+    )  # fmt: skip
     add("--seconds", type=_positive, default=60.0, help="seconds of arrivals per level")
     add("--drain", type=_positive, default=600.0, help="seconds after the arrivals to wait for the rest")
     add("--timeout", type=_positive, default=900.0, help="client timeout of one request (s)")

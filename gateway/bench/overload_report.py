@@ -23,11 +23,13 @@ from gateway.bench.soak_report import MB, percentile
 
 ON, OFF = "on", "off"
 # The issue's targets.
-INTERACTIVE_P99_FACTOR = 2.0  # at 3x, interactive first-byte p99 at most this times its 1x p99
+# At 3x, interactive first-byte p99 at most this times its unloaded p99: the lowest level run (0.5x by
+# default; 1x is already at capacity, where requests queue).
+INTERACTIVE_P99_FACTOR = 2.0
 STANDARD_ERROR_PCT = 1.0  # at 3x
 DEFERRABLE_WITHIN_S = 600.0  # at 3x, every deferrable answered this soon after the burst
 RSS_BOUND_PCT = 25.0  # at 10x, the gateway's peak RSS at most this much over its RSS before the level
-TARGET_LEVEL, RSS_LEVEL, BASE_LEVEL = 3.0, 10.0, 1.0
+TARGET_LEVEL, RSS_LEVEL = 3.0, 10.0
 
 Figures = dict[str, Any]
 
@@ -158,7 +160,10 @@ def _find(figures: Sequence[Figures], config: str, level: float) -> Figures | No
 
 def checks(figures: Sequence[Figures], config: str) -> list[Check]:
     """The issue's targets for one configuration's runs (the cost one against admission off's)."""
-    base, at3, at10 = (_find(figures, config, level) for level in (BASE_LEVEL, TARGET_LEVEL, RSS_LEVEL))
+    # The unloaded reference: the lowest level run below 3x (none: the p99 target cannot be judged).
+    lower = sorted(f["level"] for f in figures if f["config"] == config and f["level"] < TARGET_LEVEL)
+    base_level = lower[0] if lower else -1.0
+    base, at3, at10 = (_find(figures, config, level) for level in (base_level, TARGET_LEVEL, RSS_LEVEL))
     found: list[Check] = []
 
     def add(name: str, target: str, value: str, passed: bool | None) -> None:
@@ -169,8 +174,9 @@ def checks(figures: Sequence[Figures], config: str) -> list[Check]:
     limit = None if p99_base is None else INTERACTIVE_P99_FACTOR * p99_base
     add(
         "3x interactive first-byte p99",
-        f"≤ {INTERACTIVE_P99_FACTOR:g} x its 1x p99" + ("" if limit is None else f" = {limit:,.0f} ms"),
-        f"{cell(p99, ',.0f')} ms (1x: {cell(p99_base, ',.0f')} ms)",
+        f"≤ {INTERACTIVE_P99_FACTOR:g} x its {base_level:g}x p99"
+        + ("" if limit is None else f" = {limit:,.0f} ms"),
+        f"{cell(p99, ',.0f')} ms ({base_level:g}x: {cell(p99_base, ',.0f')} ms)",
         None if p99 is None or limit is None else p99 <= limit,
     )
     if at3 is None:

@@ -58,5 +58,8 @@ def local_capacity(config: GatewayConfig) -> Capacity:
     for name, deployment in config.deployments.items():
         capacity = deployment.effective_capacity
         if capacity is not None:
-            gates[name] = LocalGate(name, capacity.max_concurrency, capacity.queue, capacity.ageing_seconds)
+            gates[name] = LocalGate(
+                name, capacity.max_concurrency, capacity.queue, capacity.ageing_seconds,
+                capacity.deferred_queue,
+            )  # fmt: skip
     return Capacity(gates)

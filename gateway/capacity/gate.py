@@ -6,6 +6,14 @@ request of a lower class (`rank` 1 or 2) overtakes a fresh higher-class one only
 `ageing_seconds` per class between them. The key is fixed when a request starts waiting, so the queue is
 a heap and a grant costs O(log n).
 
+Two bounds, one order. `queue_limit` bounds the interactive and standard waiters together; deferrable
+ones wait in a room of their own (`deferred_limit`), so bulk work queued behind a busy deployment never
+takes the places more urgent requests need, and waits (for spare capacity, or for its age to lift it)
+rather than being refused. When an interactive request finds the main queue full, the most recently
+queued standard waiter is displaced (its wait ends with QueueFull: 503 and Retry-After) and the
+interactive one takes its place: load is shed in class order, and an interactive request is refused
+only when interactive ones alone fill the queue. A standard request finding it full is refused.
+
 `CapacityGate` is what the request path sees; `LocalGate` is this process's own (the embedded default,
 one replica), `capacity/redis_gate.RedisGate` the one every replica shares through Redis.
 """
@@ -13,6 +21,7 @@ one replica), `capacity/redis_gate.RedisGate` the one every replica shares throu
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import itertools
 import time
@@ -24,6 +33,9 @@ from gateway.errors import Overloaded
 
 # A lower class overtakes a fresh request one class above it after waiting this long (per class).
 DEFAULT_AGEING_SECONDS = 10.0
+# Deferrable requests that may wait for one deployment.
+DEFAULT_DEFERRED_LIMIT = 1024
+_STANDARD, _DEFERRABLE = RANK["standard"], RANK["deferrable"]
 # How much each new service time moves the running mean (an exponentially weighted one).
 SERVICE_TIME_WEIGHT = 0.2
 
@@ -125,16 +137,24 @@ class LocalGate:
     """This process's own gate for one deployment (no I/O: the uncontended path is a counter)."""
 
     def __init__(
-        self, name: str, limit: int, queue_limit: int, ageing_seconds: float = DEFAULT_AGEING_SECONDS
+        self,
+        name: str,
+        limit: int,
+        queue_limit: int,
+        ageing_seconds: float = DEFAULT_AGEING_SECONDS,
+        deferred_limit: int = DEFAULT_DEFERRED_LIMIT,
     ) -> None:
         self.name = name
         self.limit = limit
         self.queue_limit = queue_limit
+        self.deferred_limit = deferred_limit
         self.ageing_seconds = ageing_seconds
         self.service = ServiceTime()
         self._in_flight = 0
         self._heap: list[_Waiter] = []
         self._waiting_by_rank = [0] * len(RANK)
+        # Standard waiters in the order they came (the youngest is displaced first); left ones skipped.
+        self._standard: collections.deque[_Waiter] = collections.deque()
         self._seq = itertools.count()
 
     @property
@@ -152,18 +172,15 @@ class LocalGate:
             self._in_flight += 1
             return _LocalSlot(self, now)
         rank = RANK[priority]
-        if self.waiting >= self.queue_limit:
-            raise QueueFull(
-                f"Deployment '{self.name}' is running {self._in_flight} of {self.limit} and "
-                f"{self.waiting} are waiting, its queue's limit.",
-                retry_after=self._outlook(rank).predicted_wait,
-            )
+        self._make_room(rank)
         waiter = _Waiter(
             now + rank * self.ageing_seconds, next(self._seq), rank, now,
             asyncio.get_running_loop().create_future(),
         )  # fmt: skip
         heapq.heappush(self._heap, waiter)
         self._waiting_by_rank[rank] += 1
+        if rank == _STANDARD:
+            self._standard.append(waiter)
         try:
             async with asyncio.timeout(max(0.0, wait_at_most)):
                 slot = await asyncio.shield(waiter.future)
@@ -179,6 +196,43 @@ class LocalGate:
             raise
         slot.queued_seconds = time.monotonic() - now
         return slot
+
+    def _make_room(self, rank: int) -> None:
+        """Raise QueueFull unless a waiter of this class may join: room in its queue, or (interactive)
+        a standard waiter to displace."""
+        by_rank = self._waiting_by_rank
+        if rank == _DEFERRABLE:
+            if by_rank[rank] < self.deferred_limit:
+                return
+            full = f"{by_rank[rank]} deferrable requests are waiting, their limit"
+        else:
+            if by_rank[0] + by_rank[_STANDARD] < self.queue_limit:
+                return
+            if rank < _STANDARD and self._displace_standard():
+                return
+            full = f"{by_rank[0] + by_rank[_STANDARD]} are waiting, its queue's limit"
+        raise QueueFull(
+            f"Deployment '{self.name}' is running {self._in_flight} of {self.limit} and {full}.",
+            retry_after=self._outlook(rank).predicted_wait,
+        )
+
+    def _displace_standard(self) -> bool:
+        """The youngest standard waiter leaves the queue, refused, for a more urgent request."""
+        while self._standard:
+            victim = self._standard.pop()
+            if victim.gone or victim.future.done():
+                continue
+            victim.gone = True
+            self._waiting_by_rank[_STANDARD] -= 1
+            victim.future.set_exception(
+                QueueFull(
+                    f"Deployment '{self.name}' is full: this request gave its place in the queue to a "
+                    "more urgent one.",
+                    retry_after=self._outlook(_STANDARD).predicted_wait,
+                )
+            )
+            return True
+        return False
 
     async def outlook(self, priority: str) -> Outlook:
         return self._outlook(RANK[priority])
@@ -198,9 +252,10 @@ class LocalGate:
             return
         waiter.future.cancel()
         self._waiting_by_rank[waiter.rank] -= 1
-        if len(self._heap) > 2 * self.queue_limit + 16:  # drop the marked ones now and then
+        if len(self._heap) > 2 * (self.queue_limit + self.deferred_limit) + 16:  # drop left ones now and then
             self._heap = [live for live in self._heap if not live.gone]
             heapq.heapify(self._heap)
+            self._standard = collections.deque(live for live in self._standard if not live.gone)
 
     def _released(self, held_seconds: float) -> None:
         self.service.add(held_seconds)
@@ -213,6 +268,9 @@ class LocalGate:
             self._waiting_by_rank[waiter.rank] -= 1
             self._in_flight += 1
             waiter.future.set_result(_LocalSlot(self, time.monotonic()))
+        standard = self._standard
+        while standard and (standard[0].gone or standard[0].future.done()):  # granted or left
+            standard.popleft()
 
     async def aclose(self) -> None:
         for waiter in self._heap:

@@ -1,6 +1,12 @@
 """A deployment's capacity shared by every replica through one Redis: at most `limit` requests run at once
-across all of them, and the rest wait in one priority queue, ordered as `LocalGate` orders its own (the
-smallest ageing key `enqueued_at + rank * ageing_seconds` runs next, whichever replica it waits on).
+across all of them, and the rest wait in one priority queue, ordered and bounded as `LocalGate` orders and
+bounds its own. The smallest ageing key `enqueued_at + rank * ageing_seconds` runs next, whichever replica
+it waits on. `queue_limit` bounds the interactive and standard waiters together (the main queue) and
+`deferred_limit` the deferrable ones; when an interactive request finds the main queue full, the standard
+waiter that started waiting last (on any replica) is displaced: it leaves the queue, its `acquire` raises
+QueueFull, and the interactive one waits in its stead. Only with no standard waiter to displace is the
+interactive one refused; a standard one finding the main queue full is refused (it displaces nobody), and
+a deferrable one when `deferred_limit` deferrable requests wait.
 
 Keys, under `{prefix}capacity:{name}:`
 
@@ -13,26 +19,33 @@ Keys, under `{prefix}capacity:{name}:`
   each scored by the end of its own lease: a waiter's replica renews it each time it polls (every
   `poll_seconds`), and one not renewed in time (min(3 s, `lease_seconds`), at least five polls) is
   dropped, so a crashed replica's waiters do not block the queue. Counting them gives `Outlook.ahead`
-  at once.
-- Channel `grants`: the ids of the waiters just given a slot, space-separated.
+  and each queue's length at once.
+- `arrivals:1`: the standard waiters again, scored by when each started waiting (microseconds): the
+  highest is the one an interactive request displaces.
+- `evicted`: the waiters displaced and not yet told, each scored by when its record ends
+  (EVICTED_KEPT_SECONDS on); a displaced waiter's next poll finds itself there and raises QueueFull.
+- Channel `grants`: the ids of the waiters just given a slot, space-separated, and `evicted:{id}` for
+  a waiter just displaced (its replica then polls at once rather than at its next poll).
 
 A member is `{rank}:{replica}:{sequence}`, the same id from the moment it waits until it releases.
 Every key lives an hour after its last write, so a removed deployment leaves nothing behind.
 
 Scripts. Each call is one Lua script (EVALSHA) reading Redis's clock (`TIME`), so every replica's
-waiters are ordered by one clock. Each first drops the holders and waiters whose lease ended, then
-*promotes*: while fewer than `limit` hold a slot, the waiter with the smallest key leaves the queue and
-holds one, and its id is published on `grants`. A slot is handed over inside the script that frees it,
-so a newcomer never takes a slot a waiter was due. The scripts: acquire (grant at once when a slot is
-free and nobody waits, else refuse when the queue holds `queue_limit`, else enqueue: one call either
-way); wait (a waiter's poll: granted yet? renews its lease, and puts it back with its old key if it was
+waiters are ordered by one clock. Each first drops the holders and waiters whose lease ended (and the
+records of displaced waiters that were never told), then *promotes*: while fewer than `limit` hold a
+slot, the waiter with the smallest key leaves the queue and holds one, and its id is published on
+`grants`. A slot is handed over inside the script that frees it, so a newcomer never takes a slot a
+waiter was due. The scripts: acquire (grant at once when a slot is free and nobody waits; else refuse
+when the request's queue is full, or, for an interactive request, displace the newest standard waiter
+when there is one; else enqueue: one call either way, the displacement atomic with the enqueue); wait
+(a waiter's poll: granted yet? displaced? renews its lease, and puts it back with its old key if it was
 dropped while its replica could not reach Redis); leave (a waiter that stopped waiting, or a slot
 released: out of the queue and the holders, and the slot to the next); heartbeat; outlook.
 
 Waking. A waiter sleeps until the gate's subscriber (one pub/sub connection per gate, started by the
 first wait and stopped when nobody has waited here for SUBSCRIBER_IDLE_SECONDS) hears its id on
-`grants`, or until its next poll, whichever comes first: a lost message costs a poll interval, never a
-stranded waiter.
+`grants` (granted) or `evicted:` and its id (polls now, and learns it was displaced), or until its next
+poll, whichever comes first: a lost message costs a poll interval, never a stranded waiter.
 
 Failure modes.
 
@@ -44,15 +57,18 @@ Failure modes.
   comes back when its lease ends, since this replica stopped renewing it. Heartbeats and the
   subscriber keep their failures to themselves (logged once an outage), as background work does.
 - A replica that crashes: its slots come back after at most `lease_seconds`, its waiters drop out after
-  their lease; a waiter promoted just before its replica died holds the slot for one more lease.
+  their lease; a waiter promoted just before its replica died holds the slot for one more lease. A
+  displaced waiter whose replica crashed before telling it leaves its record for EVICTED_KEPT_SECONDS.
 - A replica that stalls longer than a lease (a blocked event loop) loses its slots in Redis while its
   requests still run, so the deployment briefly runs more than `limit`; the heartbeat logs it.
 - A grant that races a waiter's timeout or cancellation: the leave script finds the waiter among the
-  holders and hands the slot on.
+  holders and hands the slot on. A waiter displaced as its wait runs out or is cancelled raises
+  QueueTimeout or CancelledError instead, and the leave script drops its record.
 
-Every replica must give a deployment the same `limit`, `queue_limit` and `ageing_seconds` (each script
-uses its caller's). The gate does not own `client`: `aclose` releases what this replica holds and stops
-the background tasks, and leaves the client open.
+Every replica must give a deployment the same `limit`, `queue_limit`, `deferred_limit` and
+`ageing_seconds` (each script uses its caller's), and run this version of the scripts (the keys of
+earlier ones differ). The gate does not own `client`: `aclose` releases what this replica holds and
+stops the background tasks, and leaves the client open.
 """
 
 from __future__ import annotations
@@ -72,7 +88,14 @@ import redis.asyncio
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from gateway.capacity.gate import DEFAULT_AGEING_SECONDS, Outlook, QueueFull, QueueTimeout, ServiceTime
+from gateway.capacity.gate import (
+    DEFAULT_AGEING_SECONDS,
+    DEFAULT_DEFERRED_LIMIT,
+    Outlook,
+    QueueFull,
+    QueueTimeout,
+    ServiceTime,
+)
 from gateway.capacity.priority import RANK
 from gateway.state.redis_guard import REDIS_ERRORS, RedisGuard, RedisUnavailable
 
@@ -94,20 +117,32 @@ FIRST_RETRY = 0.1
 LAST_RETRY = 2.0
 # Every key lives this long after its last write (or two leases, when longer).
 KEYS_KEPT_SECONDS = 3600.0
-# What the acquire script answers first.
-WAITING, GRANTED, FULL = 0, 1, 2
+# A displaced waiter's record waits this long for the waiter's poll (then its replica is gone).
+EVICTED_KEPT_SECONDS = 60.0
+# What the acquire and wait scripts answer first.
+WAITING, GRANTED, FULL, EVICTED = 0, 1, 2, 3
+# What a grants message says of a waiter displaced from the queue (before its id).
+EVICTED_PREFIX = "evicted:"
+DEFERRABLE = RANK["deferrable"]
 logger = logging.getLogger("gateway.capacity.redis")
 
-# KEYS: holders, waiters, then the waiters' leases by class (rank 0 first).
+# KEYS: holders, waiters, the standard waiters by arrival, the displaced waiters, then the waiters'
+# leases by class (rank 0 first).
 # ARGV: how long keys live (ms), limit, a holder's lease (µs), the grants channel, then each script's own.
 PRELUDE = """
-local holders, waiters = KEYS[1], KEYS[2]
+local holders, waiters, arrivals, evicted = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local keep, limit, lease, channel = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local STANDARD = 1
 
-local function leases_of(id)
-    return KEYS[3 + tonumber(string.sub(id, 1, 1))]
+local function rank_of(id)
+    return tonumber(string.sub(id, 1, 1))
+end
+
+-- The waiters of one class, each scored by the end of its lease.
+local function class(rank)
+    return KEYS[5 + rank]
 end
 
 local function touch(key)
@@ -116,19 +151,26 @@ end
 
 local function unqueue(id)
     redis.call('ZREM', waiters, id)
-    redis.call('ZREM', leases_of(id), id)
+    redis.call('ZREM', class(rank_of(id)), id)
+    if rank_of(id) == STANDARD then
+        redis.call('ZREM', arrivals, id)
+    end
 end
 
--- Holders and waiters whose lease ended count no more.
+-- Holders and waiters whose lease ended count no more; nor records no displaced waiter came to read.
 local function expire()
     redis.call('ZREMRANGEBYSCORE', holders, '-inf', now)
-    for i = 3, #KEYS do
-        local gone = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now)
+    redis.call('ZREMRANGEBYSCORE', evicted, '-inf', now)
+    for rank = 0, #KEYS - 5 do
+        local gone = redis.call('ZRANGEBYSCORE', class(rank), '-inf', now)
         if #gone > 0 then
             for _, id in ipairs(gone) do
                 redis.call('ZREM', waiters, id)
+                if rank == STANDARD then
+                    redis.call('ZREM', arrivals, id)
+                end
             end
-            redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+            redis.call('ZREMRANGEBYSCORE', class(rank), '-inf', now)
         end
     end
 end
@@ -155,18 +197,23 @@ end
 local function counts(rank)
     local ahead = 0
     for r = 0, rank do
-        ahead = ahead + redis.call('ZCARD', KEYS[3 + r])
+        ahead = ahead + redis.call('ZCARD', class(r))
     end
     return {redis.call('ZCARD', holders), ahead, redis.call('ZCARD', waiters)}
 end
 """
 
-# ARGV[5..]: the id, its rank, ageing per class (µs), the queue's limit, a waiter's lease (µs).
-# Returns {GRANTED}, {FULL, held, ahead, waiting} or {WAITING, ageing key}.
+# ARGV[5..]: the id, its rank, ageing per class (µs), the main queue's limit (interactive and standard
+# together), a waiter's lease (µs), the deferrable waiters' limit, how long a displaced waiter's record
+# is kept (µs).
+# Returns {GRANTED}, {FULL, held, ahead, waiting, waiting in its queue} or
+# {WAITING, ageing key, arrival}; an interactive request that finds the main queue full displaces the
+# standard waiter that arrived last (records it, tells its replica) and waits in its stead.
 ACQUIRE_SCRIPT = (
     PRELUDE
     + """
 local id, rank = ARGV[5], tonumber(ARGV[6])
+local queue_limit, deferred_limit = tonumber(ARGV[8]), tonumber(ARGV[10])
 expire()
 promote()
 if redis.call('ZCARD', holders) < limit then
@@ -174,38 +221,86 @@ if redis.call('ZCARD', holders) < limit then
     touch(holders)
     return {1}
 end
-if redis.call('ZCARD', waiters) >= tonumber(ARGV[8]) then
+local function full(queued)
     local c = counts(rank)
-    return {2, c[1], c[2], c[3]}
+    return {2, c[1], c[2], c[3], queued}
+end
+if rank > STANDARD then
+    local queued = redis.call('ZCARD', class(rank))
+    if queued >= deferred_limit then
+        return full(queued)
+    end
+else
+    local queued = redis.call('ZCARD', class(0)) + redis.call('ZCARD', class(STANDARD))
+    if queued >= queue_limit then
+        if rank == STANDARD then
+            return full(queued)
+        end
+        local victim = nil
+        while true do
+            local newest = redis.call('ZREVRANGE', arrivals, 0, 0)
+            if #newest == 0 then
+                break
+            end
+            if redis.call('ZSCORE', class(STANDARD), newest[1]) then
+                victim = newest[1]
+                break
+            end
+            redis.call('ZREM', arrivals, newest[1])  -- not waiting any more
+        end
+        if victim == nil then
+            return full(queued)
+        end
+        unqueue(victim)
+        redis.call('ZADD', evicted, now + tonumber(ARGV[11]), victim)
+        touch(evicted)
+        redis.call('PUBLISH', channel, 'evicted:' .. victim)  -- EVICTED_PREFIX
+    end
 end
 local key = now + rank * tonumber(ARGV[7])
+redis.call('ZREM', evicted, id)  -- a record left for an earlier process of this replica's name
 redis.call('ZADD', waiters, key, id)
-redis.call('ZADD', KEYS[3 + rank], now + tonumber(ARGV[9]), id)
+redis.call('ZADD', class(rank), now + tonumber(ARGV[9]), id)
 touch(waiters)
-touch(KEYS[3 + rank])
-return {0, key}
+touch(class(rank))
+if rank == STANDARD then
+    redis.call('ZADD', arrivals, now, id)
+    touch(arrivals)
+end
+return {0, key, now}
 """
 )
 
-# ARGV[5..]: the id, its ageing key, a waiter's lease (µs). Returns 1 once it holds a slot, else 0.
+# ARGV[5..]: the id, its ageing key, a waiter's lease (µs), its arrival (µs).
+# Returns {GRANTED} once it holds a slot, {EVICTED, held, ahead, waiting} (counts for its class) when it
+# was displaced from the queue, else {WAITING}.
 WAIT_SCRIPT = (
     PRELUDE
     + """
 local id = ARGV[5]
+local rank = rank_of(id)
 expire()
 if redis.call('ZSCORE', holders, id) then
-    return 1
+    return {1}
+end
+if redis.call('ZREM', evicted, id) == 1 then
+    local c = counts(rank)
+    return {3, c[1], c[2], c[3]}
 end
 redis.call('ZADD', waiters, ARGV[6], id)
-redis.call('ZADD', leases_of(id), now + tonumber(ARGV[7]), id)
+redis.call('ZADD', class(rank), now + tonumber(ARGV[7]), id)
 touch(waiters)
-touch(leases_of(id))
+touch(class(rank))
+if rank == STANDARD then
+    redis.call('ZADD', arrivals, ARGV[8], id)
+    touch(arrivals)
+end
 for _, granted in ipairs(promote()) do
     if granted == id then
-        return 1
+        return {1}
     end
 end
-return 0
+return {0}
 """
 )
 
@@ -216,9 +311,10 @@ LEAVE_SCRIPT = (
 local id = ARGV[5]
 expire()
 unqueue(id)
+redis.call('ZREM', evicted, id)
 local held = redis.call('ZREM', holders, id)
 promote()
-local c = counts(tonumber(string.sub(id, 1, 1)))
+local c = counts(rank_of(id))
 return {held, c[1], c[2], c[3]}
 """
 )
@@ -292,6 +388,7 @@ class RedisGate:
         limit: int,
         queue_limit: int,
         ageing_seconds: float = DEFAULT_AGEING_SECONDS,
+        deferred_limit: int = DEFAULT_DEFERRED_LIMIT,
         *,
         lease_seconds: float = 10.0,
         replica: str | None = None,
@@ -309,6 +406,7 @@ class RedisGate:
         self.limit = limit
         self.queue_limit = queue_limit
         self.ageing_seconds = ageing_seconds
+        self.deferred_limit = deferred_limit
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.waiter_lease_seconds = max(
@@ -324,6 +422,8 @@ class RedisGate:
         self._keys = [
             base + "holders",
             base + "waiters",
+            base + "arrivals:1",
+            base + "evicted",
             *(f"{base}waiting:{rank}" for rank in range(len(RANK))),
         ]
         kept = max(KEYS_KEPT_SECONDS, 2 * lease_seconds, 2 * self.waiter_lease_seconds)
@@ -335,15 +435,17 @@ class RedisGate:
         ]
         self._ageing_us = _microseconds(ageing_seconds)
         self._waiter_lease_us = _microseconds(self.waiter_lease_seconds)
+        self._evicted_kept_us = _microseconds(EVICTED_KEPT_SECONDS)
         self._acquire = client.register_script(ACQUIRE_SCRIPT)
         self._wait = client.register_script(WAIT_SCRIPT)
         self._leave = client.register_script(LEAVE_SCRIPT)
         self._heartbeat_script = client.register_script(HEARTBEAT_SCRIPT)
         self._outlook = client.register_script(OUTLOOK_SCRIPT)
         self._sequence = itertools.count()
-        # Slots this replica holds (the heartbeat renews them), and its waiters' wake-ups by id.
+        # Slots this replica holds (the heartbeat renews them), and its waiters' wake-ups by id: True
+        # when granted, False when told it was displaced (its poll then says so).
         self._held: set[str] = set()
-        self._wakers: dict[str, asyncio.Future[None]] = {}
+        self._wakers: dict[str, asyncio.Future[bool]] = {}
         self._last_wait = time.monotonic()
         # Background work: releases, leaves, the heartbeat and the subscriber (kept from the collector).
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -354,8 +456,8 @@ class RedisGate:
 
     async def acquire(self, priority: str, wait_at_most: float) -> RedisSlot:
         """A slot for a request of this class, waiting at most `wait_at_most` seconds; raises QueueFull
-        when the queue (every replica's waiters) is full, QueueTimeout when the wait ran out and
-        RedisUnavailable when Redis does not answer."""
+        when its queue (every replica's waiters) is full or it was displaced from it by an interactive
+        request, QueueTimeout when the wait ran out and RedisUnavailable when Redis does not answer."""
         rank = RANK[priority]
         started = time.monotonic()
         if self._closed:
@@ -365,23 +467,29 @@ class RedisGate:
             raise RedisUnavailable(f"capacity gate '{self.name}': {away}")
         slot_id = f"{rank}:{self.replica}:{next(self._sequence)}"
         # Listening before enqueueing: a grant published at once finds its waiter.
-        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._wakers[slot_id] = granted
+        self._wakers[slot_id] = asyncio.get_running_loop().create_future()
         try:
-            args: list[str | int] = [slot_id, rank, self._ageing_us, self.queue_limit, self._waiter_lease_us]
+            args: list[str | int] = [
+                slot_id, rank, self._ageing_us, self.queue_limit, self._waiter_lease_us,
+                self.deferred_limit, self._evicted_kept_us,
+            ]  # fmt: skip
             reply = await self._run(self._acquire, args, "acquiring a slot")
             if int(reply[0]) == GRANTED:
                 return self._hold(slot_id, 0.0)
             if int(reply[0]) == FULL:
-                in_flight, ahead, waiting = (int(value) for value in reply[1:4])
+                in_flight, ahead, waiting, queued = (int(value) for value in reply[1:5])
+                full = (
+                    f"{queued} deferrable requests are waiting, their limit"
+                    if rank == DEFERRABLE
+                    else f"{queued} are waiting, its queue's limit"
+                )
                 raise QueueFull(
-                    f"Deployment '{self.name}' is running {in_flight} of {self.limit} and "
-                    f"{waiting} are waiting, its queue's limit.",
+                    f"Deployment '{self.name}' is running {in_flight} of {self.limit} and {full}.",
                     retry_after=self._outlook_of(in_flight, ahead, waiting).predicted_wait,
                 )
             self._start_subscriber()
             try:
-                await self._wait_for_grant(slot_id, int(reply[1]), granted, wait_at_most)
+                await self._wait_for_grant(slot_id, int(reply[1]), int(reply[2]), wait_at_most)
             except TimeoutError:
                 raise await self._timed_out(slot_id, wait_at_most) from None
             return self._hold(slot_id, time.monotonic() - started)
@@ -424,22 +532,32 @@ class RedisGate:
     def _outlook_of(self, in_flight: int, ahead: int, waiting: int) -> Outlook:
         return Outlook(self.limit, in_flight, ahead, waiting, self.service.mean)
 
-    async def _wait_for_grant(
-        self, slot_id: str, key: int, granted: asyncio.Future[None], wait_at_most: float
-    ) -> None:
-        """Until the subscriber or a poll says this waiter holds a slot; TimeoutError at the deadline."""
+    async def _wait_for_grant(self, slot_id: str, key: int, arrival: int, wait_at_most: float) -> None:
+        """Until the subscriber or a poll says this waiter holds a slot; TimeoutError at the deadline,
+        QueueFull when a poll says it was displaced from the queue."""
         deadline = time.monotonic() + max(0.0, wait_at_most)
-        args: list[str | int] = [slot_id, key, self._waiter_lease_us]
+        args: list[str | int] = [slot_id, key, self._waiter_lease_us, arrival]
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
-            await asyncio.wait((granted,), timeout=min(self.poll_seconds, remaining))
-            if granted.done():
-                granted.result()  # CancelledError when the gate closed
+            woken = self._wakers[slot_id]
+            await asyncio.wait((woken,), timeout=min(self.poll_seconds, remaining))
+            if woken.done():
+                if woken.result():  # CancelledError when the gate closed
+                    return
+                # Told it was displaced: the poll, now, says so (and a fresh wake-up for what follows).
+                self._wakers[slot_id] = asyncio.get_running_loop().create_future()
+            reply = await self._run(self._wait, args, "waiting for a slot")
+            if int(reply[0]) == GRANTED:
                 return
-            if int(await self._run(self._wait, args, "waiting for a slot")) == GRANTED:
-                return
+            if int(reply[0]) == EVICTED:
+                in_flight, ahead, waiting = (int(value) for value in reply[1:4])
+                raise QueueFull(
+                    f"Deployment '{self.name}' is full: this request gave its place in the queue to a "
+                    "more urgent one.",
+                    retry_after=self._outlook_of(in_flight, ahead, waiting).predicted_wait,
+                )
 
     async def _timed_out(self, slot_id: str, wait_at_most: float) -> QueueTimeout:
         try:
@@ -594,7 +712,8 @@ class RedisGate:
     def _wake(self, message: dict[str, Any]) -> None:
         if message.get("type") != "message":
             return
-        for slot_id in _text(message.get("data", b"")).split():
+        for word in _text(message.get("data", b"")).split():
+            slot_id = word.removeprefix(EVICTED_PREFIX)
             waker = self._wakers.get(slot_id)
             if waker is not None and not waker.done():
-                waker.set_result(None)
+                waker.set_result(slot_id == word)

@@ -58,6 +58,7 @@ def shared_capacity(
         if capacity is None:
             continue
         limit, queue, ageing = capacity.max_concurrency, capacity.queue, capacity.ageing_seconds
-        shared = RedisGate(client, prefix, name, limit, queue, ageing, guard=guard)
-        gates[name] = FailoverGate(shared, LocalGate(name, limit, queue, ageing), guard)
+        deferred = capacity.deferred_queue
+        shared = RedisGate(client, prefix, name, limit, queue, ageing, deferred, guard=guard)
+        gates[name] = FailoverGate(shared, LocalGate(name, limit, queue, ageing, deferred), guard)
     return Capacity(gates)

@@ -85,9 +85,9 @@ def test_a_full_queue_refuses_at_once_with_a_retry_after() -> None:
         gate = LocalGate("d", limit=1, queue_limit=1)
         gate.service.add(2.0)
         held = await gate.acquire("interactive", 1)
-        waiter = asyncio.create_task(gate.acquire("standard", 5))
+        waiter = asyncio.create_task(gate.acquire("interactive", 5))
         await asyncio.sleep(0.001)
-        with pytest.raises(QueueFull) as refused:
+        with pytest.raises(QueueFull) as refused:  # interactive ones alone fill it: nobody to displace
             await gate.acquire("interactive", 5)
         assert refused.value.status == 503 and refused.value.retry_after >= 1
         held.release()
@@ -149,5 +149,49 @@ def test_the_predicted_wait_reads_the_queue_ahead_and_the_service_time() -> None
         assert (await gate.outlook("deferrable")).ahead == 1
         held.release()
         (await deferred).release()
+
+    run(main())
+
+
+def test_an_interactive_request_displaces_the_youngest_standard_waiter_from_a_full_queue() -> None:
+    async def main() -> None:
+        gate = LocalGate("d", limit=1, queue_limit=2)
+        held = await gate.acquire("interactive", 1)
+        old = asyncio.create_task(gate.acquire("standard", 5))
+        await asyncio.sleep(0.001)
+        young = asyncio.create_task(gate.acquire("standard", 5))
+        await asyncio.sleep(0.001)
+        urgent = asyncio.create_task(gate.acquire("interactive", 5))
+        await asyncio.sleep(0.001)
+        with pytest.raises(QueueFull, match="more urgent"):
+            await young
+        assert gate.waiting == 2 and not urgent.done()
+        # A standard request finding the queue full is refused, and displaces nobody.
+        with pytest.raises(QueueFull):
+            await gate.acquire("standard", 5)
+        held.release()
+        (await urgent).release()
+        (await old).release()
+        assert gate.in_flight == 0 and gate.waiting == 0
+
+    run(main())
+
+
+def test_deferrable_requests_wait_in_a_room_of_their_own() -> None:
+    async def main() -> None:
+        gate = LocalGate("d", limit=1, queue_limit=1, deferred_limit=2)
+        held = await gate.acquire("interactive", 1)
+        bulk = [asyncio.create_task(gate.acquire("deferrable", 5)) for _ in range(2)]
+        await asyncio.sleep(0.001)
+        with pytest.raises(QueueFull, match="deferrable"):
+            await gate.acquire("deferrable", 5)
+        # The main queue still has its place for an interactive request.
+        urgent = asyncio.create_task(gate.acquire("interactive", 5))
+        await asyncio.sleep(0.001)
+        assert gate.waiting == 3
+        held.release()
+        (await urgent).release()
+        for task in bulk:
+            (await task).release()
 
     run(main())

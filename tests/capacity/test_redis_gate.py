@@ -1,7 +1,9 @@
 """The capacity gate every replica shares through Redis, on a real Redis: the limit holds across gates on
 separate clients (as separate replicas have), the queue runs by class with ageing whichever replica a
 waiter is on, a release on one replica wakes a waiter on another, a full queue and a wait that ran out
-are refused, and a replica killed mid-request gives its slot and its place in the queue back."""
+are refused, an interactive request finding the queue full displaces the newest standard waiter (on any
+replica) while deferrable ones wait in a queue of their own, and a replica killed mid-request gives its
+slot and its place in the queue back."""
 
 from __future__ import annotations
 
@@ -83,6 +85,14 @@ def in_flight(gate: RedisGate, count: int) -> Callable[[], Awaitable[bool]]:
         return (await gate.outlook("deferrable")).in_flight == count
 
     return check
+
+
+async def take_turn(gate: RedisGate, priority: str, label: str, order: list[str]) -> None:
+    """Wait for a slot, say so in `order`, hold it briefly and give it back."""
+    slot = await gate.acquire(priority, 10)
+    order.append(label)
+    await asyncio.sleep(0.02)
+    slot.release()
 
 
 async def granted_in_turn(
@@ -227,11 +237,15 @@ def test_a_full_queue_is_refused_and_a_wait_that_ran_out_leaves_the_queue(
             outlook = await b.outlook("interactive")
             assert (outlook.in_flight, outlook.ahead, outlook.waiting) == (1, 0, 2)
             assert (await b.outlook("standard")).ahead == 2
+            # A standard request displaces nobody: it is refused, and both waiters still wait.
             with pytest.raises(QueueFull) as refused:
-                await b.acquire("interactive", 10)
+                await b.acquire("standard", 10)
             assert type(refused.value) is QueueFull
             assert refused.value.retry_after >= 1
             assert "2 are waiting" in refused.value.message
+            await asyncio.sleep(0.3)  # three polls: a displaced waiter would have heard by now
+            assert not any(task.done() for task in queued)
+            assert (await a.outlook("standard")).waiting == 2
 
             for task in queued:
                 task.cancel()
@@ -249,6 +263,106 @@ def test_a_full_queue_is_refused_and_a_wait_that_ran_out_leaves_the_queue(
             holder.release()
 
     asyncio.run(scenario())
+
+
+def test_an_interactive_request_displaces_the_newest_standard_waiter_from_a_full_queue(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async def scenario() -> list[str]:
+        async with replicas(redis_url, redis_prefix, 1, queue_limit=2) as [gate]:
+            holder = await gate.acquire("standard", 1)
+            order: list[str] = []
+            older = asyncio.create_task(take_turn(gate, "standard", "older", order))
+            await until(waiting(gate, 1))
+            younger = asyncio.create_task(take_turn(gate, "standard", "younger", order))
+            await until(waiting(gate, 2))
+            urgent = asyncio.create_task(take_turn(gate, "interactive", "interactive", order))
+            with pytest.raises(QueueFull) as displaced:
+                await asyncio.wait_for(younger, 3)
+            assert type(displaced.value) is QueueFull
+            assert "more urgent" in displaced.value.message
+            assert displaced.value.retry_after >= 1
+            # The interactive one waits in its stead, first in line.
+            await until(waiting(gate, 2))
+            outlook = await gate.outlook("interactive")
+            assert (outlook.in_flight, outlook.ahead, outlook.waiting) == (1, 1, 2)
+            assert not older.done() and not urgent.done()
+            holder.release()
+            await asyncio.wait_for(asyncio.gather(older, urgent), 10)
+            await until(in_flight(gate, 0))
+            return order
+
+    assert asyncio.run(scenario()) == ["interactive", "older"]
+
+
+def test_the_displaced_standard_waiter_may_wait_on_another_replica_and_hears_it_at_once(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async def scenario() -> list[str]:
+        # B polls only every 5 s: a refusal within a second can only be the message the eviction sent.
+        async with (
+            replicas(redis_url, redis_prefix, 1, queue_limit=2) as [a],
+            replicas(redis_url, redis_prefix, 1, queue_limit=2, poll_seconds=5.0) as [b],
+        ):
+            holder = await a.acquire("standard", 1)
+            order: list[str] = []
+            older = asyncio.create_task(take_turn(a, "standard", "older", order))
+            await until(waiting(a, 1))
+            younger = asyncio.create_task(take_turn(b, "standard", "younger", order))
+            await until(waiting(a, 2))
+            await asyncio.sleep(0.2)  # B's subscriber listens by now
+            arrived_at = time.monotonic()
+            urgent = asyncio.create_task(take_turn(a, "interactive", "interactive", order))
+            with pytest.raises(QueueFull, match="more urgent"):
+                await asyncio.wait_for(younger, 3)
+            assert time.monotonic() - arrived_at < 1.0
+            await until(waiting(b, 2))
+            assert (await b.outlook("interactive")).ahead == 1
+            holder.release()
+            await asyncio.wait_for(asyncio.gather(older, urgent), 10)
+            return order
+
+    assert asyncio.run(scenario()) == ["interactive", "older"]
+
+
+def test_deferrable_waiters_have_a_queue_of_their_own_and_are_never_displaced(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async def scenario() -> list[str]:
+        async with replicas(redis_url, redis_prefix, 2, queue_limit=1, deferred_limit=2) as [a, b]:
+            holder = await a.acquire("standard", 1)
+            order: list[str] = []
+            # Two deferrable waiters (one on each replica) leave the main queue's one place free.
+            deferred = []
+            for index, gate in enumerate((a, b)):
+                deferred.append(
+                    asyncio.create_task(take_turn(gate, "deferrable", f"deferrable {index}", order))
+                )
+                await until(waiting(a, index + 1))
+            with pytest.raises(QueueFull) as refused:
+                await b.acquire("deferrable", 10)
+            assert type(refused.value) is QueueFull
+            assert "2 deferrable requests are waiting" in refused.value.message
+            standard = asyncio.create_task(take_turn(b, "standard", "standard", order))
+            await until(waiting(a, 3))
+            outlook = await a.outlook("standard")
+            assert (outlook.in_flight, outlook.ahead, outlook.waiting) == (1, 1, 3)
+            with pytest.raises(QueueFull, match="1 are waiting"):
+                await a.acquire("standard", 10)
+            # An interactive request displaces the standard waiter, never a deferrable one ...
+            urgent = asyncio.create_task(take_turn(a, "interactive", "interactive", order))
+            with pytest.raises(QueueFull, match="more urgent"):
+                await asyncio.wait_for(standard, 3)
+            await until(waiting(a, 3))
+            # ... and with no standard waiter left to displace, the next one is refused.
+            with pytest.raises(QueueFull, match="1 are waiting"):
+                await b.acquire("interactive", 10)
+            assert (await b.outlook("deferrable")).waiting == 3
+            holder.release()
+            await asyncio.wait_for(asyncio.gather(urgent, *deferred), 10)
+            return order
+
+    assert asyncio.run(scenario()) == ["interactive", "deferrable 0", "deferrable 1"]
 
 
 def test_a_cancelled_wait_leaves_the_queue_even_when_a_grant_races_it(
