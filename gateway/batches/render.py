@@ -41,6 +41,8 @@ def render_batch(row: BatchRow) -> dict[str, Any]:
             "total_tokens": row.usage.total_tokens,
         },
         "metadata": row.metadata,
+        # The gateway's own: what the lines finished so far cost (USD), while it runs and after.
+        "gateway_cost_usd": row.cost_usd,
     }
 
 

@@ -107,6 +107,9 @@ class RouteExecutor:
                         last_error = exc
                         skipped.append(f"{name}: {exc.message}")
                         break
+                    except BaseException:  # the client left while it waited
+                        breaker.release_probe()
+                        raise
                     queued_seconds += slot.queued_seconds
                 attempts += 1
                 started = time.perf_counter()

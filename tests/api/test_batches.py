@@ -82,6 +82,10 @@ def test_a_batch_runs_through_the_policy_and_its_output_comes_back(
     assert done.status == "completed"
     assert done.request_counts.completed == 6 and done.request_counts.failed == 0
     assert done.metadata == {"job": "nightly"} and done.error_file_id is None
+    # What it cost so far, the gateway's own field: five answers from upstream, one from the cache.
+    rows_cost = sum(row["cost_usd"] for row in ledger_rows(gw, bg) if row["request_id"].startswith(batch.id))
+    assert done.model_extra is not None and done.model_extra["gateway_cost_usd"] == pytest.approx(rows_cost)
+    assert rows_cost > 0
     assert done.output_file_id is not None
     output = [orjson.loads(line) for line in client.files.content(done.output_file_id).content.splitlines()]
     assert [line["custom_id"] for line in output] == [line["custom_id"] for line in lines]

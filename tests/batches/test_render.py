@@ -81,8 +81,9 @@ def test_a_batch_renders_as_openai_does() -> None:
             "total_tokens": 42,
         },
         "metadata": {"project": "nightly"},
+        "gateway_cost_usd": 0.75,  # the gateway's own: what its lines cost so far
     }
-    # The SDK's type takes it whole, and gives back exactly what was rendered.
+    # The SDK's type takes it whole (the gateway's field as an extra), and gives back what was rendered.
     assert Batch.model_validate(rendered).model_dump(mode="json") == rendered
 
 
