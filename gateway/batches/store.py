@@ -2,8 +2,8 @@
 database (SQLite's or PostgreSQL's `BlockingBatchDatabase`), and the error it raises when that
 database cannot answer.
 
-How a call reaches the database without blocking the event loop (as the stored responses do): each
-one runs on a worker thread (`asyncio.to_thread`), one at a time (the database is one connection). A
+How a call reaches the database without blocking the event loop (`state/thread_turns.ThreadTurns`,
+as the stored responses do): each one runs on a worker thread, one at a time (one connection). A
 call waits for its turn on the loop, holding no thread, at most `turn_timeout` seconds, then raises
 BatchStoreUnavailable: when the database hangs, callers fail in bounded time. A turn ends when its
 thread's work does, even if the caller was cancelled, so the connection is never used by two threads
@@ -20,13 +20,12 @@ store's clock. Stored timestamps are whole seconds; leases keep fractions.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from gateway.batches import operations
 from gateway.batches.lines import ENDPOINTS, MAX_FILE_BYTES, BatchLine
@@ -44,8 +43,8 @@ from gateway.batches.rows import (
     window_seconds,
 )
 from gateway.batches.schema import Sql, schema_version
+from gateway.state.thread_turns import ThreadTurns
 
-P = ParamSpec("P")
 T = TypeVar("T")
 
 logger = logging.getLogger("gateway.batches")
@@ -90,14 +89,11 @@ class ThreadedBatchStore:
         self.name = name
         self.max_attempts = max_attempts
         self._database = database
-        self._turn_timeout = turn_timeout
-        self._close_timeout = close_timeout
         self._clock = clock
-        self._turn = asyncio.Lock()
-        self._closed = False
-        # As last seen, for readiness: when calls began failing (None: the last one worked), and why.
-        self.failing_since: float | None = None
-        self.last_error: str | None = None
+        self._turns = ThreadTurns(
+            name, database.close, BatchStoreUnavailable,
+            turn_timeout=turn_timeout, close_timeout=close_timeout,
+        )  # fmt: skip
 
     # Files.
 
@@ -276,73 +272,21 @@ class ThreadedBatchStore:
 
     def status(self) -> dict[str, Any]:
         """As last seen, without I/O (a readiness `BackingService`'s status)."""
-        return {
-            "ok": self.failing_since is None,
-            "failing_since": self.failing_since,
-            "error": self.last_error,
-        }
+        return self._turns.status()
 
     async def aclose(self) -> None:
         """Close the database once the call under way (if any) has ended; later calls raise
         BatchStoreUnavailable. Waits at most `close_timeout` for that call."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            async with asyncio.timeout(self._close_timeout):
-                await self._turn.acquire()
-        except TimeoutError:
-            logger.warning("%s: closed while a call was still under way", self.name)
-            await asyncio.to_thread(self._database.close)
-            return
-        try:
-            await asyncio.to_thread(self._database.close)
-        finally:
-            self._turn.release()
+        await self._turns.aclose()
 
     def _now(self, now: float | None) -> float:
         return self._clock() if now is None else now
 
     async def _read(self, work: Callable[[Sql], T]) -> T:
-        return await self._call(self._database.read, work)
+        return await self._turns.call(self._database.read, work)
 
     async def _write(self, work: Callable[[Sql], T]) -> T:
-        return await self._call(self._database.write, work)
-
-    async def _call(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        if self._closed:
-            raise BatchStoreUnavailable(f"{self.name}: closed")
-        try:
-            async with asyncio.timeout(self._turn_timeout):
-                await self._turn.acquire()
-        except TimeoutError:
-            raise BatchStoreUnavailable(
-                f"{self.name}: busy, no turn within {self._turn_timeout:g} s"
-            ) from None
-        if self._closed:  # closed while this call waited for its turn
-            self._turn.release()
-            raise BatchStoreUnavailable(f"{self.name}: closed")
-        try:
-            done = asyncio.ensure_future(asyncio.to_thread(work, *args, **kwargs))
-        except BaseException:
-            self._turn.release()
-            raise
-        done.add_done_callback(self._end_turn)
-        try:
-            # Shielded: a cancelled caller stops waiting, the thread's work still ends its turn.
-            result = await asyncio.shield(done)
-        except BatchStoreUnavailable as exc:
-            if self.failing_since is None:
-                self.failing_since = time.time()
-            self.last_error = str(exc)
-            raise
-        self.failing_since = self.last_error = None
-        return result
-
-    def _end_turn(self, done: asyncio.Future[Any]) -> None:
-        self._turn.release()
-        if not done.cancelled():
-            done.exception()  # retrieved: a cancelled caller's failure is not "never retrieved"
+        return await self._turns.call(self._database.write, work)
 
 
 def _model_of(line: BatchLine) -> str | None:

@@ -1,12 +1,13 @@
 """What the stored-response backends share: `ThreadedResponseStore`, the async `ResponseStore` over a
 blocking database (SQLite's or PostgreSQL's `BlockingDatabase`), and the errors they raise.
 
-How a call reaches the database without blocking the event loop: each one runs on a worker thread
-(`asyncio.to_thread`), one at a time (the database is one connection). A call waits for its turn on the
-loop, holding no thread, and at most `turn_timeout` seconds, then raises ResponseStoreUnavailable:
-when the database hangs, requests fail in bounded time and the loop's worker threads stay free for the
-rest of the gateway. A turn ends when its thread's work does, even if the caller was cancelled (a
-client that went away), so the connection is never used by two threads at once.
+How a call reaches the database without blocking the event loop (`state/thread_turns.ThreadTurns`,
+which the batch store shares): each one runs on a worker thread, one at a time (the database is one
+connection); a call waits for its turn on the loop, holding no thread, and at most `turn_timeout`
+seconds, then raises ResponseStoreUnavailable: when the database hangs, requests fail in bounded time
+and the loop's worker threads stay free for the rest of the gateway. A turn ends when its thread's work
+does, even if the caller was cancelled (a client that went away), so the connection is never used by
+two threads at once.
 
 Expiry: a response expires `ttl_seconds` after its `created_at` (the TTL in force when it was put).
 An expired one is never returned, nor counted as deleted; its row is removed by `sweep()`, which `put`
@@ -21,17 +22,16 @@ nothing, and its `put` of that id is refused (ValueError) while the owner's resp
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from gateway.inbound.response_store import StoredResponse
+from gateway.state.thread_turns import ThreadTurns
 from gateway.stored_responses.schema import Row, row_of, stored_of
 
-P = ParamSpec("P")
 T = TypeVar("T")
 
 logger = logging.getLogger("gateway.stored_responses")
@@ -87,20 +87,17 @@ class ThreadedResponseStore:
         self.ttl_seconds = ttl_seconds
         self.sweep_every = sweep_every
         self._database = database
-        self._turn_timeout = turn_timeout
-        self._close_timeout = close_timeout
         self._clock = clock
-        self._turn = asyncio.Lock()
-        self._closed = False
         self._next_sweep = -math.inf  # the first put sweeps what expired while the gateway was away
-        # As last seen, for readiness: when calls began failing (None: the last one worked), and why.
-        self.failing_since: float | None = None
-        self.last_error: str | None = None
+        self._turns = ThreadTurns(
+            name, database.close, ResponseStoreUnavailable,
+            turn_timeout=turn_timeout, close_timeout=close_timeout,
+        )  # fmt: skip
 
     async def put(self, stored: StoredResponse) -> None:
         """Store (or replace) a response; ValueError when it is too large (schema.MAX_STORED_BYTES) or
         its id is another tenant's, ResponseStoreUnavailable when the database cannot take it now."""
-        written = await self._call(self._put, stored, self._clock())
+        written = await self._turns.call(self._put, stored, self._clock())
         if not written:
             raise ValueError(f"response id {stored.id} is taken by another tenant")
         if self._clock() >= self._next_sweep:
@@ -110,7 +107,7 @@ class ThreadedResponseStore:
         return self._database.put(row_of(stored, self.ttl_seconds), now)
 
     async def get(self, tenant: str, response_id: str) -> StoredResponse | None:
-        return await self._call(self._get, tenant, response_id, self._clock())
+        return await self._turns.call(self._get, tenant, response_id, self._clock())
 
     def _get(self, tenant: str, response_id: str, now: float) -> StoredResponse | None:
         row = self._database.get(tenant, response_id, now)
@@ -119,12 +116,12 @@ class ThreadedResponseStore:
     async def delete(self, tenant: str, response_id: str) -> bool:
         """Whether the tenant's own, unexpired response was deleted (an expired one is deleted too,
         but counts as not found, as `get` would say)."""
-        expires_at = await self._call(self._database.delete, tenant, response_id)
+        expires_at = await self._turns.call(self._database.delete, tenant, response_id)
         return expires_at is not None and expires_at > self._clock()
 
     async def sweep(self) -> int:
         """Delete at most SWEEP_BATCH expired rows; how many."""
-        return await self._call(self._database.sweep, self._clock(), SWEEP_BATCH)
+        return await self._turns.call(self._database.sweep, self._clock(), SWEEP_BATCH)
 
     async def _sweep_now(self) -> None:
         self._next_sweep = self._clock() + self.sweep_every
@@ -139,66 +136,14 @@ class ThreadedResponseStore:
             logger.info("%s: %d expired responses swept", self.name, swept)
 
     async def schema_version(self) -> int:
-        return await self._call(self._database.schema_version)
+        return await self._turns.call(self._database.schema_version)
 
     def status(self) -> dict[str, Any]:
         """As last seen, without I/O (a readiness `BackingService`'s status)."""
-        return {
-            "ok": self.failing_since is None,
-            "failing_since": self.failing_since,
-            "error": self.last_error,
-        }
+        return self._turns.status()
 
     async def aclose(self) -> None:
         """Close the database once the call under way (if any) has ended; later calls raise
         ResponseStoreUnavailable. Waits at most `close_timeout` for that call: a call stuck past it is
         left to the process's end."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            async with asyncio.timeout(self._close_timeout):
-                await self._turn.acquire()
-        except TimeoutError:
-            logger.warning("%s: closed while a call was still under way", self.name)
-            await asyncio.to_thread(self._database.close)
-            return
-        try:
-            await asyncio.to_thread(self._database.close)
-        finally:
-            self._turn.release()
-
-    async def _call(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        if self._closed:
-            raise ResponseStoreUnavailable(f"{self.name}: closed")
-        try:
-            async with asyncio.timeout(self._turn_timeout):
-                await self._turn.acquire()
-        except TimeoutError:
-            raise ResponseStoreUnavailable(
-                f"{self.name}: busy, no turn within {self._turn_timeout:g} s"
-            ) from None
-        if self._closed:  # closed while this call waited for its turn
-            self._turn.release()
-            raise ResponseStoreUnavailable(f"{self.name}: closed")
-        try:
-            done = asyncio.ensure_future(asyncio.to_thread(work, *args, **kwargs))
-        except BaseException:
-            self._turn.release()
-            raise
-        done.add_done_callback(self._end_turn)
-        try:
-            # Shielded: a cancelled caller stops waiting, the thread's work still ends its turn.
-            result = await asyncio.shield(done)
-        except ResponseStoreUnavailable as exc:
-            if self.failing_since is None:
-                self.failing_since = time.time()
-            self.last_error = str(exc)
-            raise
-        self.failing_since = self.last_error = None
-        return result
-
-    def _end_turn(self, done: asyncio.Future[Any]) -> None:
-        self._turn.release()
-        if not done.cancelled():
-            done.exception()  # retrieved: a cancelled caller's failure is not "never retrieved"
+        await self._turns.aclose()
