@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import itertools
 import math
-import signal
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -31,12 +30,13 @@ from gateway.fakes.openai_upstream import (
     JSON_HEADERS,
     SHUTDOWN_TIMEOUT,
     SSE_HEADERS,
-    _BadRequest,
-    _Call,
-    _loop_factory,
+    BadRequest,
+    Call,
     completion_body,
     error_response,
+    loop_factory,
     parse_call,
+    serve_until_stopped,
     sized_answer,
     stream_parts,
 )
@@ -151,7 +151,7 @@ class CapacityUpstream:
         number = next(self._ids)
         try:
             _, call = parse_call(await request.read(), f"chatcmpl-cap{number}", self.model_name)
-        except _BadRequest as exc:
+        except BadRequest as exc:
             return error_response(400, str(exc))
         self.stats.requests += 1
         loop = asyncio.get_running_loop()
@@ -190,7 +190,7 @@ class CapacityUpstream:
         return response
 
     async def _answer(
-        self, request: web.BaseRequest, call: _Call, tokens: int, granted: float
+        self, request: web.BaseRequest, call: Call, tokens: int, granted: float
     ) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         pace = 1 / self.capacity.tokens_per_s
@@ -215,17 +215,7 @@ async def _serve(args: argparse.Namespace) -> None:
     capacity = Capacity(
         args.concurrency, args.first_byte_ms / 1000, args.tokens_per_s, args.max_tokens, args.over_limit
     )
-    fake = CapacityUpstream(capacity, model_name=args.model_name)
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopped.set)
-    url = await fake.start(args.host, args.port)
-    print(f"READY {url}", flush=True)
-    try:
-        await stopped.wait()
-    finally:
-        await fake.stop()
+    await serve_until_stopped(CapacityUpstream(capacity, model_name=args.model_name), args.host, args.port)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -245,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     add("--max-tokens", type=int, default=200, help="longest answer, in tokens (words)")
     add("--model-name", default=None, help="the model answers name (default: the one asked for)")
     args = parser.parse_args(argv)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(_serve(args))
 
 

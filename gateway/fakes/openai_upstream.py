@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -59,7 +59,7 @@ class RecordedRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class _Call:
+class Call:
     """The parts of one chat request that shape the answer."""
 
     id: str
@@ -73,7 +73,7 @@ class _Call:
     max_tokens: int | None = None
 
 
-class _BadRequest(Exception):
+class BadRequest(Exception):
     """The request body is not a chat request; answered with a 400 like OpenAI's."""
 
 
@@ -96,11 +96,11 @@ def _usage(prompt: int, completion: int) -> dict[str, Any]:
     }
 
 
-def _tool_id(call: _Call) -> str:
+def _tool_id(call: Call) -> str:
     return "call_" + call.id.removeprefix("chatcmpl-")
 
 
-def _within_limit(call: _Call, behaviour: Behaviour) -> tuple[str, str]:
+def _within_limit(call: Call, behaviour: Behaviour) -> tuple[str, str]:
     """The answer's text and finish reason: as a real upstream, never more words (tokens) than the
     request's max_tokens, cut with finish_reason `length`."""
     content = behaviour.content if behaviour.content is not None else default_content(call.messages)
@@ -110,7 +110,7 @@ def _within_limit(call: _Call, behaviour: Behaviour) -> tuple[str, str]:
     return content, "stop"
 
 
-def completion_body(call: _Call, behaviour: Behaviour) -> dict[str, Any]:
+def completion_body(call: Call, behaviour: Behaviour) -> dict[str, Any]:
     """A non-streamed `chat.completion` object with n identical choices."""
     message: dict[str, Any]
     if behaviour.tool_call:
@@ -140,7 +140,7 @@ def completion_body(call: _Call, behaviour: Behaviour) -> dict[str, Any]:
     return body
 
 
-def stream_parts(call: _Call, behaviour: Behaviour) -> tuple[bytes, list[bytes], bytes]:
+def stream_parts(call: Call, behaviour: Behaviour) -> tuple[bytes, list[bytes], bytes]:
     """SSE bytes of a stream as (role chunk, one entry per content step, finish+usage+[DONE]).
 
     Each entry holds one event per choice; the split lets the slow path pace and cut the stream.
@@ -188,25 +188,25 @@ def stream_parts(call: _Call, behaviour: Behaviour) -> tuple[bytes, list[bytes],
     return opening, steps, closing + DONE
 
 
-def parse_call(raw: bytes, call_id: str, model_name: str | None) -> tuple[dict[str, Any], _Call]:
-    """Validate just enough of a chat request to answer it; raises _BadRequest otherwise."""
+def parse_call(raw: bytes, call_id: str, model_name: str | None) -> tuple[dict[str, Any], Call]:
+    """Validate just enough of a chat request to answer it; raises BadRequest otherwise."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise _BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
+        raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from None
     if not isinstance(body, dict):
-        raise _BadRequest("The request body must be a JSON object.")
+        raise BadRequest("The request body must be a JSON object.")
     messages = body.get("messages", [])
     if not isinstance(messages, list):
-        raise _BadRequest("'messages' must be an array.")
+        raise BadRequest("'messages' must be an array.")
     n = body.get("n")
     n = 1 if n is None else n
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise _BadRequest(f"{n!r} is not a valid value for 'n'.")
+        raise BadRequest(f"{n!r} is not a valid value for 'n'.")
     model = body.get("model")
     options = body.get("stream_options")
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    call = _Call(
+    call = Call(
         id=call_id,
         created=int(time.time()),
         model=model_name or (model if isinstance(model, str) else DEFAULT_MODEL),
@@ -319,7 +319,7 @@ class FakeOpenAIUpstream:
     async def _chat(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             body, call = parse_call(await request.read(), f"chatcmpl-fake{next(self._ids)}", self.model_name)
-        except _BadRequest as exc:
+        except BadRequest as exc:
             return error_response(400, str(exc))
         self.request_count += 1
         if self.record:
@@ -405,7 +405,7 @@ class FakeOpenAIUpstream:
         if not self._stopping:
             self.cancelled += 1
 
-    async def _scripted(self, request: web.BaseRequest, call: _Call, b: Behaviour) -> web.StreamResponse:
+    async def _scripted(self, request: web.BaseRequest, call: Call, b: Behaviour) -> web.StreamResponse:
         if b.hang:
             await asyncio.get_running_loop().create_future()
         if b.latency:
@@ -431,7 +431,7 @@ class FakeOpenAIUpstream:
         return response
 
     async def _pace(
-        self, request: web.BaseRequest, response: web.StreamResponse, call: _Call, b: Behaviour
+        self, request: web.BaseRequest, response: web.StreamResponse, call: Call, b: Behaviour
     ) -> None:
         """Write a stream event by event with the scripted delays, cutting the connection if asked to."""
         cut = b.disconnect_after
@@ -458,13 +458,33 @@ class FakeOpenAIUpstream:
         await response.write(closing)
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
         import uvloop
     except ImportError:
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
+
+
+class Servable(Protocol):
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str: ...
+
+    async def stop(self) -> None: ...
+
+
+async def serve_until_stopped(fake: Servable, host: str, port: int) -> None:
+    """Serve `fake` until SIGTERM or SIGINT; prints `READY <base_url>` once it listens."""
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopped.set)
+    url = await fake.start(host, port)
+    print(f"READY {url}", flush=True)
+    try:
+        await stopped.wait()
+    finally:
+        await fake.stop()
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -475,16 +495,7 @@ async def _serve(args: argparse.Namespace) -> None:
     fake = FakeOpenAIUpstream(
         default=default, model_name=args.model_name, record=False, answer_max_tokens=args.answer_max_tokens
     )
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopped.set)
-    url = await fake.start(args.host, args.port)
-    print(f"READY {url}", flush=True)
-    try:
-        await stopped.wait()
-    finally:
-        await fake.stop()
+    await serve_until_stopped(fake, args.host, args.port)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -504,7 +515,7 @@ def main(argv: list[str] | None = None) -> None:
         help="answer a request that sets max_tokens with min(max_tokens, N) words (0: echo the prompt)",
     )
     args = parser.parse_args(argv)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(_serve(args))
 
 
