@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.capacity.capacity import Capacity
+from gateway.capacity.gate import Outlook
 from gateway.capacity.priority import DEFERRABLE
 from gateway.path.decide import Decide, Routing
 from gateway.policy.schema import Downgrade, RouteAdmission
@@ -46,8 +47,12 @@ class OverloadNote:
 @dataclass(frozen=True, slots=True)
 class Prediction:
     deployment: str
-    wait_seconds: float
+    outlook: Outlook
     first_byte_seconds: float
+
+    @property
+    def wait_seconds(self) -> float:
+        return self.outlook.predicted_wait
 
 
 class Overload:
@@ -66,8 +71,8 @@ class Overload:
         if gate is None:
             return None
         outlook = await gate.outlook(routing.priority)
-        wait = outlook.predicted_wait
-        return Prediction(name, wait, wait + self.capacity.first_byte_seconds(name, stream))
+        first_byte = outlook.predicted_wait + self.capacity.first_byte_seconds(name, stream)
+        return Prediction(name, outlook, first_byte)
 
     async def explain(self, routing: Routing, request: ChatRequest) -> dict[str, Any] | None:
         """How the route's first deployment stands for this request's class, and what admission control
@@ -76,9 +81,7 @@ class Overload:
         predicted = await self.predict(routing, request.stream)
         if predicted is None:
             return None
-        gate = self.capacity.gate(predicted.deployment)
-        assert gate is not None  # predicted only for a deployment with a gate
-        outlook = await gate.outlook(routing.priority)
+        outlook = predicted.outlook
         explained: dict[str, Any] = {
             "deployment": predicted.deployment, "limit": outlook.limit, "in_flight": outlook.in_flight,
             "waiting": outlook.waiting, "ahead": outlook.ahead,
@@ -89,7 +92,7 @@ class Overload:
         if admission is None:
             return explained
         explained["objective_seconds"] = admission.first_byte_seconds
-        _, note = await self.admit(routing, request)
+        _, note = await self._apply(routing, request, admission, predicted)
         explained["action"] = note.action if note is not None else "admitted"
         if note is not None:
             explained["reason"] = note.reason
@@ -102,8 +105,16 @@ class Overload:
         if admission is None:
             return routing, None
         predicted = await self.predict(routing, request.stream)
+        if predicted is None:
+            return routing, None
+        return await self._apply(routing, request, admission, predicted)
+
+    async def _apply(
+        self, routing: Routing, request: ChatRequest, admission: RouteAdmission, predicted: Prediction
+    ) -> tuple[Routing, OverloadNote | None]:
+        """The route's action for the request's class, when the prediction is over the objective."""
         objective = admission.first_byte_seconds
-        if predicted is None or predicted.first_byte_seconds <= objective:
+        if predicted.first_byte_seconds <= objective:
             return routing, None
         route = routing.target.route
         reason = (
