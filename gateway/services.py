@@ -309,9 +309,10 @@ async def _build(
     if circuits is not None:
         background.start(circuits.run(health, list(providers)))
     catalog = Catalog(providers, health)
-    capacity = local_capacity(config)
     if client is not None:  # one limit per deployment across every replica
         capacity = shared_capacity(config, client, settings.redis_prefix, redis_guard)
+    else:
+        capacity = local_capacity(config)
     stack.push_async_callback(capacity.aclose)
     executor = RouteExecutor(health, capacity=capacity)
     shadows = ShadowCopies(catalog, executor, decisions.add_shadow)

@@ -52,9 +52,9 @@ class NoCapacityLimits(Capacity):
         super().__init__({})
 
 
-def local_capacity(config: GatewayConfig) -> Capacity:
-    """Gates kept by this process alone: the embedded default, one replica."""
-    gates: dict[str, CapacityGate] = {}
+def local_gates(config: GatewayConfig) -> dict[str, LocalGate]:
+    """This process's own gate for every deployment with a capacity, as its configuration says."""
+    gates: dict[str, LocalGate] = {}
     for name, deployment in config.deployments.items():
         capacity = deployment.effective_capacity
         if capacity is not None:
@@ -62,4 +62,9 @@ def local_capacity(config: GatewayConfig) -> Capacity:
                 name, capacity.max_concurrency, capacity.queue, capacity.ageing_seconds,
                 capacity.deferred_queue,
             )  # fmt: skip
-    return Capacity(gates)
+    return gates
+
+
+def local_capacity(config: GatewayConfig) -> Capacity:
+    """Gates kept by this process alone: the embedded default, one replica."""
+    return Capacity(local_gates(config))

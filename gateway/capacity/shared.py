@@ -10,7 +10,7 @@ import logging
 
 import redis.asyncio
 
-from gateway.capacity.capacity import Capacity
+from gateway.capacity.capacity import Capacity, local_gates
 from gateway.capacity.gate import CapacityGate, LocalGate, Outlook, Slot
 from gateway.capacity.redis_gate import RedisGate
 from gateway.config import GatewayConfig
@@ -52,13 +52,13 @@ class FailoverGate:
 def shared_capacity(
     config: GatewayConfig, client: redis.asyncio.Redis, prefix: str, guard: RedisGuard
 ) -> Capacity:
+    """Every limited deployment's gate shared through Redis, with the same limits kept locally for
+    while Redis is away."""
     gates: dict[str, CapacityGate] = {}
-    for name, deployment in config.deployments.items():
-        capacity = deployment.effective_capacity
-        if capacity is None:
-            continue
-        limit, queue, ageing = capacity.max_concurrency, capacity.queue, capacity.ageing_seconds
-        deferred = capacity.deferred_queue
-        shared = RedisGate(client, prefix, name, limit, queue, ageing, deferred, guard=guard)
-        gates[name] = FailoverGate(shared, LocalGate(name, limit, queue, ageing, deferred), guard)
+    for name, local in local_gates(config).items():
+        shared = RedisGate(
+            client, prefix, name, local.limit, local.queue_limit, local.ageing_seconds, local.deferred_limit,
+            guard=guard,
+        )  # fmt: skip
+        gates[name] = FailoverGate(shared, local, guard)
     return Capacity(gates)
