@@ -38,9 +38,8 @@ class RoutePrices:
 
     def _forget(self, policy: Policy | None) -> None:
         self._policy, self._prices, self._reference = policy, {}, None
-        if policy is not None and policy.reference_route is not None:
-            spec = policy.routes[policy.reference_route]
-            first = spec.deployments[0] if spec.deployments else next(iter(spec.split or {}))
+        first = reference_deployment(policy)
+        if policy is not None and first is not None:
             self._reference = _route_price(policy, policy.reference_route) or self.book.price_of(first)
 
     def spend(
