@@ -7,8 +7,10 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from gateway import wire
 from gateway.api.http import credentials
 from gateway.identity.auth import Principal, require_role
+from gateway.inbound.response_store import tenant_of
 from gateway.services import Services
 
 
@@ -31,12 +33,19 @@ def caller(
     return services.auth.principal(credentials(authorization, x_api_key))
 
 
+def tenant(principal: Annotated[Principal, Depends(caller)]) -> str:
+    """Whose stored responses, files and batches the caller reads and writes: as the Responses adapter
+    stores responses (`inbound/response_store.tenant_of`: its team, else its key)."""
+    return tenant_of(wire.Caller(team=principal.team, key=principal.key_id))
+
+
 def admin(principal: Annotated[Principal, Depends(caller)]) -> Principal:
     require_role(principal, "admin")
     return principal
 
 
 Caller = Annotated[Principal, Depends(caller)]
+Tenant = Annotated[str, Depends(tenant)]
 # The admin acting (FastAPI resolves it once per request, however many times a route names it).
 Admin = Annotated[Principal, Depends(admin)]
 # For a router whose every route is for admins: `APIRouter(..., dependencies=ADMIN_ONLY)`.

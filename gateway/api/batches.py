@@ -16,16 +16,13 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
-from gateway import wire
-from gateway.api.access import Caller, ServicesDep
+from gateway.api.access import ServicesDep, Tenant
 from gateway.batches.lines import MAX_FILE_BYTES, BatchInputError, parse_batch_input
 from gateway.batches.render import render_batch, render_file
 from gateway.batches.rows import BatchRow, FileRow
 from gateway.batches.store import BatchStoreUnavailable, ThreadedBatchStore
 from gateway.deferred.background_responses import BACKGROUND_KEY
 from gateway.errors import BodyTooLarge, GatewayError, InvalidRequest, NotFound
-from gateway.identity.auth import Principal
-from gateway.inbound.response_store import tenant_of
 
 router = APIRouter()
 
@@ -51,10 +48,6 @@ class NewBatch(BaseModel):
     metadata: dict[str, str] | None = None
 
 
-def _tenant(principal: Principal) -> str:
-    return tenant_of(wire.Caller(team=principal.team, key=principal.key_id))
-
-
 def _store(services: ServicesDep) -> ThreadedBatchStore:
     return services.batches
 
@@ -66,15 +59,15 @@ async def _calling(work: Any) -> Any:
         raise BatchesUnavailable("Batches cannot be read or changed now; try again shortly.") from exc
 
 
-async def _file(services: ServicesDep, principal: Principal, file_id: str) -> FileRow:
-    row: FileRow | None = await _calling(_store(services).get_file(_tenant(principal), file_id))
+async def _file(services: ServicesDep, tenant: str, file_id: str) -> FileRow:
+    row: FileRow | None = await _calling(_store(services).get_file(tenant, file_id))
     if row is None:
         raise NotFound(f"No such File object: {file_id}", param="file_id")
     return row
 
 
-async def _batch(services: ServicesDep, principal: Principal, batch_id: str) -> BatchRow:
-    row: BatchRow | None = await _calling(_store(services).get_batch(_tenant(principal), batch_id))
+async def _batch(services: ServicesDep, tenant: str, batch_id: str) -> BatchRow:
+    row: BatchRow | None = await _calling(_store(services).get_batch(tenant, batch_id))
     if row is None:
         raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
     return row
@@ -83,7 +76,7 @@ async def _batch(services: ServicesDep, principal: Principal, batch_id: str) -> 
 @router.post("/v1/files")
 async def create_file(
     services: ServicesDep,
-    principal: Caller,
+    tenant: Tenant,
     file: Annotated[UploadFile, File()],
     purpose: Annotated[str, Form()],
 ) -> dict[str, Any]:
@@ -96,35 +89,35 @@ async def create_file(
     if len(content) > MAX_FILE_BYTES:
         raise BodyTooLarge(f"A batch file may have at most {MAX_FILE_BYTES} bytes.")
     name = (file.filename or "upload.jsonl")[:255]
-    row = await _calling(_store(services).create_file(_tenant(principal), purpose, name, content))
+    row = await _calling(_store(services).create_file(tenant, purpose, name, content))
     return render_file(row)
 
 
 @router.get("/v1/files/{file_id}")
-async def get_file(file_id: str, services: ServicesDep, principal: Caller) -> dict[str, Any]:
-    return render_file(await _file(services, principal, file_id))
+async def get_file(file_id: str, services: ServicesDep, tenant: Tenant) -> dict[str, Any]:
+    return render_file(await _file(services, tenant, file_id))
 
 
 @router.get("/v1/files/{file_id}/content")
-async def file_content(file_id: str, services: ServicesDep, principal: Caller) -> Response:
-    content: bytes | None = await _calling(_store(services).file_content(_tenant(principal), file_id))
+async def file_content(file_id: str, services: ServicesDep, tenant: Tenant) -> Response:
+    content: bytes | None = await _calling(_store(services).file_content(tenant, file_id))
     if content is None:
         raise NotFound(f"No such File object: {file_id}", param="file_id")
     return Response(content, media_type="application/jsonl")
 
 
 @router.delete("/v1/files/{file_id}")
-async def delete_file(file_id: str, services: ServicesDep, principal: Caller) -> dict[str, Any]:
-    deleted = await _calling(_store(services).delete_file(_tenant(principal), file_id))
+async def delete_file(file_id: str, services: ServicesDep, tenant: Tenant) -> dict[str, Any]:
+    deleted = await _calling(_store(services).delete_file(tenant, file_id))
     if not deleted:
         raise NotFound(f"No such File object: {file_id}", param="file_id")
     return {"id": file_id, "object": "file", "deleted": True}
 
 
 @router.post("/v1/batches")
-async def create_batch(new: NewBatch, services: ServicesDep, principal: Caller) -> dict[str, Any]:
-    store, tenant = _store(services), _tenant(principal)
-    source = await _file(services, principal, new.input_file_id)
+async def create_batch(new: NewBatch, services: ServicesDep, tenant: Tenant) -> dict[str, Any]:
+    store = _store(services)
+    source = await _file(services, tenant, new.input_file_id)
     if source.purpose != "batch":
         raise InvalidRequest(f"File {source.id} is not a batch input file.", param="input_file_id")
     content: bytes = await _calling(store.file_content(tenant, source.id)) or b""
@@ -149,13 +142,11 @@ async def create_batch(new: NewBatch, services: ServicesDep, principal: Caller) 
 @router.get("/v1/batches")
 async def list_batches(
     services: ServicesDep,
-    principal: Caller,
+    tenant: Tenant,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
-    rows: list[BatchRow] = await _calling(
-        _store(services).list_batches(_tenant(principal), after=after, limit=limit + 1)
-    )
+    rows: list[BatchRow] = await _calling(_store(services).list_batches(tenant, after=after, limit=limit + 1))
     # A background response's job is the gateway's own: not listed.
     page = [render_batch(row) for row in rows[:limit] if BACKGROUND_KEY not in (row.metadata or {})]
     return {
@@ -168,13 +159,13 @@ async def list_batches(
 
 
 @router.get("/v1/batches/{batch_id}")
-async def get_batch(batch_id: str, services: ServicesDep, principal: Caller) -> dict[str, Any]:
-    return render_batch(await _batch(services, principal, batch_id))
+async def get_batch(batch_id: str, services: ServicesDep, tenant: Tenant) -> dict[str, Any]:
+    return render_batch(await _batch(services, tenant, batch_id))
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
-async def cancel_batch(batch_id: str, services: ServicesDep, principal: Caller) -> dict[str, Any]:
-    row: BatchRow | None = await _calling(_store(services).cancel_batch(_tenant(principal), batch_id))
+async def cancel_batch(batch_id: str, services: ServicesDep, tenant: Tenant) -> dict[str, Any]:
+    row: BatchRow | None = await _calling(_store(services).cancel_batch(tenant, batch_id))
     if row is None:
         raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
     return render_batch(row)

@@ -8,25 +8,18 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
-from gateway import wire
-from gateway.api.access import Caller, ServicesDep
+from gateway.api.access import ServicesDep, Tenant
 from gateway.errors import NotFound
-from gateway.identity.auth import Principal
-from gateway.inbound.response_store import StoredResponse, tenant_of
+from gateway.inbound.response_store import StoredResponse
 from gateway.inbound.responses import deleted_object, input_items_page
 from gateway.inbound.responses_render import StoredResponsesUnavailable
 
 router = APIRouter()
 
 
-def _tenant(principal: Principal) -> str:
-    """Whose stored responses the caller reads: as the Responses adapter stores them."""
-    return tenant_of(wire.Caller(team=principal.team, key=principal.key_id))
-
-
-async def _stored(services: ServicesDep, principal: Principal, response_id: str) -> StoredResponse:
+async def _stored(services: ServicesDep, tenant: str, response_id: str) -> StoredResponse:
     try:
-        stored = await services.stored_responses.get(_tenant(principal), response_id)
+        stored = await services.stored_responses.get(tenant, response_id)
     except Exception as exc:  # the backend's own errors (a database away or busy)
         raise StoredResponsesUnavailable("Stored responses cannot be read now; try again shortly.") from exc
     if stored is None:
@@ -35,27 +28,27 @@ async def _stored(services: ServicesDep, principal: Principal, response_id: str)
 
 
 @router.get("/v1/responses/{response_id}")
-async def get_response(response_id: str, services: ServicesDep, principal: Caller) -> dict[str, Any]:
-    return (await _stored(services, principal, response_id)).response
+async def get_response(response_id: str, services: ServicesDep, tenant: Tenant) -> dict[str, Any]:
+    return (await _stored(services, tenant, response_id)).response
 
 
 @router.get("/v1/responses/{response_id}/input_items")
 async def list_input_items(
     response_id: str,
     services: ServicesDep,
-    principal: Caller,
+    tenant: Tenant,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Literal["asc", "desc"] = "desc",
 ) -> dict[str, Any]:
-    stored = await _stored(services, principal, response_id)
+    stored = await _stored(services, tenant, response_id)
     return input_items_page(stored, after=after, limit=limit, order=order)
 
 
 @router.delete("/v1/responses/{response_id}")
-async def delete_response(response_id: str, services: ServicesDep, principal: Caller) -> dict[str, Any]:
+async def delete_response(response_id: str, services: ServicesDep, tenant: Tenant) -> dict[str, Any]:
     try:
-        deleted = await services.stored_responses.delete(_tenant(principal), response_id)
+        deleted = await services.stored_responses.delete(tenant, response_id)
     except Exception as exc:
         raise StoredResponsesUnavailable(
             "Stored responses cannot be changed now; try again shortly."
