@@ -10,7 +10,8 @@ does, rather than an error response.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
@@ -25,6 +26,7 @@ from gateway.deferred.background_responses import BACKGROUND_KEY
 from gateway.errors import BodyTooLarge, GatewayError, InvalidRequest, NotFound
 
 router = APIRouter()
+T = TypeVar("T")
 
 
 class BatchesUnavailable(GatewayError):
@@ -52,7 +54,7 @@ def _store(services: ServicesDep) -> ThreadedBatchStore:
     return services.batches
 
 
-async def _calling(work: Any) -> Any:
+async def _calling(work: Awaitable[T]) -> T:
     try:
         return await work
     except BatchStoreUnavailable as exc:
@@ -60,14 +62,14 @@ async def _calling(work: Any) -> Any:
 
 
 async def _file(services: ServicesDep, tenant: str, file_id: str) -> FileRow:
-    row: FileRow | None = await _calling(_store(services).get_file(tenant, file_id))
+    row = await _calling(_store(services).get_file(tenant, file_id))
     if row is None:
         raise NotFound(f"No such File object: {file_id}", param="file_id")
     return row
 
 
 async def _batch(services: ServicesDep, tenant: str, batch_id: str) -> BatchRow:
-    row: BatchRow | None = await _calling(_store(services).get_batch(tenant, batch_id))
+    row = await _calling(_store(services).get_batch(tenant, batch_id))
     if row is None:
         raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
     return row
@@ -100,7 +102,7 @@ async def get_file(file_id: str, services: ServicesDep, tenant: Tenant) -> dict[
 
 @router.get("/v1/files/{file_id}/content")
 async def file_content(file_id: str, services: ServicesDep, tenant: Tenant) -> Response:
-    content: bytes | None = await _calling(_store(services).file_content(tenant, file_id))
+    content = await _calling(_store(services).file_content(tenant, file_id))
     if content is None:
         raise NotFound(f"No such File object: {file_id}", param="file_id")
     return Response(content, media_type="application/jsonl")
@@ -120,7 +122,7 @@ async def create_batch(new: NewBatch, services: ServicesDep, tenant: Tenant) -> 
     source = await _file(services, tenant, new.input_file_id)
     if source.purpose != "batch":
         raise InvalidRequest(f"File {source.id} is not a batch input file.", param="input_file_id")
-    content: bytes = await _calling(store.file_content(tenant, source.id)) or b""
+    content = await _calling(store.file_content(tenant, source.id)) or b""
     arguments = (tenant, source.id, new.endpoint, new.completion_window, new.metadata)
     try:
         lines = parse_batch_input(content, new.endpoint)
@@ -146,7 +148,7 @@ async def list_batches(
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
-    rows: list[BatchRow] = await _calling(_store(services).list_batches(tenant, after=after, limit=limit + 1))
+    rows = await _calling(_store(services).list_batches(tenant, after=after, limit=limit + 1))
     # A background response's job is the gateway's own: not listed.
     page = [render_batch(row) for row in rows[:limit] if BACKGROUND_KEY not in (row.metadata or {})]
     return {
@@ -165,7 +167,7 @@ async def get_batch(batch_id: str, services: ServicesDep, tenant: Tenant) -> dic
 
 @router.post("/v1/batches/{batch_id}/cancel")
 async def cancel_batch(batch_id: str, services: ServicesDep, tenant: Tenant) -> dict[str, Any]:
-    row: BatchRow | None = await _calling(_store(services).cancel_batch(tenant, batch_id))
+    row = await _calling(_store(services).cancel_batch(tenant, batch_id))
     if row is None:
         raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
     return render_batch(row)
