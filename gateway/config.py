@@ -33,6 +33,9 @@ class Price(StrictModel):
 
     input_per_mtok: Annotated[float, Field(ge=0)] = 0.0
     output_per_mtok: Annotated[float, Field(ge=0)] = 0.0
+    # What the upstream's own Batch API charges (`batch_api`); litellm's map's batch price when unset.
+    batch_input_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    batch_output_per_mtok: Annotated[float, Field(ge=0)] | None = None
 
 
 class Capacity(StrictModel):
@@ -78,6 +81,9 @@ class Deployment(StrictModel):
     # The upstream serves OpenAI's Responses API itself (`{api_base}/responses`: OpenAI, recent vLLM):
     # Responses requests are passed through rather than translated to chat.
     responses_api: bool = False
+    # The upstream serves OpenAI's Batch API (`{api_base}/files`, `{api_base}/batches`): batch lines
+    # routed here are submitted to it and priced at its batch price (`deferred/upstream_batches.py`).
+    batch_api: bool = False
     # At most this many requests at once, the rest queued by priority; unlimited when unset (a managed
     # local model: one at a time, `MANAGED_LOCAL_CAPACITY`).
     capacity: Capacity | None = None
@@ -121,6 +127,11 @@ class GatewayConfig(StrictModel):
                 raise ValueError(f"deployment {name!r} declares a different name {deployment.name!r}")
             if not deployment.model and deployment.provider not in ("managed-local", "local-embedder"):
                 raise ValueError(f"deployment {name!r}: 'model' is required")
+            if deployment.batch_api and deployment.provider != "openai":
+                raise ValueError(
+                    f"deployment {name!r}: batch_api needs an OpenAI-compatible upstream"
+                    f" (provider: openai), not {deployment.provider!r}"
+                )
         return self
 
 

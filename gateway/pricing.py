@@ -63,12 +63,23 @@ class PriceBook:
     ) -> None:
         self._deployments = dict(deployments)
         self._prices = {name: _price(deployment, price_map) for name, deployment in deployments.items()}
+        self._batch_prices = {
+            name: _batch_price(deployment, price_map, self._prices[name])
+            for name, deployment in deployments.items()
+            if deployment.batch_api
+        }
         self._max_output = {
             name: _max_output(deployment, price_map) for name, deployment in deployments.items()
         }
 
     def price_of(self, deployment: str) -> TokenPrice | None:
         return self._prices.get(deployment)
+
+    def batch_price_of(self, deployment: str) -> TokenPrice | None:
+        """What a line sent through the deployment's own Batch API costs (`Deployment.batch_api`):
+        the configured batch price, else litellm's map's (`input_cost_per_token_batches`), else the
+        deployment's ordinary price (a discount nobody stated is not assumed)."""
+        return self._batch_prices.get(deployment, self._prices.get(deployment))
 
     def deployment(self, name: str) -> Deployment | None:
         return self._deployments.get(name)
@@ -97,6 +108,27 @@ def _price(deployment: Deployment, price_map: Mapping[str, Mapping[str, Any]]) -
             listed_cached = float(cached) if isinstance(cached, int | float) else float(listed_in)
             return TokenPrice(float(listed_in), float(listed_out), listed_cached)
     return None
+
+
+def _batch_price(
+    deployment: Deployment, price_map: Mapping[str, Mapping[str, Any]], ordinary: TokenPrice | None
+) -> TokenPrice | None:
+    configured = deployment.price
+    if configured is not None and configured.batch_input_per_mtok is not None:
+        output = configured.batch_output_per_mtok
+        return per_million(
+            configured.batch_input_per_mtok, configured.output_per_mtok if output is None else output
+        )
+    if configured is None:
+        for name in _candidate_names(deployment):
+            entry = price_map.get(name) or {}
+            listed_in, listed_out = (
+                entry.get("input_cost_per_token_batches"),
+                entry.get("output_cost_per_token_batches"),
+            )
+            if isinstance(listed_in, int | float) and isinstance(listed_out, int | float):
+                return TokenPrice(float(listed_in), float(listed_out), float(listed_in))
+    return ordinary
 
 
 def _max_output(deployment: Deployment, price_map: Mapping[str, Mapping[str, Any]]) -> int | None:

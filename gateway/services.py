@@ -32,6 +32,7 @@ from gateway.config import GatewayConfig, load_config
 from gateway.dashboard.session import Sessions
 from gateway.deferred.background_responses import BackgroundResponses
 from gateway.deferred.batch_runner import BatchRunner
+from gateway.deferred.upstream_batches import UpstreamBatches
 from gateway.energy import CpuClock, EnergyBook, process_cpu_seconds
 from gateway.identity.auth import Authenticator
 from gateway.identity.key_backends import open_key_store
@@ -62,6 +63,8 @@ from gateway.pricing import PriceBook, load_price_map
 from gateway.providers.base import Provider
 from gateway.providers.factory import build_provider
 from gateway.providers.managed_local import ManagedLocalModel, find_smollm2_model
+from gateway.providers.openai_batches import OpenAIBatchApi
+from gateway.providers.openai_compat import OpenAICompatProvider
 from gateway.readiness import (
     BackingService,
     BatchesDatabase,
@@ -324,7 +327,12 @@ async def _build(
         audit = CacheAudit(executor, tools.embedder, telemetry.count_cache_audit, batcher=tools.batcher)
         stack.push_async_callback(audit.aclose)
         audits = audit
-    answering = Answering(executor, cache, audits, shadows, telemetry, settings.request_timeout)
+    batches = _batches(settings)
+    stack.push_async_callback(batches.aclose)
+    batch_apis = _upstream_batches(settings, config, batches, session, environ, tokens)
+    if batch_apis is not None:
+        background.start(batch_apis.run())
+    answering = Answering(executor, cache, audits, shadows, telemetry, settings.request_timeout, batch_apis)
     energy = EnergyBook(config.deployments, _local_cpu(local_model))
     recording = Recording(route_prices, tokens, ledger, telemetry, decisions, energy)
     decide = Decide(catalog, policies, route_prices, admission.budget_spent)
@@ -333,8 +341,6 @@ async def _build(
     request_ids = RequestIds()
     stored_responses = _stored_responses(settings)
     stack.push_async_callback(stored_responses.aclose)
-    batches = _batches(settings)
-    stack.push_async_callback(batches.aclose)
     background_responses = BackgroundResponses(batches, stored_responses)
     endpoints = {
         route: InboundEndpoint(
@@ -374,6 +380,30 @@ def _stored_responses(settings: Settings) -> ThreadedResponseStore:
         return open_response_store(settings.database_url, settings.state_dir)
     except ValueError as exc:
         raise StartupError(str(exc)) from exc
+
+
+def _upstream_batches(
+    settings: Settings,
+    config: GatewayConfig,
+    batches: ThreadedBatchStore,
+    session: aiohttp.ClientSession,
+    environ: Mapping[str, str],
+    tokens: TokenCounter,
+) -> UpstreamBatches | None:
+    """Batch lines' way to the Batch APIs of the deployments that have one; None when none has."""
+    apis = {}
+    for name, deployment in config.deployments.items():
+        if not deployment.batch_api:
+            continue
+        chat = OpenAICompatProvider(deployment, session, environ, tokens)
+        if chat.available:  # else its lines are called as any request (and fail as it does)
+            apis[name] = OpenAIBatchApi(chat, session)
+    if not apis:
+        return None
+    return UpstreamBatches(
+        batches, apis, config.deployments, flush_seconds=settings.upstream_batch_flush_seconds,
+        poll_seconds=settings.upstream_batch_poll_seconds,
+    )  # fmt: skip
 
 
 def _batches(settings: Settings) -> ThreadedBatchStore:

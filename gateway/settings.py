@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     # How long a replica holds a batch line it claimed without extending it (it extends it every
     # third of this while the line runs): after a crash, its lines run again this much later.
     batch_lease_seconds: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    # Lines for a deployment's own Batch API (`batch_api`) wait this long for more to join them in one
+    # upstream batch; a submitted upstream batch is looked at this often.
+    upstream_batch_flush_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    upstream_batch_poll_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
     # Start and supervise the local model server for `managed-local` deployments.
     manage_local_model: bool = True
     local_model_path: Path | None = None

@@ -9,7 +9,7 @@ body) or a `ChatStream` (complete SSE events in OpenAI's chunk format), each wit
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -64,6 +64,18 @@ class ChatRequest:
     inbound: Any = None
     # The input's tokens when the adapter counted them (APIs whose input is not `messages`).
     prompt_tokens: int | None = None
+    # A batch line's identity, for an answer from the deployment's own Batch API; None otherwise.
+    deferred: DeferredLine | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeferredLine:
+    """A batch line run through the request path: `key` names it at an upstream's Batch API, the same on
+    every run of the line (so a line run again after a crash is never sent twice); `parked` is called
+    once it waits there, when it no longer needs a place among the lines the runner runs at once."""
+
+    key: str
+    parked: Callable[[], None]
 
 
 @dataclass(slots=True)

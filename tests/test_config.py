@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.config import ConfigError, load_config
+from gateway.config import ConfigError, GatewayConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,3 +56,14 @@ def test_an_open_gateway_refuses_to_listen_beyond_loopback(
     config = str(REPO / "policies" / "deployments.yaml")
     assert main(["serve", "--config", config, "--host", "0.0.0.0", "--port", "1"]) == 1
     assert "without API keys" in capsys.readouterr().err
+
+
+def test_only_an_openai_compatible_deployment_may_say_it_has_a_batch_api() -> None:
+    with pytest.raises(ValueError, match="batch_api needs an OpenAI-compatible upstream"):
+        GatewayConfig.model_validate(
+            {
+                "deployments": {
+                    "claude": {"provider": "anthropic", "model": "claude-haiku-4-5", "batch_api": True}
+                }
+            }
+        )

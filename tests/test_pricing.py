@@ -52,3 +52,32 @@ def test_cost_counts_cached_tokens_at_their_own_price() -> None:
     assert price.cost(1000, 500) == pytest.approx(1000 * 2e-6 + 500 * 8e-6)
     assert price.cost(1000, 500, cached_tokens=400) == pytest.approx(600 * 2e-6 + 400 * 0.5e-6 + 500 * 8e-6)
     assert price.cost(100, 0, cached_tokens=999) == pytest.approx(100 * 0.5e-6)  # never more cached than sent
+
+
+def test_a_batch_api_deployment_has_its_batch_price(price_map: dict[str, object]) -> None:
+    book = PriceBook(
+        {
+            "mapped": deployment(provider="openai", model="gpt-4o", batch_api=True),
+            "configured": deployment(
+                provider="openai",
+                model="gpt-4o",
+                batch_api=True,
+                price=Price(
+                    input_per_mtok=4, output_per_mtok=8, batch_input_per_mtok=1, batch_output_per_mtok=3
+                ),
+            ),
+            "no-discount-said": deployment(
+                provider="openai",
+                model="gpt-4o",
+                batch_api=True,
+                price=Price(input_per_mtok=4, output_per_mtok=8),
+            ),
+            "synchronous": deployment(provider="openai", model="gpt-4o"),
+        },
+        price_map,  # type: ignore[arg-type]
+    )
+    assert book.batch_price_of("mapped") == TokenPrice(1.25e-06, 5e-06, 1.25e-06)  # litellm's batch price
+    assert book.batch_price_of("configured") == TokenPrice(1e-06, 3e-06, 1e-06)
+    # A price set by hand without a batch price: no discount is assumed.
+    assert book.batch_price_of("no-discount-said") == book.price_of("no-discount-said")
+    assert book.batch_price_of("synchronous") == book.price_of("synchronous")

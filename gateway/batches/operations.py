@@ -10,7 +10,7 @@ What holds, on either database:
 - a line is finished once: only by the worker holding it while it is `running`, and its batch's
   counts, cost and tokens change in the same transaction (`finish_line`);
 - a batch is finalized once, its output and error files written in the transaction that sets its final
-  status and deletes its lines (`finalize_batch`).
+  status and deletes its lines, and their answers from an upstream's Batch API (`finalize_batch`).
 
 Lock order on PostgreSQL, so that no two transactions ever wait for each other: a transaction locks at
 most one batch row, before any line; lines are locked in (batch id, line number) order; a claim locks
@@ -360,6 +360,8 @@ def finalize_batch(sql: Sql, batch_id: str, now: float, max_attempts: int) -> bo
         (final, at, at, output_id, error_id, batch_id),
     )
     sql.run("DELETE FROM batch_lines WHERE batch_id = ?", (batch_id,))
+    # Its lines' answers from an upstream's Batch API, kept until now should a line run again.
+    sql.run("DELETE FROM upstream_lines WHERE line_key LIKE ?", (f"{batch_id}:%",))
     return True
 
 

@@ -3,10 +3,12 @@ style: a `batch_migrations` table of the versions applied), and `Sql`, the one i
 the store's operations (`operations.py`) reach either database: statements with `?` placeholders run
 inside a transaction the backend opened.
 
-Three tables: `batch_files` (a file's metadata and its content, as a BLOB or BYTEA), `batches` (one row
+Five tables: `batch_files` (a file's metadata and its content, as a BLOB or BYTEA), `batches` (one row
 a batch: status, timestamps, counts, running cost and tokens; `seq` orders them by creation) and
-`batch_lines` (one row a request, keyed by batch id and line number, while its batch is open). JSON is
-stored as text (orjson's, one line): it comes back byte for byte, keys in the order they were written.
+`batch_lines` (one row a request, keyed by batch id and line number, while its batch is open);
+`upstream_lines` and `upstream_submissions` (lines sent on to an upstream's own Batch API,
+`upstream.py`). JSON is stored as text (orjson's, one line): it comes back byte for byte, keys in the
+order they were written.
 """
 
 from __future__ import annotations
@@ -124,6 +126,45 @@ def _tables(blob: str, seq: str) -> tuple[str, ...]:
     return (_FILES.format(blob=blob), _BATCHES.format(seq=seq), _LINES, *_INDEXES)
 
 
+# Lines sent on to an upstream's own Batch API (`upstream.py`): one row a batch line (its key is the
+# line's `batch_id:line_no`), queued until a submission takes it, then answered from the upstream's
+# output; and one row a submission (one upstream batch), whose `lease_until` is when a replica may next
+# take it in hand: to create it upstream again (its creator died) or to look at its status.
+_UPSTREAM = (
+    """
+CREATE TABLE IF NOT EXISTS upstream_lines (
+    line_key TEXT PRIMARY KEY,
+    deployment TEXT NOT NULL,
+    url TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL,
+    submission TEXT,
+    status INTEGER,
+    response TEXT,
+    queued_at DOUBLE PRECISION NOT NULL
+)
+""",
+    """
+CREATE TABLE IF NOT EXISTS upstream_submissions (
+    id TEXT PRIMARY KEY,
+    deployment TEXT NOT NULL,
+    url TEXT NOT NULL,
+    state TEXT NOT NULL,
+    upstream_id TEXT,
+    lines BIGINT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    lease_until DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION
+)
+""",
+    "CREATE INDEX IF NOT EXISTS upstream_lines_queued ON upstream_lines (deployment, url, queued_at)"
+    " WHERE state = 'queued'",
+    "CREATE INDEX IF NOT EXISTS upstream_lines_by_submission ON upstream_lines (submission)",
+    "CREATE INDEX IF NOT EXISTS upstream_submissions_open ON upstream_submissions (lease_until)"
+    " WHERE state <> 'ended'",
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -131,6 +172,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _tables("BLOB", "INTEGER PRIMARY KEY AUTOINCREMENT"),
         _tables("BYTEA", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
     ),
+    Migration(2, "lines sent on to upstream Batch APIs, and their submissions", _UPSTREAM, _UPSTREAM),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

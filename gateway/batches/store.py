@@ -27,7 +27,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-from gateway.batches import operations
+from gateway.batches import operations, upstream
 from gateway.batches.lines import ENDPOINTS, MAX_FILE_BYTES, BatchLine
 from gateway.batches.rows import (
     FILE_PURPOSES,
@@ -264,6 +264,65 @@ class ThreadedBatchStore:
         if finalized:
             logger.info("%s: %d batches finalized", self.name, len(finalized))
         return finalized
+
+    # Lines sent on to an upstream's own Batch API (`upstream.py`, `deferred/upstream_batches.py`).
+
+    async def queue_upstream(
+        self, key: str, deployment: str, url: str, body: Mapping[str, Any], now: float | None = None
+    ) -> bool:
+        """Queue a line for the deployment's Batch API unless it is queued already; whether it was new."""
+        at = self._now(now)
+        return await self._write(lambda sql: upstream.queue_line(sql, key, deployment, url, body, at))
+
+    async def upstream_result(self, key: str) -> upstream.LineResult | None:
+        return await self._read(lambda sql: upstream.line_result(sql, key))
+
+    async def forget_upstream(self, key: str) -> None:
+        await self._write(lambda sql: upstream.forget_line(sql, key))
+
+    async def queued_upstream(self) -> list[upstream.QueuedGroup]:
+        return await self._read(upstream.queued_groups)
+
+    async def open_submission(
+        self, submission_id: str, deployment: str, url: str, limit: int, hold_seconds: float,
+        now: float | None = None,
+    ) -> list[tuple[str, str]]:  # fmt: skip
+        at = self._now(now)
+        return await self._write(
+            lambda sql: upstream.open_submission(
+                sql, submission_id, deployment, url, limit, at, at + hold_seconds
+            )
+        )
+
+    async def due_submissions(
+        self, hold_seconds: float, limit: int, now: float | None = None
+    ) -> list[upstream.Submission]:
+        at = self._now(now)
+        return await self._write(lambda sql: upstream.take_due_submissions(sql, at, at + hold_seconds, limit))
+
+    async def submission_lines(self, submission_id: str) -> list[tuple[str, str]]:
+        return await self._read(lambda sql: upstream.submission_lines(sql, submission_id))
+
+    async def mark_submitted(
+        self, submission_id: str, upstream_id: str, next_look_seconds: float, now: float | None = None
+    ) -> None:
+        at = self._now(now) + next_look_seconds
+        await self._write(lambda sql: upstream.mark_submitted(sql, submission_id, upstream_id, at))
+
+    async def end_submission(
+        self,
+        submission_id: str,
+        answers: Mapping[str, tuple[int, Any]],
+        unanswered: tuple[int, Any],
+        now: float | None = None,
+    ) -> list[str]:
+        at = self._now(now)
+        return await self._write(
+            lambda sql: upstream.end_submission(sql, submission_id, answers, unanswered, at)
+        )
+
+    async def upstream_counts(self) -> dict[str, int]:
+        return await self._read(upstream.open_counts)
 
     # The store itself.
 

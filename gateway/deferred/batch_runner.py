@@ -42,7 +42,7 @@ from gateway.errors import BudgetExceeded, GatewayError
 from gateway.inbound.adapter import InboundApi
 from gateway.inbound.responses import Responses
 from gateway.path.request_path import RequestPath
-from gateway.wire import Caller
+from gateway.wire import Caller, DeferredLine
 
 logger = logging.getLogger("gateway.batches.runner")
 
@@ -50,6 +50,9 @@ logger = logging.getLogger("gateway.batches.runner")
 LEASE_SECONDS = 60.0
 # How often an idle runner looks for new lines, and finalizes batches whose lines are all done.
 POLL_SECONDS = 1.0
+# Lines a replica keeps waiting for an upstream's Batch API (parked: they hold no place among the lines
+# it runs at once).
+MAX_PARKED = 10_000
 # A line that fails for a transient reason is tried this many times before its error is kept.
 ATTEMPTS_PER_CLAIM = 5
 LONGEST_PAUSE_SECONDS = 30.0
@@ -77,6 +80,9 @@ class BatchRunner:
         self._lease = lease_seconds
         self._poll = poll_seconds
         self._running: dict[LineKey, asyncio.Task[None]] = {}
+        # Running lines that wait for an upstream's Batch API (`deferred/upstream_batches.py`).
+        self._parked: set[LineKey] = set()
+        self._wake = asyncio.Event()
 
     async def run(self) -> None:
         """Claim and run lines until cancelled; the lines still running then are left to their leases."""
@@ -90,20 +96,30 @@ class BatchRunner:
                     task.add_done_callback(partial(self._ended, line.key))
                 with contextlib.suppress(BatchStoreUnavailable):
                     await self.store.finalize_ready()
-                if not claimed or len(self._running) >= self._concurrency:
+                if not claimed or self._active() >= self._concurrency:
                     await self._pause()
         finally:
             heartbeat.cancel()
             for task in list(self._running.values()):
                 task.cancel()
 
+    def _active(self) -> int:
+        return len(self._running) - len(self._parked)
+
+    def _park(self, key: LineKey) -> None:
+        """The line waits for an upstream's Batch API: its place goes to the next line."""
+        if key in self._running:
+            self._parked.add(key)
+            self._wake.set()
+
     def _ended(self, key: LineKey, task: asyncio.Task[None]) -> None:
         self._running.pop(key, None)
+        self._parked.discard(key)
         if not task.cancelled() and task.exception() is not None:
             logger.error("batch line %s failed", key, exc_info=task.exception())
 
     async def _claim(self) -> list[ClaimedLine]:
-        free = self._concurrency - len(self._running)
+        free = min(self._concurrency - self._active(), MAX_PARKED - len(self._parked))
         if free <= 0:
             return []
         try:
@@ -113,12 +129,14 @@ class BatchRunner:
             return []
 
     async def _pause(self) -> None:
-        """Until a running line ends or the poll interval passes."""
-        running = list(self._running.values())
-        if running:
-            await asyncio.wait(running, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
-        else:
-            await asyncio.sleep(self._poll)
+        """Until a running line ends or parks, or the poll interval passes."""
+        active = [task for key, task in self._running.items() if key not in self._parked]
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait([*active, woken], timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            self._wake.clear()
 
     async def _extend_leases(self) -> None:
         while True:
@@ -142,6 +160,7 @@ class BatchRunner:
             return
         request_id = f"{line.batch_id}-{line.line_no}"
         caller = Caller(team=line.tenant or None, priority=DEFERRABLE)
+        deferred = DeferredLine(f"{line.batch_id}:{line.line_no}", partial(self._park, line.key))
         body = {**line.body, "stream": False}
         body.pop("stream_options", None)
         raw = orjson.dumps(body)
@@ -149,7 +168,7 @@ class BatchRunner:
         status, answer, cost = 500, b"", 0.0
         for attempt in range(ATTEMPTS_PER_CLAIM):
             try:
-                status, answer, cost = await self._answer(api, raw, request_id, caller, response_id)
+                status, answer, cost = await self._answer(api, raw, request_id, caller, response_id, deferred)
                 break
             except GatewayError as error:
                 status, answer = error.status, api.error_body(error)
@@ -187,7 +206,13 @@ class BatchRunner:
             logger.warning("background response %s: its failure could not be stored", response_id)
 
     async def _answer(
-        self, api: InboundApi, raw: bytes, request_id: str, caller: Caller, response_id: str | None
+        self,
+        api: InboundApi,
+        raw: bytes,
+        request_id: str,
+        caller: Caller,
+        response_id: str | None,
+        deferred: DeferredLine,
     ) -> tuple[int, bytes, float]:
         """One line through the request path, recorded: its status, body and cost; a background
         response's answer is stored under the id the client was given."""
@@ -196,6 +221,7 @@ class BatchRunner:
             request = await api.parse(raw, request_id, caller, response_id=response_id)
         else:
             request = await api.parse(raw, request_id, caller)
+            request.deferred = deferred  # a background response is waited for: never parked upstream
         exchange = await path.answer(request, caller)
         completion = exchange.answer.completion
         try:

@@ -23,6 +23,15 @@ from gateway.telemetry.telemetry import Telemetry
 from gateway.wire import Caller, ChatRequest, ChatStream, Completion, Deadline, Usage
 
 
+class BatchApis(Protocol):
+    """Upstreams' own Batch APIs (`deferred/upstream_batches.py`): batch lines routed to a deployment
+    that has one are answered there, at its batch price."""
+
+    def serves(self, deployment: str, request: ChatRequest) -> bool: ...
+
+    async def answer(self, deployment: str, request: ChatRequest) -> Completion: ...
+
+
 class CacheAudits(Protocol):
     """Re-asks the upstream for a share of semantic hits, to measure the cache's live precision."""
 
@@ -51,6 +60,8 @@ class Answer:
     queued_seconds: float = 0.0
     # The answering deployment's place, held while a stream runs; released when the request is recorded.
     slot: Slot | None = None
+    # Answered by the deployment's own Batch API: priced at its batch price.
+    batch: bool = False
 
     @property
     def native(self) -> bool:
@@ -76,8 +87,10 @@ class Answering:
         shadows: ShadowCopies,
         telemetry: Telemetry,
         request_timeout: float,
+        batch_apis: BatchApis | None = None,
     ) -> None:
         self.cache = cache
+        self._batch_apis = batch_apis
         self._executor = executor
         self._audit = audit
         self._shadows = shadows
@@ -121,12 +134,28 @@ class Answering:
             await self._keep(answer, keys, routing)
         return answer
 
+    def batched(self, request: ChatRequest, routing: Routing) -> str | None:
+        """The deployment whose own Batch API will answer this batch line; None: it is called."""
+        candidates, apis = routing.target.candidates, self._batch_apis
+        if request.deferred is None or apis is None or not candidates:
+            return None
+        first = candidates[0].provider.deployment.name
+        return first if apis.serves(first, request) else None
+
     async def _call(self, request: ChatRequest, routing: Routing, attempt: Attempt) -> Answer:
         target, rule, decision = routing.target, routing.rule, routing.decision
         timeout = self._request_timeout
         if decision is not None and decision.overrides is not None:
             request = _with_overrides(request, decision.overrides)
             timeout = min(timeout, decision.overrides.timeout_seconds or timeout)
+        batched = self.batched(request, routing)
+        if batched is not None and self._batch_apis is not None:
+            # Not called now, so not in flight: a line cut off while it waits owes nothing yet.
+            completion = await self._batch_apis.answer(batched, request)
+            return Answer(
+                target.route, batched, rule, None, completion.upstream_seconds, completion=completion,
+                batch=True,
+            )  # fmt: skip
         deadline = Deadline.after(timeout)
 
         def calling(provider: Provider) -> Provider:

@@ -49,12 +49,19 @@ class RoutePrices:
         deployment: str | None,
         usage: Usage | None,
         cache: CacheOutcome = "miss",
+        batch: bool = False,
     ) -> Spend | None:
         """The cost at the answering route's price, and at the policy's reference route's. An answer
-        from the cache cost nothing; what it saved is what the reference route charges for its tokens."""
+        from the cache cost nothing; what it saved is what the reference route charges for its tokens.
+        An answer from the deployment's own Batch API (`batch`) costs its batch price."""
         if usage is None:
             return None
-        price = FREE if cache != "miss" else self.price(policy, route, deployment or "")
+        if cache != "miss":
+            price: TokenPrice | None = FREE
+        elif batch:
+            price = self.book.batch_price_of(deployment or "")
+        else:
+            price = self.price(policy, route, deployment or "")
         return spend_of(
             price, self.reference(policy), usage.prompt_tokens, usage.completion_tokens, cached_tokens(usage)
         )

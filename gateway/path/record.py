@@ -138,9 +138,10 @@ class Recording:
         policy = routing.policy.policy if routing is not None else None
         route = answer.route if answer is not None else (routing.target.route if routing else None)
         cache = _cache_outcome(answer)
+        batch = answer is not None and answer.batch
         spend = None
         if deployment is not None or cache != "miss":
-            spend = self._prices.spend(policy, route, deployment, usage, cache)
+            spend = self._prices.spend(policy, route, deployment, usage, cache, batch)
         priced = self._prices.book.deployment(deployment) if deployment else None
         upstream_seconds = answer.upstream_seconds if answer is not None and cache == "miss" else None
         upstream_ms = upstream_seconds * 1000 if upstream_seconds is not None else None
@@ -183,7 +184,7 @@ class Recording:
             signals=_signals(routing),
             priority=routing.priority if routing is not None else INTERACTIVE,
             queue_ms=answer.queued_seconds * 1000 if answer is not None else 0.0,
-            admission=overload.text if overload is not None else None,
+            admission=_admission(overload, deployment if batch else None),
             energy_wh=energy_wh,
             reference_energy_wh=energy.reference_wh(reference_deployment(policy), usage),
         )
@@ -213,6 +214,14 @@ class Recording:
 
     def _new_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"
+
+
+def _admission(overload: OverloadNote | None, batch_api: str | None) -> str | None:
+    """What admission control did, and whether the answer came from a deployment's own Batch API."""
+    notes = [overload.text] if overload is not None else []
+    if batch_api is not None:
+        notes.append(f"batched: answered by {batch_api}'s Batch API at its batch price")
+    return "; ".join(notes) or None
 
 
 def _cache_outcome(answer: Answer | None) -> CacheOutcome:

@@ -95,7 +95,7 @@ class RequestPath:
             reroute = await self.admission.reserve(admitted, routing)
             if reroute is not None:
                 routing = self.decide.reroute(routing, reroute.route, reroute.budget, request)
-            if routing.target.candidates:
+            if routing.target.candidates and self.answering.batched(request, routing) is None:
                 first = routing.target.candidates[0].provider.deployment.name
                 self.recording.calling(trail, routing, admitted, first)
             answer = await self.answering.from_upstream(request, routing, attempt, keys)
