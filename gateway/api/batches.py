@@ -17,7 +17,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
-from gateway.api.access import ServicesDep, Tenant
+from gateway.api.access import Caller, ServicesDep, Tenant
 from gateway.batches.lines import MAX_FILE_BYTES, BatchInputError, parse_batch_input
 from gateway.batches.render import render_batch, render_file
 from gateway.batches.rows import BatchRow, FileRow
@@ -117,7 +117,9 @@ async def delete_file(file_id: str, services: ServicesDep, tenant: Tenant) -> di
 
 
 @router.post("/v1/batches")
-async def create_batch(new: NewBatch, services: ServicesDep, tenant: Tenant) -> dict[str, Any]:
+async def create_batch(
+    new: NewBatch, services: ServicesDep, tenant: Tenant, principal: Caller
+) -> dict[str, Any]:
     store = _store(services)
     source = await _file(services, tenant, new.input_file_id)
     if source.purpose != "batch":
@@ -135,7 +137,8 @@ async def create_batch(new: NewBatch, services: ServicesDep, tenant: Tenant) -> 
             raise InvalidRequest(str(refused)) from refused
         return render_batch(row)
     try:
-        row = await _calling(store.create_batch(*arguments, lines))
+        created = store.create_batch(*arguments, lines, team=principal.team, key_id=principal.key_id)
+        row = await _calling(created)
     except ValueError as refused:
         raise InvalidRequest(str(refused)) from refused
     return render_batch(row)

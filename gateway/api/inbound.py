@@ -73,7 +73,7 @@ class InboundEndpoint:
             caller = caller_of(wanted, principal)
             request = await api.parse(raw, request_id, caller)
             if self._background is not None and request.inbound.background:
-                queued = await self._background.enqueue(request)
+                queued = await self._background.enqueue(request, caller)
                 headers += [*_JSON_HEADERS, (b"content-length", str(len(queued)).encode())]
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 await send({"type": "http.response.body", "body": queued})

@@ -35,14 +35,15 @@ _SELECT_BATCH = f"SELECT {', '.join(BATCH_COLUMNS)} FROM batches"
 # A claim's first pick: lines whose worker died (a running line whose lease ran out) that may be tried
 # again, oldest batch first (few: at most what the workers hold).
 _ABANDONED = """
-SELECT l.batch_id, l.line_no, b.tenant FROM batch_lines l JOIN batches b ON b.id = l.batch_id
+SELECT l.batch_id, l.line_no, b.tenant, b.team, b.key_id
+FROM batch_lines l JOIN batches b ON b.id = l.batch_id
 WHERE l.state = 'running' AND l.lease_until <= ? AND l.attempts < ? AND b.status = 'in_progress'
 ORDER BY b.seq, l.line_no
 LIMIT ?
 """
 # Then: in-progress batches with a pending line, oldest first, and their pending lines in order.
 _WITH_PENDING = """
-SELECT id, tenant FROM batches b WHERE status = 'in_progress'
+SELECT id, tenant, team, key_id FROM batches b WHERE status = 'in_progress'
 AND EXISTS (SELECT 1 FROM batch_lines l WHERE l.batch_id = b.id AND l.state = 'pending')
 ORDER BY seq
 LIMIT ?
@@ -223,16 +224,16 @@ def claim(
     becomes `running` for `worker_id` until `lease_until`, its attempts counted. On PostgreSQL the lines
     are picked `FOR UPDATE SKIP LOCKED`: one another claim is taking is left to it, never waited for."""
     skip_locked = " FOR UPDATE OF l SKIP LOCKED" if sql.postgres else ""
-    # (batch id, line number, tenant) of each line to take.
+    # (batch id, line number, tenant, team, key id) of each line to take.
     picked = sql.rows(_ABANDONED + skip_locked, (now, max_attempts, limit))
     if len(picked) < limit:
-        for batch_id, tenant in sql.rows(_WITH_PENDING, (limit - len(picked),)):
+        for batch_id, tenant, team, key_id in sql.rows(_WITH_PENDING, (limit - len(picked),)):
             pending = sql.rows(_PENDING + skip_locked, (batch_id, limit - len(picked)))
-            picked += [(batch_id, line_no, tenant) for (line_no,) in pending]
+            picked += [(batch_id, line_no, tenant, team, key_id) for (line_no,) in pending]
             if len(picked) >= limit:
                 break
     claimed = []
-    for batch_id, line_no, tenant in picked:
+    for batch_id, line_no, tenant, team, key_id in picked:
         ((custom_id, method, url, body, attempts),) = sql.rows(
             _TAKE, (worker_id, lease_until, batch_id, line_no)
         )
@@ -247,6 +248,8 @@ def claim(
                 orjson.loads(body),
                 attempts,
                 lease_until,
+                team,
+                key_id,
             )
         )
     return claimed

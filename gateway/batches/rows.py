@@ -123,6 +123,9 @@ class BatchRow:
     failed: int
     cost_usd: float
     usage: Usage
+    # Who created it: whose budgets and rate limits its lines count against.
+    team: str | None = None
+    key_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,9 @@ class ClaimedLine:
     body: dict[str, Any]
     attempts: int
     lease_until: float
+    # The batch's creator (None for a batch made before the gateway kept it: its tenant is its team).
+    team: str | None = None
+    key_id: str | None = None
 
     @property
     def key(self) -> LineKey:

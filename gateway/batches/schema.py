@@ -164,6 +164,9 @@ CREATE TABLE IF NOT EXISTS upstream_submissions (
     " WHERE state <> 'ended'",
 )
 
+# Whose budgets and rate limits a batch's lines count against (NULL for batches made before: their
+# tenant is taken as their team, as it was then).
+_CREATOR = ("ALTER TABLE batches ADD COLUMN team TEXT", "ALTER TABLE batches ADD COLUMN key_id TEXT")
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -173,6 +176,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _tables("BYTEA", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
     ),
     Migration(2, "lines sent on to upstream Batch APIs, and their submissions", _UPSTREAM, _UPSTREAM),
+    Migration(3, "who created each batch: its team and key", _CREATOR, _CREATOR),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -231,5 +235,7 @@ BATCH_COLUMNS = (
     "output_tokens",
     "reasoning_tokens",
     "total_tokens",
+    "team",
+    "key_id",
 )
 LINE_COLUMNS = ("batch_id", "line_no", "custom_id", "method", "url", "body", "state")

@@ -137,11 +137,14 @@ class ThreadedBatchStore:
         metadata: dict[str, str] | None,
         lines: Sequence[BatchLine],
         *,
+        team: str | None = None,
+        key_id: str | None = None,
         now: float | None = None,
     ) -> BatchRow:
         """Store a batch `in_progress` and all its lines `pending`, in one transaction; ValueError for
         an endpoint, window or metadata OpenAI would refuse, no lines, a line for another url, or an
-        input file that is not the tenant's `batch` file."""
+        input file that is not the tenant's `batch` file. `team` and `key_id` are its creator's: its
+        lines count against their budgets and rate limits."""
         if not lines:
             raise ValueError("a batch needs at least one line")
         for line in lines:
@@ -154,7 +157,7 @@ class ThreadedBatchStore:
         row = _new_batch(
             tenant, input_file_id, endpoint, completion_window, metadata, at, "in_progress", len(lines)
         )
-        row = replace(row, model=model, in_progress_at=at)
+        row = replace(row, model=model, in_progress_at=at, team=team, key_id=key_id)
         await self._write(lambda sql: operations.insert_batch(sql, row, lines))
         return row
 

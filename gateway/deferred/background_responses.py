@@ -23,7 +23,7 @@ from gateway.batches.store import BatchStoreUnavailable, ThreadedBatchStore
 from gateway.errors import GatewayError
 from gateway.inbound.response_store import ResponseStore, StoredResponse
 from gateway.inbound.responses_render import ResponsesInbound, response_object
-from gateway.wire import ChatRequest
+from gateway.wire import Caller, ChatRequest
 
 BACKGROUND_KEY = "gateway_background_response"
 BACKGROUND_PREFIX = "gateway-background:"
@@ -50,7 +50,7 @@ class BackgroundResponses:
         self._batches = batches
         self._responses = responses
 
-    async def enqueue(self, request: ChatRequest) -> bytes:
+    async def enqueue(self, request: ChatRequest, caller: Caller) -> bytes:
         """Keep the request as a job and its Response as `queued`; the body to answer the client with."""
         inbound: ResponsesInbound = request.inbound
         queued = response_object(inbound, status="queued", output=[], usage=None)
@@ -63,7 +63,7 @@ class BackgroundResponses:
             )
             await self._batches.create_batch(
                 inbound.tenant, source.id, RESPONSES_ENDPOINT, "24h",
-                {BACKGROUND_KEY: inbound.response_id}, [line],
+                {BACKGROUND_KEY: inbound.response_id}, [line], team=caller.team, key_id=caller.key,
             )  # fmt: skip
         except BatchStoreUnavailable as exc:
             failed = {**queued, "status": "failed", "error": _error("The job could not be queued.")}

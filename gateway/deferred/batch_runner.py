@@ -159,7 +159,9 @@ class BatchRunner:
             logger.error("batch %s line %d: no adapter for %s", line.batch_id, line.line_no, line.url)
             return
         request_id = f"{line.batch_id}-{line.line_no}"
-        caller = Caller(team=line.tenant or None, priority=DEFERRABLE)
+        # As its creator would have sent it (a batch made before the creator was kept: as its tenant).
+        team = line.team if line.team is not None or line.key_id is not None else line.tenant or None
+        caller = Caller(team=team, key=line.key_id, priority=DEFERRABLE)
         deferred = DeferredLine(f"{line.batch_id}:{line.line_no}", partial(self._park, line.key))
         body = {**line.body, "stream": False}
         body.pop("stream_options", None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -15,6 +16,8 @@ import pytest
 
 from gateway.fakes.background import BackgroundLoop
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
+from gateway.identity.keys import KeyStore
+from gateway.identity.keys_sqlite import SqliteKeys
 from tests.conftest import RunningGateway, ledger_rows, openai_deployment
 
 
@@ -144,3 +147,34 @@ def test_lines_the_upstream_refuses_go_to_the_error_file_and_embeddings_lines_ru
     [bad] = [orjson.loads(line) for line in client.files.content(done.error_file_id).content.splitlines()]
     assert bad["custom_id"] == "e2" and bad["response"]["status_code"] == 400
     assert bad["response"]["body"]["error"]["type"] == "invalid_request_error"
+
+
+def test_a_batchs_lines_count_against_its_creators_key_budget(
+    upstreams: Callable[..., FakeOpenAIUpstream],
+    gateway: Callable[..., RunningGateway],
+    bg: BackgroundLoop,
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "keyed-state"
+    store = KeyStore(SqliteKeys(state / "keys.sqlite"))
+    key, secret = store.create("search", "client")
+    store.close()
+    # The key may spend about two answers' worth a day (each costs ~$0.0004 and reserves more), so
+    # not all four lines fit; its team has no budget of its own.
+    policy = {**spec(upstreams()), "budgets": {"keys": {key.id: {"daily_usd": 0.001}}}}
+    gw = gateway(policy, admin_keys="sk-admin", state_dir=state, batch_concurrency=1)
+    client = gw.client(api_key=secret)
+    lines = [chat_line(f"q{n}", f"A long question, number {n}, asked once?") for n in range(4)]
+    for line in lines:
+        line["body"]["max_tokens"] = 10
+    uploaded = client.files.create(file=("input.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = finished(client, batch.id)
+    assert done.request_counts.failed >= 1 and done.request_counts.completed >= 1  # type: ignore[union-attr]
+    assert done.error_file_id is not None
+    errors = [orjson.loads(line) for line in client.files.content(done.error_file_id).content.splitlines()]
+    assert {error["response"]["body"]["error"]["code"] for error in errors} == {"budget_exceeded"}
+    rows = [row for row in ledger_rows(gw, bg) if row["request_id"].startswith(batch.id)]
+    assert {row["key_id"] for row in rows} == {key.id} and {row["team"] for row in rows} == {"search"}

@@ -697,11 +697,12 @@ def test_migrations_are_applied_once(backend: Backend) -> None:
         await store.aclose()
         return version
 
-    assert asyncio.run(open_and_read()) == 2
-    assert asyncio.run(open_and_read()) == 2
+    assert asyncio.run(open_and_read()) == 3
+    assert asyncio.run(open_and_read()) == 3
     assert [row[:2] for row in backend.query("SELECT version, description FROM batch_migrations")] == [
         (1, "the batch files, batches and batch lines tables"),
         (2, "lines sent on to upstream Batch APIs, and their submissions"),
+        (3, "who created each batch: its team and key"),
     ]
 
 
