@@ -24,6 +24,7 @@ from gateway.batches.backends import open_batch_store
 from gateway.batches.store import ThreadedBatchStore
 from gateway.cache.answer_cache import AnswerCache
 from gateway.cache.audit import AuditTotals, CacheAudit
+from gateway.cache.pair_judge import JudgeMissing, PairJudge
 from gateway.cache.store import CachedAnswer, CacheStore, InProcessCacheStore
 from gateway.cache.verifier import LazyVerifier, VerifierMissing
 from gateway.capacity.capacity import Capacity, local_capacity
@@ -469,7 +470,12 @@ async def _answer_cache(
         verifier = LazyVerifier()
     except VerifierMissing as exc:
         logger.warning("semantic cache off (exact matches only): %s", exc)
-    return AnswerCache(store, tools.embedder, verifier, batcher=tools.batcher)
+    judge = None
+    try:
+        judge = PairJudge.read()
+    except JudgeMissing as exc:
+        logger.warning("rules with a cache max_error get exact matches only: %s", exc)
+    return AnswerCache(store, tools.embedder, verifier, judge=judge, batcher=tools.batcher)
 
 
 def _warm_up(providers: Mapping[str, Provider], background: _Background) -> None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from gateway.cache.keys import CacheKeys, cache_keys, embedding_cache_keys
+from gateway.cache.pair_judge import PairJudge
 from gateway.cache.store import CachedAnswer, CacheStore
 from gateway.cache.verifier import PairScorer
 from gateway.embedding.batcher import EmbeddingBatcher, MicroBatcher, ModelBusy, short_text
@@ -107,6 +108,10 @@ class CacheHit:
     verified: float | None = None
 
 
+# A rule's semantic accept test: (question, cached question, cosine, verifier probability) → serve?
+Accepts = Callable[[str, str, float, float], bool]
+
+
 class AnswerCache:
     """Exact lookups by key; semantic lookups by the last user turn's embedding (shared with the
     policy's semantic signals through the request's memo), verified before they count."""
@@ -117,12 +122,15 @@ class AnswerCache:
         embedder: TextEmbedder | None = None,
         verifier: PairScorer | None = None,
         *,
+        judge: PairJudge | None = None,
         batcher: EmbeddingBatcher | None = None,
         max_pending_stores: int = MAX_PENDING_STORES,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.verifier = verifier
+        # Turns a rule's `max_error` into an accept rule over cosine and verifier together.
+        self.judge = judge
         # The embedder's batcher (shared with the policy's signals); without one, a worker thread per call.
         self.batcher = batcher
         self._verify: MicroBatcher[tuple[str, str], float] | None = None
@@ -187,7 +195,10 @@ class AnswerCache:
         exact = await self.store.get(keys.namespace, keys.exact)
         if exact is not None:
             return CacheHit(exact, "exact", keys.exact)
-        if directive.similarity is None or self._verify is None:
+        if not directive.semantic or self._verify is None:
+            return None
+        accepts = self._acceptance(directive)
+        if accepts is None:
             return None
         try:
             vector = await self.question_vector(keys, memo)
@@ -205,9 +216,28 @@ class AnswerCache:
             except ModelBusy:
                 self.semantic_skipped += 1
                 return None
-            if verified >= directive.similarity:
+            if accepts(keys.question, found.question, neighbour.cosine, verified):
                 return CacheHit(found, "semantic", neighbour.key, neighbour.cosine, verified)
         return None
+
+    def _acceptance(self, directive: CacheDirective) -> Accepts | None:
+        """The rule's accept test over (question, cached question, cosine, verifier probability); None:
+        no semantic hits (a rule without them; a `max_error` no threshold keeps, or without the
+        judge's file)."""
+        if directive.max_error is not None:
+            judge = self.judge
+            if judge is None:
+                return None
+            threshold = judge.threshold_for(directive.max_error)
+            if threshold >= 1.0:
+                return None
+            return lambda query, cached, cosine, verified: (
+                judge.probability(query, cached, cosine, verified) >= threshold
+            )
+        least = directive.similarity
+        if least is None:
+            return None
+        return lambda query, cached, cosine, verified: verified >= least
 
     async def remember(
         self,
@@ -237,7 +267,7 @@ class AnswerCache:
             question=keys.question,
         )
         can_embed = self.batcher is not None or self.embedder is not None
-        semantic = directive.similarity is not None and can_embed
+        semantic = can_embed and self._acceptance(directive) is not None
         if not semantic:
             # One write and no index: kept before the answer leaves, so every replica finds it next.
             await self._store(keys, answer, None, True)

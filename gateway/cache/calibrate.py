@@ -1,7 +1,9 @@
 """`gateway cache calibrate PAIRS.jsonl`: how precise the semantic cache is at each threshold, on
 labelled pairs, and which `similarity` to put in a rule for a target precision.
 
-By default only the held-out side of the fixed split is scored (the side the shipped verifier never
+With `--train SET… --test SET…` it fits the cache's judge on some sources and judges it on others,
+per source (`judge_fit.py`). With one PAIRS file, by default only the held-out side of the fixed split
+is scored (the side the shipped verifier never
 saw); pass `--split all` for pairs of your own. The plain-cosine curve (the GPTCache method) is
 printed beside the verifier's for comparison. Prints a table; `--json` writes the figures, `--png`
 draws both curves.
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from gateway.cache import judge_fit
 from gateway.cache.pair_scores import candidate_cosines, verified_scores
 from gateway.cache.pairs import SPLITS, read_pairs, split_pairs
 from gateway.cache.precision_curve import CurvePoint, curve, sample, threshold_for
@@ -25,16 +28,27 @@ from gateway.embedding.embedder import Embedder, default_model_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pairs", type=Path, help="JSON lines: text_a, text_b, label (1 = same intent)")
+    parser.add_argument(
+        "pairs", type=Path, nargs="?", help="JSON lines: text_a, text_b, label (1 = same intent)"
+    )
     parser.add_argument("--split", choices=SPLITS, default="held-out", help="which side of the fixed split")
     parser.add_argument("--target-precision", type=float, default=0.95)
     parser.add_argument("--verifier", type=Path, default=DEFAULT_PATH)
     parser.add_argument("--embedder", type=Path, default=None)
     parser.add_argument("--json", type=Path, help="write the curves and the recommendation here")
     parser.add_argument("--png", type=Path, help="draw the precision/recall curves here")
+    judge_fit.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.train or args.test:
+        if not (args.train and args.test) or args.pairs is not None:
+            print("calibrate takes PAIRS, or both --train and --test", file=sys.stderr)
+            return 2
+        return judge_fit.run(args)
+    if args.pairs is None:
+        print("calibrate takes PAIRS, or both --train and --test", file=sys.stderr)
+        return 2
     pairs = split_pairs(read_pairs(args.pairs), args.split)
     verifier = Verifier(args.verifier)
     embedder = Embedder(args.embedder or default_model_path(), max_tokens=128)

@@ -140,8 +140,9 @@ def compile_policy(
             problems.append(problem(("signals", signal_name, "model"), str(exc)))
     if tools.embedder is None:
         for index, rule in enumerate(policy.rules):
-            if rule.cache is not None and rule.cache.similarity is not None:
-                where = ("rules", index, "cache", "similarity")
+            if rule.cache is not None and rule.cache.semantic:
+                field = "max_error" if rule.cache.max_error is not None else "similarity"
+                where = ("rules", index, "cache", field)
                 needs = f"semantic caching needs the local embedder: {tools.embedder_missing}"
                 problems.append(problem(where, needs))
     if problems:
@@ -190,10 +191,9 @@ def _reference_problems(policy: Policy, deployments: Collection[str], problem: P
             if limit.when_exhausted is not None and limit.when_exhausted not in routes:
                 where = ("budgets", kind, name, "when_exhausted")
                 problems.append(problem(where, f"unknown route '{limit.when_exhausted}'"))
-    if policy.embeddings_cache is not None and policy.embeddings_cache.similarity is not None:
-        problems.append(
-            problem(("embeddings_cache", "similarity"), "embeddings are cached by exact match only")
-        )
+    if policy.embeddings_cache is not None and policy.embeddings_cache.semantic:
+        field = "max_error" if policy.embeddings_cache.max_error is not None else "similarity"
+        problems.append(problem(("embeddings_cache", field), "embeddings are cached by exact match only"))
     for model, target in policy.model_aliases.items():
         if target != AUTO and target not in routes and target not in deployments:
             not_a_target = f"'{target}' is not auto, a route or a deployment"

@@ -267,6 +267,11 @@ class CacheDirective(Strict):
     # probability of "same intent" the verifier must give. `gateway cache calibrate` recommends one for
     # a target precision. Unset: exact matches only.
     similarity: Annotated[float, Field(gt=0, le=1)] | None = None
+    # Or the tolerated share of semantic hits that answer a different question: the cache's judge
+    # (`cache/pair_judge.py`: cosine and verifier together) accepts a hit at the threshold measured to
+    # keep that rate on held-out pairs of every kind of text it was calibrated on. Takes precedence
+    # over `similarity`.
+    max_error: Annotated[float, Field(gt=0, le=0.5)] | None = None
     # Share of semantic hits checked live: the route is called anyway and its answer compared with the
     # cached one, so the cache's real precision on this traffic shows in the metrics.
     verify_sample: Annotated[float, Field(ge=0, le=1)] = 0.0
@@ -277,6 +282,11 @@ class CacheDirective(Strict):
     # Keep answers that call tools, or that were cut at max_tokens.
     tool_calls: bool = False
     truncated: bool = False
+
+    @property
+    def semantic(self) -> bool:
+        """Whether questions that mean the same as a cached one are answered too."""
+        return self.similarity is not None or self.max_error is not None
 
 
 class Overrides(Strict):
