@@ -319,7 +319,9 @@ async def _build(
         capacity = local_capacity(config)
     stack.push_async_callback(capacity.aclose)
     executor = RouteExecutor(health, capacity=capacity)
-    shadows = ShadowCopies(catalog, executor, decisions.add_shadow)
+    # Labelled copies embed the prompt with the policy's embedder (when the local embedder is there).
+    embed = tools.batcher.embed if tools.batcher is not None else None
+    shadows = ShadowCopies(catalog, executor, decisions.add_shadow, label=decisions.add_outcome, embed=embed)
     stack.push_async_callback(shadows.aclose)
     cache = await _answer_cache(settings, client, redis_guard, tools, stack)
     stack.push_async_callback(cache.aclose)  # its stores under way finish before Redis closes

@@ -18,7 +18,7 @@ from gateway.policy.schema import Overrides
 from gateway.providers.base import Provider
 from gateway.routing.catalog import Target
 from gateway.routing.executor import Outcome, RouteExecutor
-from gateway.routing.shadow import ShadowCopies
+from gateway.routing.shadow import Labelling, PrimaryAnswer, ShadowCopies
 from gateway.telemetry.telemetry import Telemetry
 from gateway.wire import Caller, ChatRequest, ChatStream, Completion, Deadline, Usage
 
@@ -62,6 +62,8 @@ class Answer:
     slot: Slot | None = None
     # Answered by the deployment's own Batch API: priced at its batch price.
     batch: bool = False
+    # A labelled shadow copy waiting for this answer's text (`routing/shadow.py`).
+    shadow: PrimaryAnswer | None = None
 
     @property
     def native(self) -> bool:
@@ -125,10 +127,16 @@ class Answering:
     async def from_upstream(
         self, request: ChatRequest, routing: Routing, attempt: Attempt, keys: CacheKeys | None
     ) -> Answer:
-        decision = routing.decision
+        decision, primary = routing.decision, None
         if decision is not None and decision.shadow is not None:
-            self._shadows.send(request, decision.rule, decision.shadow, routing.policy.policy)
-        answer = await self._call(request, routing, attempt)
+            primary = self._send_shadow(request, routing, decision.rule, decision.shadow)
+        try:
+            answer = await self._call(request, routing, attempt)
+        except BaseException:
+            if primary is not None:
+                primary.answered(None)  # the copy has nothing to compare with
+            raise
+        answer.shadow = primary
         if keys is not None:
             answer.cache, answer.cache_key = "miss", keys.exact
             await self._keep(answer, keys, routing)
@@ -141,6 +149,18 @@ class Answering:
             return None
         first = candidates[0].provider.deployment.name
         return first if apis.serves(first, request) else None
+
+    def _send_shadow(
+        self, request: ChatRequest, routing: Routing, rule_name: str, route: str
+    ) -> PrimaryAnswer | None:
+        policy = routing.policy.policy
+        rule = next((rule for rule in policy.rules if rule.name == rule_name), None)
+        share = rule.shadow_share if rule is not None else 1.0
+        labelling = None
+        if rule is not None and rule.shadow_labels and routing.facts is not None:
+            question = routing.facts.text("last_user")
+            labelling = Labelling(routing.facts.team, routing.target.route, rule.shadow_judge, question)
+        return self._shadows.send(request, rule_name, route, policy, share=share, labelling=labelling)
 
     async def _call(self, request: ChatRequest, routing: Routing, attempt: Attempt) -> Answer:
         target, rule, decision = routing.target, routing.rule, routing.decision

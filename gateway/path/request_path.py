@@ -20,6 +20,7 @@ from typing import Any
 
 from gateway.errors import GatewayError, LoadShed
 from gateway.ledger.record import SpendRecord
+from gateway.ledger.redact import answer_text
 from gateway.path.admit import Admission, Admitted
 from gateway.path.answer import Answer, Answering, Attempt
 from gateway.path.decide import Decide, Routing
@@ -153,7 +154,12 @@ class RequestPath:
             if usage is None and sent is not None:
                 usage = usage_of_cut_stream(self._tokens, trail.request.body, sent)
         ending = Ending(status=status, error=error, usage=usage, ttfb_seconds=ttfb_seconds, sent=sent)
-        return self._end(trail, exchange.routing, exchange.admitted, answer, None, ending, exchange.overload)
+        record = self._end(
+            trail, exchange.routing, exchange.admitted, answer, None, ending, exchange.overload
+        )
+        if answer.shadow is not None:
+            answer.shadow.answered(answer_text(sent) if sent is not None and status < 400 else None)
+        return record
 
     def _end(
         self,

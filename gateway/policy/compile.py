@@ -222,6 +222,10 @@ def _reference_problems(policy: Policy, deployments: Collection[str], problem: P
             problems.append(
                 problem(("rules", index, "shadow"), f"shadow must name another route, not '{rule.shadow}'")
             )
+        if (rule.shadow_labels or rule.shadow_judge is not None) and rule.shadow is None:
+            problems.append(problem(("rules", index, "shadow_labels"), "labels need a shadow route"))
+        if rule.shadow_judge is not None and rule.shadow_judge not in routes:
+            problems.append(problem(("rules", index, "shadow_judge"), f"unknown route '{rule.shadow_judge}'"))
         for compare, loc in comparisons(rule.when):
             message = _comparison_problem(compare, policy.signals)
             if message:

@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.ledger.schema import DECISION_COLUMNS
 from gateway.policy.signals import SignalValue
+from gateway.router.recorded import INSERT_OUTCOME, OUTCOMES_SCHEMA, OutcomeRecord
 from gateway.state.sqlite import open_database
 
 SCHEMA = """
@@ -84,10 +85,11 @@ class DecisionLog:
     """Buffers records in memory and writes them in one transaction per batch on a worker thread."""
 
     def __init__(self, path: Path, flush_interval: float = 0.5) -> None:
-        self._db = open_database(path, SCHEMA)
+        self._db = open_database(path, SCHEMA + OUTCOMES_SCHEMA)
         self._lock = threading.Lock()
         self._pending: list[DecisionRecord] = []
         self._shadows: list[ShadowRecord] = []
+        self._outcomes: list[OutcomeRecord] = []
         self._interval = flush_interval
 
     def add(self, record: DecisionRecord) -> None:
@@ -95,6 +97,10 @@ class DecisionLog:
 
     def add_shadow(self, record: ShadowRecord) -> None:
         self._shadows.append(record)
+
+    def add_outcome(self, record: OutcomeRecord) -> None:
+        """A request labelled for the router (`routing/shadow.py`)."""
+        self._outcomes.append(record)
 
     async def run(self) -> None:
         while True:
@@ -107,17 +113,21 @@ class DecisionLog:
     async def flush(self) -> None:
         batch, self._pending = self._pending, []
         shadows, self._shadows = self._shadows, []
-        if not (batch or shadows):
+        outcomes, self._outcomes = self._outcomes, []
+        if not (batch or shadows or outcomes):
             return
         try:
-            await asyncio.to_thread(self._write, batch, shadows)
+            await asyncio.to_thread(self._write, batch, shadows, outcomes)
         except BaseException:
             # Put them back in front, bounded: records are for what-ifs, memory is for serving.
             self._pending = (batch + self._pending)[-MAX_PENDING:]
             self._shadows = (shadows + self._shadows)[-MAX_PENDING:]
+            self._outcomes = (outcomes + self._outcomes)[-MAX_PENDING:]
             raise
 
-    def _write(self, batch: list[DecisionRecord], shadows: list[ShadowRecord]) -> None:
+    def _write(
+        self, batch: list[DecisionRecord], shadows: list[ShadowRecord], outcomes: list[OutcomeRecord]
+    ) -> None:
         rows = [
             (r.request_id, r.at, r.policy, r.team, r.rule, r.route, r.deployment, r.status, r.latency_ms,
              json.dumps(dict(r.signals)))
@@ -134,6 +144,7 @@ class DecisionLog:
                     for r in shadows
                 ],
             )  # fmt: skip
+            self._db.executemany(INSERT_OUTCOME, [record.row() for record in outcomes])
 
     def read(self, since: float = 0.0) -> Iterator[DecisionRecord]:
         return read_records(self._db, since, self._lock)

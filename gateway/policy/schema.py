@@ -142,6 +142,9 @@ class LearnedScoreSignal(Strict):
     kind: Literal["learned_score"]
     # The router artifact; the one shipped with the gateway when unset.
     model: Annotated[str, Field(min_length=1)] | None = None
+    # The guard: refuse the policy unless the model's card (`gateway router retrain`) shows it beat
+    # random routing on held-out recorded traffic by at least this much APGR (and with p < 0.05).
+    beats_random_by: Annotated[float, Field(ge=0, le=0.5)] | None = None
 
 
 class BudgetSignal(Strict):
@@ -302,6 +305,12 @@ class Rule(Strict):
     overrides: Overrides | None = None
     # Send a copy to this route, record its answer, never return it.
     shadow: str | None = None
+    # The share of the rule's requests copied (by request id, so the same request always is or is not).
+    shadow_share: Annotated[float, Field(gt=0, le=1)] = 1.0
+    # Label each copied request for the router: whether the two answers agree, read off closed-form
+    # answers (a choice, a number, code), else asked of `shadow_judge` (a route) when one is named.
+    shadow_labels: bool = False
+    shadow_judge: str | None = None
 
 
 # ---- golden cases -----------------------------------------------------------------------------

@@ -268,9 +268,14 @@ def _learned(
     signal: LearnedScoreSignal, embedder: TextEmbedder, batcher: EmbeddingBatcher | None
 ) -> EmbeddingEvaluator:
     """The router's probability over the last user turn's embedding (shared through the memo)."""
-    from gateway.router.model import DEFAULT_PATH, RouterModel
+    from gateway.router.guard import check_beats_random
+    from gateway.router.loading import load_router
+    from gateway.router.model import DEFAULT_PATH
 
-    model = RouterModel(Path(signal.model) if signal.model else DEFAULT_PATH)
+    path = Path(signal.model) if signal.model else DEFAULT_PATH
+    if signal.beats_random_by is not None:
+        check_beats_random(path, signal.beats_random_by)  # RouterMissing says why not
+    model = load_router(path)
 
     def score(vector: Any, text: str) -> SignalValue:
         return round(model.score(vector, text), 4)

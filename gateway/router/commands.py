@@ -23,10 +23,12 @@ def add_eval_commands(commands: Any) -> None:
 
 def run_eval_command(args: argparse.Namespace) -> int:
     from gateway.embedding.embedder import EmbedderMissing
-    from gateway.router import cascade, evaluate
+    from gateway.router import cascade, evaluate, retrain
     from gateway.router.outcomes import OutcomesError
 
     try:
+        if args.eval_command == "routing" and args.recorded:
+            return retrain.run(args, writes=False)
         return {"routing": evaluate.run, "cascade": cascade.run}[args.eval_command](args)
     except (OutcomesError, EmbedderMissing, OSError) as error:
         print(f"gateway eval {args.eval_command}: {error}", file=sys.stderr)
@@ -35,11 +37,15 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
 def add_router_commands(commands: Any) -> Any:
     """The `gateway router` verbs of this package; returns them, for `calibrate` (gateway.policy) to join."""
-    from gateway.router import bench, feedback_data, training
+    from gateway.router import bench, feedback_data, retrain, training
 
     router = commands.add_parser("router", help="the learned router")
     actions = router.add_subparsers(dest="router_command", required=True)
     training.add_arguments(actions.add_parser("train", help="fit the router on labelled outcomes"))
+    retrain.add_arguments(
+        actions.add_parser("retrain", help="a team's router from its own labelled traffic, as a new version"),
+        writes=True,
+    )
     feedback_data.add_arguments(
         actions.add_parser("feedback", help="write the rated traffic in the ledger as labelled outcomes")
     )
@@ -51,13 +57,15 @@ def run_router_command(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError
     from gateway.embedding.embedder import EmbedderMissing
     from gateway.ledger.store import LedgerUnavailable
-    from gateway.router import bench, feedback_data, training
+    from gateway.router import bench, feedback_data, retrain, training
     from gateway.router.model import RouterMissing
     from gateway.router.outcomes import OutcomesError
 
-    command = {"train": training.run, "feedback": feedback_data.run, "bench": bench.run}[args.router_command]
+    commands = {"train": training.run, "feedback": feedback_data.run, "bench": bench.run}
     try:
-        return command(args)
+        if args.router_command == "retrain":
+            return retrain.run(args, writes=True)
+        return commands[args.router_command](args)
     except (
         OutcomesError,
         EmbedderMissing,

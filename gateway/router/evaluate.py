@@ -28,14 +28,31 @@ from gateway.router.outcomes import OutcomeSet, load_outcomes
 QUALITY_TARGET = 0.95
 FOLDS = 5
 SEED = 0
-# Router prompts are longer than chat questions (MMLU's choices, GSM8K's stories).
-EMBED_TOKENS = 256
+# As the policy embeds a request's last user turn (`policy/signals.LazyEmbedder`, `training.py`): a router
+# is judged on the vector it will be served.
+EMBED_TOKENS = 128
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "data", type=Path, nargs="+", help="labelled outcomes (JSON lines, CSV, or a directory)"
+        "data", type=Path, nargs="*", help="labelled outcomes (JSON lines, CSV, or a directory)"
     )
+    parser.add_argument("--train", type=Path, nargs="+", help="fit on these sets (no cross-validation) ...")
+    parser.add_argument("--test", type=Path, nargs="+", help="... and judge on each of these")
+    parser.add_argument(
+        "--recorded", action="store_true",
+        help="judge on the gateway's own labelled traffic instead (`--decisions`, `--team`)",
+    )  # fmt: skip
+    parser.add_argument("--team", help="with --recorded: one team's traffic")
+    parser.add_argument("--decisions", type=Path, default=Path(".gateway/state/decisions.sqlite"))
+    parser.add_argument(
+        "--held-out", type=float, default=0.3, help="with --recorded: the later share judged on"
+    )
+    parser.add_argument("--k", type=int, default=15, help="with --recorded: neighbours for the kNN model")
+    parser.add_argument(
+        "--own-split", type=float,
+        help="fit on each DATA set's first part (in its order) and judge on this later share of it",
+    )  # fmt: skip
     parser.add_argument("--folds", type=int, default=FOLDS)
     parser.add_argument(
         "--target", type=float, default=QUALITY_TARGET, help="share of the strong model's score"
@@ -82,7 +99,22 @@ def run(args: argparse.Namespace) -> int:
     from gateway.embedding.embedder import Embedder, default_model_path
 
     require("sklearn", *(["matplotlib"] if args.png else []))  # before minutes of embedding
+    if bool(args.train) != bool(args.test) or bool(args.train) == bool(args.data):
+        print("eval routing takes DATA..., or --train A... --test B..., or --recorded", file=sys.stderr)
+        return 2
     embedder = Embedder(args.embedder or default_model_path(), max_tokens=EMBED_TOKENS)
+    if args.train:
+        from gateway.router.transfer import run_transfer
+
+        transferred = run_transfer(args, embedder)
+        if args.png:
+            plot_curves(args.png, transferred, args.target)
+            print(f"wrote {args.png}", file=sys.stderr)
+        return 0
+    if args.own_split is not None:
+        from gateway.router.transfer import run_own_split
+
+        return run_own_split(args, embedder)
     results: dict[str, RouterFigures] = {}
     curves: dict[str, dict[str, Any]] = {}
     for path in args.data:

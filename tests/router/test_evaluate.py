@@ -36,3 +36,46 @@ def test_eval_routing_refuses_what_is_not_outcomes(tmp_path: Path) -> None:
     data.write_text("nothing")
     done = run_command("eval", "routing", str(data))
     assert done.returncode == 2 and "expected a .jsonl or .csv" in done.stderr
+
+
+def write_outcomes(path: Path, hard: list[str], easy: list[str], learnable: bool = True) -> Path:
+    rows = [{"prompt": p, "weak": 0 if learnable or n % 2 else 1, "strong": 1} for n, p in enumerate(hard)]
+    rows += [{"prompt": p, "weak": 1 if learnable or n % 2 else 0, "strong": 1} for n, p in enumerate(easy)]
+    path.write_bytes(b"\n".join(orjson.dumps(row) for row in rows))
+    return path
+
+
+def test_transfer_fits_on_one_set_and_judges_another_with_a_verdict(tmp_path: Path) -> None:
+    train = write_outcomes(tmp_path / "train.jsonl", HARD, EASY)
+    other_hard = [f"Prove that {n} squared minus one factors, with every step shown." for n in range(20)]
+    other_easy = [f"Wish my colleague number {n} a happy birthday." for n in range(20)]
+    test = write_outcomes(tmp_path / "test.jsonl", other_hard, other_easy)
+    noise = write_outcomes(tmp_path / "noise.jsonl", other_hard, other_easy, learnable=False)
+    report = tmp_path / "transfer.json"
+    done = run_command(
+        "eval", "routing", "--train", str(train), "--test", str(test), str(noise), "--json", str(report)
+    )
+    assert done.returncode == 0, done.stderr
+    tests = {row["test"]: row for row in orjson.loads(report.read_bytes())["tests"]}
+    assert tests["test"]["beats_random"] and tests["test"]["p_value"] < 0.05
+    assert not tests["noise"]["beats_random"]
+    assert "does NOT beat random" in done.stdout
+
+
+def test_own_split_fits_on_the_first_part_and_judges_the_rest(tmp_path: Path) -> None:
+    mixed = [prompt for pair in zip(HARD, EASY, strict=True) for prompt in pair]
+    rows = [{"prompt": p, "weak": 0 if p in HARD else 1, "strong": 1} for p in mixed * 2]
+    data = tmp_path / "own.jsonl"
+    data.write_bytes(b"\n".join(orjson.dumps(row) for row in rows))
+    report = tmp_path / "own.json"
+    done = run_command("eval", "routing", str(data), "--own-split", "0.3", "--json", str(report))
+    assert done.returncode == 0, done.stderr
+    tests = {row["test"]: row for row in orjson.loads(report.read_bytes())["tests"]}
+    assert set(tests) == {"own/logistic", "own/knn"}
+    assert all(row["fitted"] == 56 and row["apgr"] > row["random_apgr"] for row in tests.values())
+
+
+def test_eval_routing_takes_one_kind_of_input(tmp_path: Path) -> None:
+    data = write_outcomes(tmp_path / "x.jsonl", HARD, EASY)
+    done = run_command("eval", "routing", str(data), "--train", str(data))
+    assert done.returncode == 2 and "--train A... --test B..." in done.stderr

@@ -1,0 +1,142 @@
+"""`gateway eval routing --train A... --test B...`: transfer, not cross-validation — the router fitted on
+some labelled sets (as `gateway router train` fits it) and judged on each other set as it is, with no
+refit. `gateway eval routing DATA... --own-split 0.3` is the own-traffic case on a labelled set: both
+models `gateway router retrain` compares (logistic, kNN) fitted on the set's first part, in its order,
+and judged on the rest. Per test set: APGR with a bootstrap 95 % interval, random's, a permutation
+test's p-value (the chance that a random ordering of the test prompts routes as well), and the
+strong-call share for the quality target against random's. A router that does not beat random says so
+in the last column."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from gateway.router.features import design, feature_matrix, standardiser
+from gateway.router.metrics import apgr, curve, figures, oracle_curve, random_curve
+from gateway.router.outcomes import load_outcomes
+
+BOOTSTRAP = 300
+PERMUTATIONS = 500
+SEED = 0
+SIGNIFICANCE = 0.05
+
+Floats = npt.NDArray[np.float64]
+
+
+def run_transfer(args: argparse.Namespace, embedder: Any) -> dict[str, dict[str, Any]]:
+    """Prints the table (and writes `--json`); the curves, for the caller to draw."""
+    from sklearn.linear_model import LogisticRegression
+
+    vectors, labels, texts, names = [], [], [], []
+    for path in args.train:
+        data = load_outcomes(path)
+        outcomes = data.outcomes[: args.limit] if args.limit else data.outcomes
+        names.append(data.name)
+        texts += [o.prompt for o in outcomes]
+        vectors.append(embedder.embed([o.prompt for o in outcomes], progress=f"embedding {data.name}"))
+        labels.append(np.array([o.strong > o.weak for o in outcomes]))
+    counts = feature_matrix(texts)
+    mean, spread = standardiser(counts)
+    model = LogisticRegression(C=1.0, max_iter=3000)
+    model.fit(design(np.concatenate(vectors), counts, mean, spread), np.concatenate(labels))
+    rows, curves = [], {}
+    for path in args.test:
+        data = load_outcomes(path)
+        outcomes = data.outcomes[: args.limit] if args.limit else data.outcomes
+        prompts = [o.prompt for o in outcomes]
+        embedded = embedder.embed(prompts, progress=f"embedding {data.name}")
+        scores = model.predict_proba(design(embedded, feature_matrix(prompts), mean, spread))[:, 1]
+        weak = np.array([o.weak for o in outcomes], dtype=np.float64)
+        strong = np.array([o.strong for o in outcomes], dtype=np.float64)
+        rows.append({"test": data.name, **judged(scores, weak, strong, args.target, args.weak_cost)})
+        curves[data.name] = {
+            "router": curve(scores, weak, strong), "random": random_curve(weak, strong),
+            "oracle": oracle_curve(weak, strong),
+        }  # fmt: skip
+    trained_on = ", ".join(names)
+    _print(trained_on, rows, args.target)
+    if args.json:
+        report = {"trained_on": trained_on, "target": args.target, "tests": rows}
+        args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    return curves
+
+
+def run_own_split(args: argparse.Namespace, embedder: Any) -> int:
+    from sklearn.linear_model import LogisticRegression
+
+    from gateway.router.knn import nearest_share
+
+    rows = []
+    for path in args.data:
+        data = load_outcomes(path)
+        outcomes = data.outcomes[: args.limit] if args.limit else data.outcomes
+        prompts = [o.prompt for o in outcomes]
+        vectors = embedder.embed(prompts, progress=f"embedding {data.name}")
+        counts = feature_matrix(prompts)
+        weak = np.array([o.weak for o in outcomes], dtype=np.float64)
+        strong = np.array([o.strong for o in outcomes], dtype=np.float64)
+        needs = strong > weak
+        cut = round(len(outcomes) * (1 - args.own_split))
+        mean, spread = standardiser(counts[:cut])
+        model = LogisticRegression(C=1.0, max_iter=3000)
+        model.fit(design(vectors[:cut], counts[:cut], mean, spread), needs[:cut])
+        scores = {
+            "logistic": model.predict_proba(design(vectors[cut:], counts[cut:], mean, spread))[:, 1],
+            "knn": nearest_share(vectors[:cut], needs[:cut].astype(np.float32), vectors[cut:], args.k),
+        }
+        for name, score in scores.items():
+            figures_of = judged(score, weak[cut:], strong[cut:], args.target, args.weak_cost)
+            rows.append({"test": f"{data.name}/{name}", "fitted": cut, **figures_of})
+    _print(f"the first {1 - args.own_split:.0%} of each set (in its order)", rows, args.target)
+    if args.json:
+        report = {"own_split": args.own_split, "target": args.target, "tests": rows}
+        args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    return 0
+
+
+def judged(scores: Floats, weak: Floats, strong: Floats, target: float, weak_cost: float) -> dict[str, Any]:
+    result = figures(scores, weak, strong, target, weak_cost)
+    generator = np.random.default_rng(SEED)
+    boot = []
+    for _ in range(BOOTSTRAP):
+        pick = generator.integers(0, len(weak), len(weak))
+        w, s = weak[pick], strong[pick]
+        if s.mean() > w.mean():
+            boot.append(apgr(curve(scores[pick], w, s), w, s))
+    beaten = sum(
+        apgr(curve(generator.permutation(scores), weak, strong), weak, strong) >= result.apgr
+        for _ in range(PERMUTATIONS)
+    )
+    p_value = (1 + beaten) / (1 + PERMUTATIONS)
+    low, high = np.percentile(boot, [2.5, 97.5]) if boot else (float("nan"), float("nan"))
+    return {
+        "prompts": result.prompts, "apgr": result.apgr, "apgr_low": float(low), "apgr_high": float(high),
+        "random_apgr": result.random_apgr, "p_value": p_value,
+        "share_at_target": result.share_at_target, "random_share_at_target": result.random_share_at_target,
+        "beats_random": bool(p_value < SIGNIFICANCE and result.apgr > result.random_apgr),
+    }  # fmt: skip
+
+
+def _share(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1%}"
+
+
+def _print(trained_on: str, rows: list[dict[str, Any]], target: float) -> None:
+    print(f"learned router fitted on {trained_on}, judged on each test set without refitting")
+    print(
+        f"{'test':<18} {'prompts':>8} {'APGR':>6} {'95% interval':>16} {'random':>7} {'p':>7}"
+        f" {'strong for ' + format(target, '.0%'):>16} {'random':>8}  verdict"
+    )
+    for row in rows:
+        interval = f"[{row['apgr_low']:.3f}, {row['apgr_high']:.3f}]"
+        verdict = "beats random" if row["beats_random"] else "does NOT beat random"
+        print(
+            f"{row['test']:<18} {row['prompts']:>8,} {row['apgr']:>6.3f} {interval:>16}"
+            f" {row['random_apgr']:>7.3f} {row['p_value']:>7.3f} {_share(row['share_at_target']):>16}"
+            f" {_share(row['random_share_at_target']):>8}  {verdict}"
+        )
