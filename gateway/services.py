@@ -86,7 +86,7 @@ from gateway.stored_responses.backends import open_response_store
 from gateway.stored_responses.store import ThreadedResponseStore
 from gateway.telemetry.telemetry import Telemetry
 from gateway.tokens import TokenCounter
-from gateway.wire import ChatRequest
+from gateway.wire import ChatRequest, Completion
 
 logger = logging.getLogger("gateway")
 # How long shutdown waits for cancelled background tasks to finish.
@@ -126,6 +126,12 @@ class NoAudits:
         self.skipped = 0
 
     def maybe_check(self, request: ChatRequest, target: Target, cached: CachedAnswer, share: float) -> None:
+        return None
+
+    def suspended(self, route: str, max_error: float) -> str | None:
+        return None
+
+    def observe(self, route: str, cached: CachedAnswer, fresh: Completion) -> None:
         return None
 
 

@@ -4,6 +4,7 @@ precision of semantic hits checked against fresh answers. Role admin."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -50,6 +51,8 @@ async def audits(request: Request, services: ServicesDep) -> dict[str, Any]:
                 "disagree": totals.disagree,
                 "failed": totals.failed,
                 "precision": totals.precision,
+                # The live guard's view: the last checks' precision, its 95 % interval and their number.
+                "live": asdict(totals.live()),
             }
             for route, totals in audit.totals.items()
         },

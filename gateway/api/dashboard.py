@@ -232,10 +232,15 @@ async def _view(services: Services, query: ViewQuery) -> SpendView:
 
 def _audits(services: Services) -> list[dict[str, Any]]:
     """The semantic cache's live precision per route, as this replica's shadow checks found it."""
-    return [
-        {"route": route, "agree": totals.agree, "disagree": totals.disagree, "precision": totals.precision}
-        for route, totals in sorted(services.audits.totals.items())
-    ]
+    rows = []
+    for route, totals in sorted(services.audits.totals.items()):
+        live = totals.live()
+        rows.append({
+            "route": route, "agree": totals.agree, "disagree": totals.disagree, "precision": totals.precision,
+            "live": live.share if live.trials else None, "low": live.low, "high": live.high,
+            "checks": live.trials,
+        })  # fmt: skip
+    return rows
 
 
 def _script_safe(text: str) -> str:

@@ -225,6 +225,8 @@ def _routing_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
         headers.append((b"x-gateway-cache-similarity", f"{answer.similarity:.4f}".encode()))
     if answer.verified is not None:
         headers.append((b"x-gateway-cache-verified", f"{answer.verified:.4f}".encode()))
+    if answer.withheld is not None:
+        headers.append((b"x-gateway-cache-withheld", _header_safe(answer.withheld)))
     return headers
 
 

@@ -22,6 +22,9 @@ from gateway.routing.shadow import Labelling, PrimaryAnswer, ShadowCopies
 from gateway.telemetry.telemetry import Telemetry
 from gateway.wire import Caller, ChatRequest, ChatStream, Completion, Deadline, Usage
 
+# The request's memo key for a semantic hit found but not served, and why.
+WITHHELD_MEMO = ("cache", "withheld")
+
 
 class BatchApis(Protocol):
     """Upstreams' own Batch APIs (`deferred/upstream_batches.py`): batch lines routed to a deployment
@@ -38,6 +41,14 @@ class CacheAudits(Protocol):
     def maybe_check(
         self, request: ChatRequest, target: Target, cached: CachedAnswer, share: float
     ) -> None: ...
+
+    def suspended(self, route: str, max_error: float) -> str | None:
+        """Why a rule promising `max_error` must not serve semantic hits on the route now (None: it may)."""
+        ...
+
+    def observe(self, route: str, cached: CachedAnswer, fresh: Completion) -> None:
+        """A withheld hit's answer against the fresh one the client got."""
+        ...
 
 
 @dataclass(slots=True)
@@ -64,6 +75,8 @@ class Answer:
     batch: bool = False
     # A labelled shadow copy waiting for this answer's text (`routing/shadow.py`).
     shadow: PrimaryAnswer | None = None
+    # Why a semantic hit was not served (the rule's live precision is under its bound).
+    withheld: str | None = None
 
     @property
     def native(self) -> bool:
@@ -121,6 +134,14 @@ class Answering:
         if hit is None:
             return None
         if hit.kind == "semantic":
+            why = (
+                self._audit.suspended(routing.target.route, directive.max_error)
+                if directive.max_error
+                else None
+            )
+            if why is not None:
+                memo[WITHHELD_MEMO] = (hit.answer, why)  # answered upstream; the two compared after
+                return None
             self._audit.maybe_check(request, routing.target, hit.answer, directive.verify_sample)
         return _cached_answer(request, routing, hit)
 
@@ -137,6 +158,11 @@ class Answering:
                 primary.answered(None)  # the copy has nothing to compare with
             raise
         answer.shadow = primary
+        withheld = routing.facts.memo.pop(WITHHELD_MEMO, None) if routing.facts is not None else None
+        if withheld is not None:
+            cached, answer.withheld = withheld
+            if answer.completion is not None:
+                self._audit.observe(routing.target.route, cached, answer.completion)
         if keys is not None:
             answer.cache, answer.cache_key = "miss", keys.exact
             await self._keep(answer, keys, routing)

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.cache.audit import MIN_EVIDENCE, WINDOW, AuditTotals, CacheAudit
 from gateway.cache.semantic_index import CANDIDATE_FLOOR
 from gateway.cache.verifier import Verifier
 from gateway.embedding.embedder import Embedder, default_model_path
@@ -21,6 +22,7 @@ from gateway.fakes.script import Behaviour
 from gateway.identity.keys import KeyStore
 from gateway.identity.keys_sqlite import SqliteKeys
 from tests.api.test_cache import PRICE, chats, client_keys
+from tests.api.test_dashboard import sign_in
 from tests.conftest import RunningGateway, openai_deployment
 from tests.path.test_admit_and_record import ledger_rows
 
@@ -297,3 +299,64 @@ def test_a_stricter_error_bound_than_the_judge_can_keep_serves_exact_matches_onl
     ask(gw, ORIGINAL)
     assert ask(gw, PARAPHRASE).headers["x-gateway-cache"] == "miss"
     assert ask(gw, ORIGINAL).headers["x-gateway-cache"] == "exact"
+
+
+def test_a_rule_whose_live_precision_falls_under_its_bound_stops_serving_semantic_hits(
+    upstreams: Callable[..., FakeOpenAIUpstream], gateway: Callable[..., RunningGateway], tmp_path: Path
+) -> None:
+    upstream = upstreams()
+    state = tmp_path / "state"
+    store = KeyStore(SqliteKeys(state / "keys.sqlite"))
+    _, admin = store.create("ops", "admin")
+    store.close()
+    spec = max_error_spec(upstream, 0.15)
+    spec["rules"][0]["cache"]["verify_sample"] = 1.0
+    gw = gateway(spec, state_dir=state)
+    ask(gw, ORIGINAL, admin)
+    # Every check's fresh answer says something else than the cached one: the hits were wrong.
+    upstream.script(
+        *(Behaviour(content=f"Volcano number {n} erupted last spring.") for n in range(MIN_EVIDENCE))
+    )
+    for _ in range(MIN_EVIDENCE):
+        assert ask(gw, PARAPHRASE, admin).headers["x-gateway-cache"] == "semantic"
+
+    def live() -> dict[str, Any]:
+        response = httpx.get(f"{gw.url}/admin/cache/audits", headers={"authorization": f"Bearer {admin}"})
+        assert response.status_code == 200, response.text
+        found: dict[str, Any] = response.json()["routes"].get("frontier", {}).get("live", {"trials": 0})
+        return found
+
+    wait_for(lambda: live()["trials"] == MIN_EVIDENCE)
+    assert live()["share"] == 0.0 and live()["high"] < 0.2
+    withheld = ask(gw, PARAPHRASE, admin)
+    assert withheld.headers["x-gateway-cache"] == "miss"
+    assert "under the 0.85 that max_error 0.15 needs" in withheld.headers["x-gateway-cache-withheld"]
+    # The withheld hit was compared with the answer the client got instead: evidence keeps coming.
+    wait_for(lambda: live()["trials"] == MIN_EVIDENCE + 1)
+    # The dashboard shows the recent precision with its interval and how many checks it rests on.
+    page = sign_in(gw, admin).get("/dashboard")
+    assert page.status_code == 200
+    row = page.text.split('<table id="audits">')[1].split("</table>")[0]
+    # 20 wrong hits, then the withheld one agreeing with the fresh answer: 1 of 21.
+    assert (
+        "<td>frontier</td>" in row and f"<td>{MIN_EVIDENCE + 1}</td>" in row and "4.8% [0.8%, 22.7%]" in row
+    )
+
+
+def test_the_live_guard_serves_again_once_the_evidence_recovers() -> None:
+    # The guard reads only its totals: no model or upstream is needed to judge them.
+    audit = CacheAudit(None, None)  # type: ignore[arg-type]
+    totals = audit.totals.setdefault("frontier", AuditTotals())
+    for _ in range(MIN_EVIDENCE - 1):
+        totals.add("disagree")
+    assert audit.suspended("frontier", 0.15) is None  # too little evidence to judge
+    totals.add("disagree")
+    assert audit.suspended("frontier", 0.15) is not None
+    for _ in range(60):
+        totals.add("agree")
+    assert audit.suspended("frontier", 0.15) is not None  # 60 of 80: still under 0.85 at its best
+    for _ in range(WINDOW):
+        totals.add("agree")
+    live = totals.live()
+    assert live.trials == WINDOW and live.share == 1.0
+    assert audit.suspended("frontier", 0.15) is None
