@@ -125,7 +125,14 @@ class NoAudits:
         self.totals: dict[str, AuditTotals] = {}
         self.skipped = 0
 
-    def maybe_check(self, request: ChatRequest, target: Target, cached: CachedAnswer, share: float) -> None:
+    def maybe_check(
+        self,
+        request: ChatRequest,
+        target: Target,
+        cached: CachedAnswer,
+        share: float,
+        entry: tuple[str, float] | None = None,
+    ) -> None:
         return None
 
     def suspended(self, route: str, max_error: float) -> str | None:
@@ -333,7 +340,10 @@ async def _build(
     stack.push_async_callback(cache.aclose)  # its stores under way finish before Redis closes
     audits: Audits = NoAudits()
     if tools.embedder is not None:
-        audit = CacheAudit(executor, tools.embedder, telemetry.count_cache_audit, batcher=tools.batcher)
+        audit = CacheAudit(
+            executor, tools.embedder, telemetry.count_cache_audit, batcher=tools.batcher,
+            mark_wrong=cache.mark_wrong,
+        )  # fmt: skip
         stack.push_async_callback(audit.aclose)
         audits = audit
     batches = _batches(settings)

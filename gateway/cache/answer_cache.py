@@ -106,10 +106,17 @@ class CacheHit:
     # Semantic hits: the questions' cosine and the verifier's probability that they mean the same.
     similarity: float | None = None
     verified: float | None = None
+    # The score the rule's accept test gave (the judge's probability, or the verifier's).
+    score: float | None = None
 
 
-# A rule's semantic accept test: (question, cached question, cosine, verifier probability) → serve?
-Accepts = Callable[[str, str, float, float], bool]
+# A rule's semantic score: (question, cached question, cosine, verifier probability) → score, served at
+# or above the rule's threshold.
+Scores = Callable[[str, str, float, float], float]
+# The request's memo key for a semantic hit found but not served, and why (read by the answer step).
+WITHHELD_MEMO = ("cache", "withheld")
+# Entries whose hits were found wrong, remembered by this replica (least recently marked go first).
+MAX_MARKED_ENTRIES = 100_000
 
 
 class AnswerCache:
@@ -145,6 +152,8 @@ class AnswerCache:
         self.stores_skipped = 0
         self.stores_failed = 0
         self.semantic_skipped = 0
+        # Entry key → the highest score at which one of its hits was found wrong (`mark_wrong`).
+        self._wrong_at: dict[str, float] = {}
 
     def keys(
         self,
@@ -197,9 +206,10 @@ class AnswerCache:
             return CacheHit(exact, "exact", keys.exact)
         if not directive.semantic or self._verify is None:
             return None
-        accepts = self._acceptance(directive)
-        if accepts is None:
+        acceptance = self._acceptance(directive)
+        if acceptance is None:
             return None
+        scores, threshold = acceptance
         try:
             vector = await self.question_vector(keys, memo)
         except ModelBusy:  # the embedder is swamped: this request goes without the semantic layer
@@ -216,14 +226,29 @@ class AnswerCache:
             except ModelBusy:
                 self.semantic_skipped += 1
                 return None
-            if accepts(keys.question, found.question, neighbour.cosine, verified):
-                return CacheHit(found, "semantic", neighbour.key, neighbour.cosine, verified)
+            score = scores(keys.question, found.question, neighbour.cosine, verified)
+            if score < threshold:
+                continue
+            wrong_at = self._wrong_at.get(neighbour.key)
+            if wrong_at is not None and score <= wrong_at:
+                # This entry served a question this close wrongly before: its own bar is higher.
+                memo[WITHHELD_MEMO] = (found, f"this entry answered a question scored {wrong_at:.3f} wrongly")
+                continue
+            return CacheHit(found, "semantic", neighbour.key, neighbour.cosine, verified, score)
         return None
 
-    def _acceptance(self, directive: CacheDirective) -> Accepts | None:
-        """The rule's accept test over (question, cached question, cosine, verifier probability); None:
-        no semantic hits (a rule without them; a `max_error` no threshold keeps, or without the
-        judge's file)."""
+    def mark_wrong(self, key: str, score: float) -> None:
+        """A semantic hit on the entry `key`, served at `score`, was found wrong (a live check): the
+        entry serves only questions it scores higher from now on — its own threshold, learned from
+        evidence as it serves, in the spirit of vCache's per-entry thresholds."""
+        marked = self._wrong_at
+        marked[key] = max(score, marked.pop(key, score))
+        while len(marked) > MAX_MARKED_ENTRIES:
+            marked.pop(next(iter(marked)))
+
+    def _acceptance(self, directive: CacheDirective) -> tuple[Scores, float] | None:
+        """The rule's semantic score and threshold; None: no semantic hits (a rule without them; a
+        `max_error` no threshold keeps, or without the judge's file)."""
         if directive.max_error is not None:
             judge = self.judge
             if judge is None:
@@ -231,13 +256,11 @@ class AnswerCache:
             threshold = judge.threshold_for(directive.max_error)
             if threshold >= 1.0:
                 return None
-            return lambda query, cached, cosine, verified: (
-                judge.probability(query, cached, cosine, verified) >= threshold
-            )
+            return judge.probability, threshold
         least = directive.similarity
         if least is None:
             return None
-        return lambda query, cached, cosine, verified: verified >= least
+        return (lambda query, cached, cosine, verified: verified), least
 
     async def remember(
         self,

@@ -82,7 +82,9 @@ class CacheAudit:
         timeout: float = 120.0,
         draw: Callable[[], float] = random.random,
         batcher: EmbeddingBatcher | None = None,
+        mark_wrong: Callable[[str, float], None] | None = None,
     ) -> None:
+        self._mark_wrong = mark_wrong
         self._executor = executor
         self._embedder = embedder
         self._batcher = batcher
@@ -93,15 +95,29 @@ class CacheAudit:
         self.totals: dict[str, AuditTotals] = {}
         self.skipped = 0
 
-    def maybe_check(self, request: ChatRequest, target: Target, cached: CachedAnswer, share: float) -> None:
+    def maybe_check(
+        self,
+        request: ChatRequest,
+        target: Target,
+        cached: CachedAnswer,
+        share: float,
+        entry: tuple[str, float] | None = None,
+    ) -> None:
+        """Check the hit in `share` of cases; a wrong one marks its `entry` (key, score) in the cache."""
         if share <= 0 or self._draw() >= share:
             return
         if self._tasks.full:
             self.skipped += 1
             return
-        self._tasks.start(self._check(plain_copy(request), target, cached))
+        self._tasks.start(self._check(plain_copy(request), target, cached, entry))
 
-    async def _check(self, request: ChatRequest, target: Target, cached: CachedAnswer) -> None:
+    async def _check(
+        self,
+        request: ChatRequest,
+        target: Target,
+        cached: CachedAnswer,
+        entry: tuple[str, float] | None = None,
+    ) -> None:
         deadline = Deadline.after(self._timeout)
         outcome: AuditOutcome = "failed"
         try:
@@ -116,6 +132,8 @@ class CacheAudit:
         except Exception as error:  # an audit must never take anything else down
             logger.info("cache audit of %s on %s failed: %r", request.request_id, target.route, error)
         self._counted(target.route, outcome)
+        if outcome == "disagree" and entry is not None and self._mark_wrong is not None:
+            self._mark_wrong(*entry)
 
     def suspended(self, route: str, max_error: float) -> str | None:
         """Why a rule that promises `max_error` must not serve semantic hits on `route` now; None: it may."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from gateway.cache.answer_cache import AnswerCache, CacheHit
+from gateway.cache.answer_cache import WITHHELD_MEMO, AnswerCache, CacheHit
 from gateway.cache.capture import KeepingStream
 from gateway.cache.keys import CacheKeys
 from gateway.cache.replay import ReplayStream
@@ -21,9 +21,6 @@ from gateway.routing.executor import Outcome, RouteExecutor
 from gateway.routing.shadow import Labelling, PrimaryAnswer, ShadowCopies
 from gateway.telemetry.telemetry import Telemetry
 from gateway.wire import Caller, ChatRequest, ChatStream, Completion, Deadline, Usage
-
-# The request's memo key for a semantic hit found but not served, and why.
-WITHHELD_MEMO = ("cache", "withheld")
 
 
 class BatchApis(Protocol):
@@ -39,8 +36,15 @@ class CacheAudits(Protocol):
     """Re-asks the upstream for a share of semantic hits, to measure the cache's live precision."""
 
     def maybe_check(
-        self, request: ChatRequest, target: Target, cached: CachedAnswer, share: float
-    ) -> None: ...
+        self,
+        request: ChatRequest,
+        target: Target,
+        cached: CachedAnswer,
+        share: float,
+        entry: tuple[str, float] | None = None,
+    ) -> None:
+        """Maybe re-ask the route and compare; `entry` (key, score) is marked when the hit was wrong."""
+        ...
 
     def suspended(self, route: str, max_error: float) -> str | None:
         """Why a rule promising `max_error` must not serve semantic hits on the route now (None: it may)."""
@@ -142,7 +146,8 @@ class Answering:
             if why is not None:
                 memo[WITHHELD_MEMO] = (hit.answer, why)  # answered upstream; the two compared after
                 return None
-            self._audit.maybe_check(request, routing.target, hit.answer, directive.verify_sample)
+            entry = (hit.key, hit.score) if hit.score is not None else None
+            self._audit.maybe_check(request, routing.target, hit.answer, directive.verify_sample, entry)
         return _cached_answer(request, routing, hit)
 
     async def from_upstream(

@@ -312,13 +312,6 @@ def test_a_rule_whose_live_precision_falls_under_its_bound_stops_serving_semanti
     spec = max_error_spec(upstream, 0.15)
     spec["rules"][0]["cache"]["verify_sample"] = 1.0
     gw = gateway(spec, state_dir=state)
-    ask(gw, ORIGINAL, admin)
-    # Every check's fresh answer says something else than the cached one: the hits were wrong.
-    upstream.script(
-        *(Behaviour(content=f"Volcano number {n} erupted last spring.") for n in range(MIN_EVIDENCE))
-    )
-    for _ in range(MIN_EVIDENCE):
-        assert ask(gw, PARAPHRASE, admin).headers["x-gateway-cache"] == "semantic"
 
     def live() -> dict[str, Any]:
         response = httpx.get(f"{gw.url}/admin/cache/audits", headers={"authorization": f"Bearer {admin}"})
@@ -326,8 +319,20 @@ def test_a_rule_whose_live_precision_falls_under_its_bound_stops_serving_semanti
         found: dict[str, Any] = response.json()["routes"].get("frontier", {}).get("live", {"trials": 0})
         return found
 
-    wait_for(lambda: live()["trials"] == MIN_EVIDENCE)
+    # One entry a question, each then asked in other words: every hit is served and checked, and every
+    # check's fresh answer says something else than the cached one (the hits were all wrong).
+    for n in range(MIN_EVIDENCE):
+        ask(gw, f"How can I reset the Gmail password of account number {n}?", admin)
+    upstream.script(
+        *(Behaviour(content=f"Volcano number {n} erupted last spring.") for n in range(MIN_EVIDENCE))
+    )
+    for n in range(MIN_EVIDENCE):
+        hit = ask(gw, f"How do I reset the Gmail password of account number {n}?", admin)
+        assert hit.headers["x-gateway-cache"] == "semantic"
+        wait_for(lambda n=n: live()["trials"] == n + 1)  # type: ignore[misc]
     assert live()["share"] == 0.0 and live()["high"] < 0.2
+    # Now the route as a whole is under the bound: a hit on another entry is withheld too, and says why.
+    ask(gw, ORIGINAL, admin)
     withheld = ask(gw, PARAPHRASE, admin)
     assert withheld.headers["x-gateway-cache"] == "miss"
     assert "under the 0.85 that max_error 0.15 needs" in withheld.headers["x-gateway-cache-withheld"]
@@ -337,10 +342,7 @@ def test_a_rule_whose_live_precision_falls_under_its_bound_stops_serving_semanti
     page = sign_in(gw, admin).get("/dashboard")
     assert page.status_code == 200
     row = page.text.split('<table id="audits">')[1].split("</table>")[0]
-    # 20 wrong hits, then the withheld one agreeing with the fresh answer: 1 of 21.
-    assert (
-        "<td>frontier</td>" in row and f"<td>{MIN_EVIDENCE + 1}</td>" in row and "4.8% [0.8%, 22.7%]" in row
-    )
+    assert "<td>frontier</td>" in row and f"<td>{MIN_EVIDENCE + 1}</td>" in row
 
 
 def test_the_live_guard_serves_again_once_the_evidence_recovers() -> None:
@@ -360,3 +362,28 @@ def test_the_live_guard_serves_again_once_the_evidence_recovers() -> None:
     live = totals.live()
     assert live.trials == WINDOW and live.share == 1.0
     assert audit.suspended("frontier", 0.15) is None
+
+
+def test_an_entry_found_wrong_serves_only_closer_questions_after(
+    upstreams: Callable[..., FakeOpenAIUpstream], gateway: Callable[..., RunningGateway], tmp_path: Path
+) -> None:
+    upstream = upstreams()
+    state = tmp_path / "state"
+    store = KeyStore(SqliteKeys(state / "keys.sqlite"))
+    _, admin = store.create("ops", "admin")
+    store.close()
+    spec = max_error_spec(upstream, 0.15)
+    spec["rules"][0]["cache"]["verify_sample"] = 1.0
+    gw = gateway(spec, state_dir=state)
+    ask(gw, ORIGINAL, admin)
+    upstream.script(Behaviour(content="Volcanoes form where tectonic plates diverge or converge."))
+    assert ask(gw, PARAPHRASE, admin).headers["x-gateway-cache"] == "semantic"  # checked: it was wrong
+    wait_for(lambda: chats(upstream) == 2)
+    cache = gw.app.services.cache
+    assert cache is not None
+    wait_for(lambda: bool(getattr(cache, "_wrong_at")))  # noqa: B009 - the replica's own evidence
+    again = ask(gw, PARAPHRASE, admin)
+    assert again.headers["x-gateway-cache"] == "miss"
+    assert "this entry answered a question scored 0.9" in again.headers["x-gateway-cache-withheld"]
+    # The route's precision as a whole is not judged on one check: other entries still serve.
+    assert ask(gw, ORIGINAL, admin).headers["x-gateway-cache"] == "exact"
