@@ -59,7 +59,9 @@ def run_transfer(args: argparse.Namespace, embedder: Any) -> dict[str, dict[str,
             "oracle": oracle_curve(weak, strong),
         }  # fmt: skip
     trained_on = ", ".join(names)
-    _print(trained_on, rows, args.target)
+    _print(
+        f"learned router fitted on {trained_on}, judged on each test set without refitting", rows, args.target
+    )
     if args.json:
         report = {"trained_on": trained_on, "target": args.target, "tests": rows}
         args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
@@ -92,7 +94,9 @@ def run_own_split(args: argparse.Namespace, embedder: Any) -> int:
         for name, score in scores.items():
             figures_of = judged(score, weak[cut:], strong[cut:], args.target, args.weak_cost)
             rows.append({"test": f"{data.name}/{name}", "fitted": cut, **figures_of})
-    _print(f"the first {1 - args.own_split:.0%} of each set (in its order)", rows, args.target)
+    first = f"{1 - args.own_split:.0%}"
+    title = f"learned router fitted on the first {first} of each set (in its order), judged on the rest"
+    _print(title, rows, args.target)
     if args.json:
         report = {"own_split": args.own_split, "target": args.target, "tests": rows}
         args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
@@ -126,17 +130,17 @@ def _share(value: float | None) -> str:
     return "never" if value is None else f"{value:.1%}"
 
 
-def _print(trained_on: str, rows: list[dict[str, Any]], target: float) -> None:
-    print(f"learned router fitted on {trained_on}, judged on each test set without refitting")
+def _print(title: str, rows: list[dict[str, Any]], target: float) -> None:
+    print(title)
     print(
-        f"{'test':<18} {'prompts':>8} {'APGR':>6} {'95% interval':>16} {'random':>7} {'p':>7}"
+        f"{'test':<26} {'prompts':>8} {'APGR':>6} {'95% interval':>16} {'random':>7} {'p':>7}"
         f" {'strong for ' + format(target, '.0%'):>16} {'random':>8}  verdict"
     )
     for row in rows:
         interval = f"[{row['apgr_low']:.3f}, {row['apgr_high']:.3f}]"
         verdict = "beats random" if row["beats_random"] else "does NOT beat random"
         print(
-            f"{row['test']:<18} {row['prompts']:>8,} {row['apgr']:>6.3f} {interval:>16}"
+            f"{row['test']:<26} {row['prompts']:>8,} {row['apgr']:>6.3f} {interval:>16}"
             f" {row['random_apgr']:>7.3f} {row['p_value']:>7.3f} {_share(row['share_at_target']):>16}"
             f" {_share(row['random_share_at_target']):>8}  {verdict}"
         )
