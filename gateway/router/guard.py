@@ -6,11 +6,27 @@ at least that far above random's, with a permutation p-value under 0.05. The ref
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from gateway.router.artifact import RouterMissing
-from gateway.router.own_traffic import read_card
 
 SIGNIFICANCE = 0.05
+
+
+def card_path(model: Path) -> Path:
+    """Where a retrained model's card (its held-out record) lives: beside it, as JSON."""
+    return model.with_suffix(".json")
+
+
+def read_card(model: Path) -> dict[str, Any] | None:
+    """The held-out record written beside a retrained model; None for a model without one."""
+    path = card_path(model)
+    if not path.is_file():
+        return None
+    card: dict[str, Any] = orjson.loads(path.read_bytes())
+    return card
 
 
 def check_beats_random(model: Path, margin: float) -> None:

@@ -25,8 +25,10 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from gateway.router.guard import card_path
 from gateway.router.knn import DEFAULT_K, nearest_share, save_knn
 from gateway.router.metrics import apgr, curve, figures, random_curve
+from gateway.router.recorded import RecordedOutcome
 
 HELD_OUT_SHARE = 0.3
 QUALITY_TARGET = 0.95
@@ -35,17 +37,6 @@ PERMUTATIONS = 500
 SEED = 0
 # Fewer labelled requests than this on either side: nothing to learn or judge from.
 LEAST_ROWS = 20
-
-
-@dataclass(frozen=True, slots=True)
-class RecordedOutcome:
-    """One request's label: whether the cheaper route's answer agreed with the stronger one's."""
-
-    at: float
-    team: str | None
-    agree: bool
-    vector: npt.NDArray[np.float32]
-    counts: npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,19 +121,6 @@ def write_kept(retrained: Retrained, state: dict[str, Any], directory: Path) -> 
     }  # fmt: skip
     card_path(path).write_bytes(orjson.dumps(card, option=orjson.OPT_INDENT_2))
     return path
-
-
-def card_path(model: Path) -> Path:
-    return model.with_suffix(".json")
-
-
-def read_card(model: Path) -> dict[str, Any] | None:
-    """The held-out record written beside a retrained model; None for a model without one."""
-    path = card_path(model)
-    if not path.is_file():
-        return None
-    card: dict[str, Any] = orjson.loads(path.read_bytes())
-    return card
 
 
 def print_table(retrained: Retrained, target: float = QUALITY_TARGET) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from gateway.router.own_traffic import RecordedOutcome
+if TYPE_CHECKING:  # numpy only where outcomes are read back, never on the serving path
+    import numpy as np
+    import numpy.typing as npt
 
 OUTCOMES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS outcomes (
@@ -30,6 +31,17 @@ CREATE TABLE IF NOT EXISTS outcomes (
 CREATE INDEX IF NOT EXISTS outcomes_by_team ON outcomes (team, at);
 """
 INSERT_OUTCOME = "INSERT INTO outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedOutcome:
+    """One request's label as read back: whether the cheaper route's answer agreed with the stronger one's."""
+
+    at: float
+    team: str | None
+    agree: bool
+    vector: npt.NDArray[np.float32]
+    counts: npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +66,8 @@ class OutcomeRecord:
 
 def read_outcomes(path: Path, team: str | None = None) -> list[RecordedOutcome]:
     """The labelled requests in a decision log (of one team, or all), oldest first."""
+    import numpy as np
+
     if not path.exists():
         raise FileNotFoundError(f"{path}: no decision log (has the gateway recorded any shadow copy?)")
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)

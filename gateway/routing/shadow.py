@@ -19,14 +19,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from gateway.capacity.priority import DEFERRABLE
 from gateway.errors import GatewayError
 from gateway.ledger.redact import answer_text
 from gateway.policy.records import ShadowRecord
 from gateway.policy.schema import Policy
-from gateway.router.features import text_features
 from gateway.router.recorded import OutcomeRecord
 from gateway.routing.background import BoundedTasks, plain_copy
 from gateway.routing.catalog import Catalog
@@ -185,6 +182,10 @@ class ShadowCopies:
             )
         if agree is None:
             return
+        import numpy as np  # the embedder's vectors are numpy already
+
+        from gateway.router.features import text_features
+
         vector = np.asarray(await self._embed(labelling.question), dtype=np.float32)
         counts = np.asarray(text_features(labelling.question), dtype=np.float64)
         self._label(

@@ -9,15 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gateway.router.guard import read_card
 from gateway.router.loading import load_router
-from gateway.router.own_traffic import (
-    LEAST_ROWS,
-    RecordedOutcome,
-    evaluate,
-    read_card,
-    split_by_time,
-    write_kept,
-)
+from gateway.router.own_traffic import LEAST_ROWS, evaluate, split_by_time, write_kept
+from gateway.router.recorded import RecordedOutcome
 
 
 def outcomes(count: int, learnable: bool, seed: int = 1) -> list[RecordedOutcome]:
