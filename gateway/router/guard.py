@@ -11,8 +11,7 @@ from typing import Any
 import orjson
 
 from gateway.router.artifact import RouterMissing
-
-SIGNIFICANCE = 0.05
+from gateway.router.significance import SIGNIFICANCE
 
 
 def card_path(model: Path) -> Path:

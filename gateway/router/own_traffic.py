@@ -27,14 +27,12 @@ import orjson
 
 from gateway.router.guard import card_path
 from gateway.router.knn import DEFAULT_K, nearest_share, save_knn
-from gateway.router.metrics import apgr, curve, figures, random_curve
+from gateway.router.metrics import curve, random_curve
 from gateway.router.recorded import RecordedOutcome
+from gateway.router.significance import judge
 
 HELD_OUT_SHARE = 0.3
 QUALITY_TARGET = 0.95
-BOOTSTRAP = 300
-PERMUTATIONS = 500
-SEED = 0
 # Fewer labelled requests than this on either side: nothing to learn or judge from.
 LEAST_ROWS = 20
 
@@ -184,23 +182,11 @@ def held_out_curves(rows: Sequence[RecordedOutcome], state: dict[str, Any], k: i
 
 def _judge(name: str, scores: npt.NDArray[np.float64], needs: npt.NDArray[np.bool_]) -> HeldOut:
     weak, strong = (~needs).astype(np.float64), np.ones(len(needs))
-    result = figures(scores, weak, strong, QUALITY_TARGET, 0.0)
-    generator = np.random.default_rng(SEED)
-    boot = []
-    for _ in range(BOOTSTRAP):
-        pick = generator.integers(0, len(needs), len(needs))
-        w, s = weak[pick], strong[pick]
-        if s.mean() > w.mean():
-            boot.append(apgr(curve(scores[pick], w, s), w, s))
-    observed = result.apgr
-    beaten = sum(
-        apgr(curve(generator.permutation(scores), weak, strong), weak, strong) >= observed
-        for _ in range(PERMUTATIONS)
-    )
-    low, high = np.percentile(boot, [2.5, 97.5]) if boot else (float("nan"), float("nan"))
+    judged = judge(scores, weak, strong, QUALITY_TARGET)
+    result = judged.figures
     return HeldOut(
-        name, len(needs), float(weak.mean()), observed, float(low), float(high), result.random_apgr,
-        (1 + beaten) / (1 + PERMUTATIONS), result.share_at_target, result.random_share_at_target,
+        name, len(needs), float(weak.mean()), result.apgr, judged.apgr_low, judged.apgr_high,
+        result.random_apgr, judged.p_value, result.share_at_target, result.random_share_at_target,
     )  # fmt: skip
 
 

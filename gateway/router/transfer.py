@@ -4,8 +4,8 @@ refit. `gateway eval routing DATA... --own-split 0.3` is the own-traffic case on
 models `gateway router retrain` compares (logistic, kNN) fitted on the set's first part, in its order,
 and judged on the rest. Per test set: APGR with a bootstrap 95 % interval, random's, a permutation
 test's p-value (the chance that a random ordering of the test prompts routes as well), and the
-strong-call share for the quality target against random's. A router that does not beat random says so
-in the last column."""
+strong-call share for the quality target against random's (`significance.py`). A router that does not
+beat random says so in the last column."""
 
 from __future__ import annotations
 
@@ -17,13 +17,9 @@ import numpy.typing as npt
 import orjson
 
 from gateway.router.features import design, feature_matrix, standardiser
-from gateway.router.metrics import apgr, curve, figures, oracle_curve, random_curve
+from gateway.router.metrics import curve, oracle_curve, random_curve
 from gateway.router.outcomes import load_outcomes
-
-BOOTSTRAP = 300
-PERMUTATIONS = 500
-SEED = 0
-SIGNIFICANCE = 0.05
+from gateway.router.significance import judge
 
 Floats = npt.NDArray[np.float64]
 
@@ -104,25 +100,13 @@ def run_own_split(args: argparse.Namespace, embedder: Any) -> int:
 
 
 def judged(scores: Floats, weak: Floats, strong: Floats, target: float, weak_cost: float) -> dict[str, Any]:
-    result = figures(scores, weak, strong, target, weak_cost)
-    generator = np.random.default_rng(SEED)
-    boot = []
-    for _ in range(BOOTSTRAP):
-        pick = generator.integers(0, len(weak), len(weak))
-        w, s = weak[pick], strong[pick]
-        if s.mean() > w.mean():
-            boot.append(apgr(curve(scores[pick], w, s), w, s))
-    beaten = sum(
-        apgr(curve(generator.permutation(scores), weak, strong), weak, strong) >= result.apgr
-        for _ in range(PERMUTATIONS)
-    )
-    p_value = (1 + beaten) / (1 + PERMUTATIONS)
-    low, high = np.percentile(boot, [2.5, 97.5]) if boot else (float("nan"), float("nan"))
+    found = judge(scores, weak, strong, target, weak_cost)
+    result = found.figures
     return {
-        "prompts": result.prompts, "apgr": result.apgr, "apgr_low": float(low), "apgr_high": float(high),
-        "random_apgr": result.random_apgr, "p_value": p_value,
+        "prompts": result.prompts, "apgr": result.apgr, "apgr_low": found.apgr_low,
+        "apgr_high": found.apgr_high, "random_apgr": result.random_apgr, "p_value": found.p_value,
         "share_at_target": result.share_at_target, "random_share_at_target": result.random_share_at_target,
-        "beats_random": bool(p_value < SIGNIFICANCE and result.apgr > result.random_apgr),
+        "beats_random": found.beats_random,
     }  # fmt: skip
 
 

@@ -301,17 +301,24 @@ def test_a_stricter_error_bound_than_the_judge_can_keep_serves_exact_matches_onl
     assert ask(gw, ORIGINAL).headers["x-gateway-cache"] == "exact"
 
 
-def test_a_rule_whose_live_precision_falls_under_its_bound_stops_serving_semantic_hits(
-    upstreams: Callable[..., FakeOpenAIUpstream], gateway: Callable[..., RunningGateway], tmp_path: Path
-) -> None:
-    upstream = upstreams()
+def audited_gateway(
+    gateway: Callable[..., RunningGateway], upstream: FakeOpenAIUpstream, tmp_path: Path
+) -> tuple[RunningGateway, str]:
+    """A gateway whose rule promises max_error 0.15 and checks every semantic hit, and an admin key."""
     state = tmp_path / "state"
     store = KeyStore(SqliteKeys(state / "keys.sqlite"))
     _, admin = store.create("ops", "admin")
     store.close()
     spec = max_error_spec(upstream, 0.15)
     spec["rules"][0]["cache"]["verify_sample"] = 1.0
-    gw = gateway(spec, state_dir=state)
+    return gateway(spec, state_dir=state), admin
+
+
+def test_a_rule_whose_live_precision_falls_under_its_bound_stops_serving_semantic_hits(
+    upstreams: Callable[..., FakeOpenAIUpstream], gateway: Callable[..., RunningGateway], tmp_path: Path
+) -> None:
+    upstream = upstreams()
+    gw, admin = audited_gateway(gateway, upstream, tmp_path)
 
     def live() -> dict[str, Any]:
         response = httpx.get(f"{gw.url}/admin/cache/audits", headers={"authorization": f"Bearer {admin}"})
@@ -368,13 +375,7 @@ def test_an_entry_found_wrong_serves_only_closer_questions_after(
     upstreams: Callable[..., FakeOpenAIUpstream], gateway: Callable[..., RunningGateway], tmp_path: Path
 ) -> None:
     upstream = upstreams()
-    state = tmp_path / "state"
-    store = KeyStore(SqliteKeys(state / "keys.sqlite"))
-    _, admin = store.create("ops", "admin")
-    store.close()
-    spec = max_error_spec(upstream, 0.15)
-    spec["rules"][0]["cache"]["verify_sample"] = 1.0
-    gw = gateway(spec, state_dir=state)
+    gw, admin = audited_gateway(gateway, upstream, tmp_path)
     ask(gw, ORIGINAL, admin)
     upstream.script(Behaviour(content="Volcanoes form where tectonic plates diverge or converge."))
     assert ask(gw, PARAPHRASE, admin).headers["x-gateway-cache"] == "semantic"  # checked: it was wrong
