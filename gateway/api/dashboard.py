@@ -184,6 +184,7 @@ async def spend_page(
         export=f"/dashboard/export.csv?{urlencode(view.filters.query())}",
         groups=("team", "route", "model", "rule", "deployment", "cache"),
         audits=_audits(services),
+        routers=await asyncio.to_thread(_routers, services.settings.state_dir / "routers"),
         rendered_ms=(time.perf_counter() - started) * 1000,
     )
 
@@ -241,6 +242,38 @@ def _audits(services: Services) -> list[dict[str, Any]]:
             "checks": live.trials,
         })  # fmt: skip
     return rows
+
+
+def _routers(directory: Path) -> list[dict[str, Any]]:
+    """Each team's latest retrained router (`gateway router retrain`, under the state directory) as its
+    card says it did on held-out recorded traffic, with its curve drawn as an SVG polyline."""
+    rows = []
+    for team_dir in sorted(path for path in directory.glob("*") if path.is_dir()):
+        versions = sorted(
+            (int(path.stem[1:]), path) for path in team_dir.glob("v*.json") if path.stem[1:].isdigit()
+        )
+        if not versions:
+            continue
+        version, path = versions[-1]
+        try:
+            card = orjson.loads(path.read_bytes())
+            held = card["held_out"]
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+            continue
+        curve = card.get("curve") or {}
+        rows.append({
+            "team": team_dir.name, "version": version, "model": card.get("model"), "held": held,
+            "router_points": _polyline(curve.get(card.get("model")) or []),
+            "random_points": _polyline(curve.get("random") or []),
+        })  # fmt: skip
+    return rows
+
+
+def _polyline(points: list[list[float]]) -> str:
+    """(share, quality) points as an SVG polyline in a 100 x 50 box, quality from 0.5 to 1 upwards."""
+    return " ".join(
+        f"{share * 100:.1f},{50 - (max(quality, 0.5) - 0.5) * 100:.1f}" for share, quality in points
+    )
 
 
 def _script_safe(text: str) -> str:

@@ -116,7 +116,14 @@ def time_views(store: LedgerStore, today: date, rounds: int) -> dict[str, float]
             view = spend_view(store, filters, budgets)
             chart = orjson.dumps({"spend": view.spend_by_day, "saved": view.saved_by_day}).decode()
             template.render(
-                view=view, principal=None, chart_json=chart, export="", groups=(), audits=[], rendered_ms=0.0
+                view=view,
+                principal=None,
+                chart_json=chart,
+                export="",
+                groups=(),
+                audits=[],
+                routers=[],
+                rendered_ms=0.0,
             )
             samples.append(time.perf_counter() - started)
         medians[name] = statistics.median(samples)

@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="judge on the gateway's own labelled traffic instead (`--decisions`, `--team`)",
     )  # fmt: skip
     parser.add_argument("--team", help="with --recorded: one team's traffic")
-    parser.add_argument("--decisions", type=Path, default=Path(".gateway/state/decisions.sqlite"))
+    parser.add_argument("--decisions", type=Path, default=Path(".gateway/decisions.sqlite"))
     parser.add_argument(
         "--held-out", type=float, default=0.3, help="with --recorded: the later share judged on"
     )

@@ -102,7 +102,12 @@ def evaluate(
     return retrained, state
 
 
-def write_kept(retrained: Retrained, state: dict[str, Any], directory: Path) -> Path:
+CURVE_POINTS = 21
+
+
+def write_kept(
+    retrained: Retrained, state: dict[str, Any], directory: Path, curves: dict[str, Any] | None = None
+) -> Path:
     """The kept model as the next version in `directory` (`v1.npz`, `v2.npz`, …) with its card."""
     directory.mkdir(parents=True, exist_ok=True)
     versions = [int(path.stem[1:]) for path in directory.glob("v*.npz") if path.stem[1:].isdigit()]
@@ -117,6 +122,8 @@ def write_kept(retrained: Retrained, state: dict[str, Any], directory: Path) -> 
         "fitted_until": retrained.fitted_until, "held_out": asdict(retrained.kept),
         "compared": [asdict(result) for result in retrained.results],
     }  # fmt: skip
+    if curves is not None:  # the kept model's and random routing's, a few points each, for the dashboard
+        card["curve"] = {name: _points(curves[name]) for name in (retrained.kept.model, "random")}
     card_path(path).write_bytes(orjson.dumps(card, option=orjson.OPT_INDENT_2))
     return path
 
@@ -164,9 +171,11 @@ def plot(path: Path, retrained: Retrained, curves: dict[str, Any]) -> None:
     plt.close(figure)
 
 
-def held_out_curves(rows: Sequence[RecordedOutcome], state: dict[str, Any], k: int) -> dict[str, Any]:
-    """The held-out curves of both models and of random routing, for the plot."""
-    _, held = split_by_time(rows)
+def held_out_curves(
+    rows: Sequence[RecordedOutcome], state: dict[str, Any], k: int, held_out_share: float = HELD_OUT_SHARE
+) -> dict[str, Any]:
+    """The held-out curves of both models and of random routing, for the plot and the card."""
+    _, held = split_by_time(rows, held_out_share)
     held_needs = np.array([not row.agree for row in held])
     weak, strong = (~held_needs).astype(np.float64), np.ones(len(held))
     held_vectors = np.stack([row.vector for row in held]).astype(np.float32)
@@ -178,6 +187,12 @@ def held_out_curves(rows: Sequence[RecordedOutcome], state: dict[str, Any], k: i
     drawn: dict[str, Any] = {name: curve(score, weak, strong) for name, score in scores.items()}
     drawn["random"] = random_curve(weak, strong)
     return drawn
+
+
+def _points(drawn: Any) -> list[list[float]]:
+    """(strong share, quality) at CURVE_POINTS evenly spaced shares."""
+    picks = np.linspace(0, len(drawn.shares) - 1, CURVE_POINTS).round().astype(int)
+    return [[round(float(drawn.shares[i]), 4), round(float(drawn.quality[i]), 4)] for i in picks]
 
 
 def _judge(name: str, scores: npt.NDArray[np.float64], needs: npt.NDArray[np.bool_]) -> HeldOut:

@@ -24,7 +24,7 @@ from gateway.router.own_traffic import (
     write_kept,
 )
 
-DEFAULT_DECISIONS = Path(".gateway/state/decisions.sqlite")
+DEFAULT_DECISIONS = Path(".gateway/decisions.sqlite")
 DEFAULT_OUTPUT = Path(".gateway/routers")
 
 
@@ -57,10 +57,11 @@ def run(args: argparse.Namespace, *, writes: bool) -> int:
             "results": [asdict(r) for r in retrained.results],
         }
         args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+    curves = held_out_curves(rows, state, args.k, args.held_out)
     if args.png:
-        plot(args.png, retrained, held_out_curves(rows, state, args.k))
+        plot(args.png, retrained, curves)
         print(f"wrote {args.png}", file=sys.stderr)
     if writes:
-        path = write_kept(retrained, state, args.output_dir / (args.team or "all"))
+        path = write_kept(retrained, state, args.output_dir / (args.team or "all"), curves)
         print(f"wrote {path} ({retrained.kept.model}); use it as a learned_score signal's model")
     return 0

@@ -152,7 +152,8 @@ def test_the_loop_learns_from_labelled_shadows_and_the_guard_tells_a_router_from
         )
         assert curve.returncode == 0, curve.stderr
         assert "judged on the 48 after them" in curve.stdout and plot.stat().st_size > 10_000
-        output = tmp_path / "routers" / name
+        # Kept where the gateway's dashboard looks: its state directory.
+        output = state / "routers"
         retrained = run_command(
             "router", "retrain", "--decisions", str(decisions), "--output-dir", str(output)
         )
@@ -164,6 +165,11 @@ def test_the_loop_learns_from_labelled_shadows_and_the_guard_tells_a_router_from
             assert held["apgr"] > held["random_apgr"] + 0.2 and held["p_value"] < 0.01
         else:
             assert held["apgr"] - held["random_apgr"] < 0.1
+        assert len(card["curve"]["random"]) == 21 and card["curve"]["random"][-1] == [1.0, 1.0]
+        page = httpx.get(f"{gw.url}/dashboard", timeout=30)
+        assert page.status_code == 200, page.text[:300]
+        row = page.text.split('<table id="routers">')[1].split("</table>")[0]
+        assert "<td>all</td><td>v1</td>" in row and f"{held['apgr']:.3f}" in row and "<polyline" in row
     accepted = run_command(*guarded_policy(tmp_path, kept["learnable"], learnable_weak, strong))
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     refused = run_command(*guarded_policy(tmp_path, kept["noise"], noisy_weak, strong))
