@@ -370,9 +370,20 @@ async def _build(
         for route in api.paths
     }  # fmt: skip
     apis = {route: endpoint.api for route, endpoint in endpoints.items()}
+
+    async def answered_before(request_id: str) -> str | None:
+        await ledger.drain()  # an earlier run in this process may still be in its spool
+        found = await asyncio.to_thread(
+            ledger_store.read,
+            "SELECT id FROM ledger WHERE request_id = {p} AND status = 200 LIMIT 1",
+            (request_id,),
+        )
+        return str(found[0][0]) if found else None
+
     runner = BatchRunner(
         batches, path, apis, concurrency=settings.batch_concurrency,
         lease_seconds=settings.batch_lease_seconds, background=background_responses,
+        answered_before=answered_before,
     )  # fmt: skip
     background.start(runner.run())
     if settings.policy_reload_interval > 0:

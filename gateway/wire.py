@@ -76,6 +76,11 @@ class DeferredLine:
 
     key: str
     parked: Callable[[], None]
+    # Whether it may wait at an upstream's Batch API (a background response is waited for: never).
+    parkable: bool = True
+    # The spend record id an earlier run of the line was recorded under (it was answered, then the
+    # process died before the answer was kept): this run records under it too, so the ledger keeps one.
+    record_id: str | None = None
 
 
 @dataclass(slots=True)

@@ -13,8 +13,10 @@ after the lease another runner claims them again.
 Order of writes for one line: the spend record is spooled first (`RequestPath.finish`, durable before
 it returns), then the line's output and cost are stored (`finish_line`, one transaction). A crash
 before the record loses no spend (the intent spooled before the upstream call is recovered as an
-interrupted request at its prompt's price) and the line runs again; only a crash in the instant
-between the two writes would record one line's answer twice.
+interrupted request at its prompt's price) and the line runs again. A crash in the instant between the
+two writes leaves the line answered in the ledger but not in its batch: it runs again,
+and, finding its earlier answered record (`answered_before`, after the dead process's spool was
+recovered at start-up), records under the same id, which the ledger keeps once.
 
 Failures: a request the gateway or its upstream refuses (4xx, a budget used up) is the line's answer,
 kept in the error file with its status and the API's error body, as OpenAI does. Capacity and transient
@@ -28,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -70,8 +72,11 @@ class BatchRunner:
         poll_seconds: float = POLL_SECONDS,
         worker_id: str | None = None,
         background: BackgroundResponses | None = None,
+        answered_before: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self._background = background
+        # The id of the answered spend record a request id already has in the ledger, if any.
+        self._answered_before_lookup = answered_before
         self.store = store
         self.worker_id = worker_id or f"{os.uname().nodename}-{os.getpid()}-{os.urandom(3).hex()}"
         self._path = path
@@ -162,11 +167,17 @@ class BatchRunner:
         # As its creator would have sent it (a batch made before the creator was kept: as its tenant).
         team = line.team if line.team is not None or line.key_id is not None else line.tenant or None
         caller = Caller(team=team, key=line.key_id, priority=DEFERRABLE)
-        deferred = DeferredLine(f"{line.batch_id}:{line.line_no}", partial(self._park, line.key))
+        response_id = background_response_id(line.custom_id)
+        # Run again after a crash: if the earlier run was recorded answered, this one records under its
+        # record id (the ledger keeps one record by id), so the line is not charged twice.
+        earlier = await self._answered_before(request_id) if line.attempts > 1 else None
+        deferred = DeferredLine(
+            f"{line.batch_id}:{line.line_no}", partial(self._park, line.key),
+            parkable=response_id is None, record_id=earlier,
+        )  # fmt: skip
         body = {**line.body, "stream": False}
         body.pop("stream_options", None)
         raw = orjson.dumps(body)
-        response_id = background_response_id(line.custom_id)
         status, answer, cost = 500, b"", 0.0
         for attempt in range(ATTEMPTS_PER_CLAIM):
             try:
@@ -196,6 +207,15 @@ class BatchRunner:
                 line.batch_id, line.line_no,
             )  # fmt: skip
 
+    async def _answered_before(self, request_id: str) -> str | None:
+        if self._answered_before_lookup is None:
+            return None
+        try:
+            return await self._answered_before_lookup(request_id)
+        except Exception:  # the ledger's own errors: run the line as if for the first time
+            logger.warning("could not look up earlier records of %s", request_id, exc_info=True)
+            return None
+
     async def _tell_failed(self, tenant: str, response_id: str, answer: bytes) -> None:
         assert self._background is not None
         try:
@@ -223,7 +243,7 @@ class BatchRunner:
             request = await api.parse(raw, request_id, caller, response_id=response_id)
         else:
             request = await api.parse(raw, request_id, caller)
-            request.deferred = deferred  # a background response is waited for: never parked upstream
+        request.deferred = deferred
         exchange = await path.answer(request, caller)
         completion = exchange.answer.completion
         try:

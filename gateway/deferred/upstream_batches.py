@@ -89,6 +89,7 @@ class UpstreamBatches:
         """Whether this line would be answered through the deployment's Batch API."""
         return (
             request.deferred is not None
+            and request.deferred.parkable
             and not request.stream
             and deployment in self._apis
             and request.api in ENDPOINTS

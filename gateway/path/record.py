@@ -96,7 +96,7 @@ class Recording:
         deployment's price (status 500, `interrupted`). Kept to a few µs: no tokenizer, no record object."""
         trail.upstream_span = trail.span.start_child(SPAN_UPSTREAM)
         self.energy.calling(deployment)
-        trail.record_id = self._new_id()
+        trail.record_id = _earlier_record(trail.request) or self._new_id()
         request = trail.request
         known = admitted.prompt_tokens
         if known is None:
@@ -152,7 +152,7 @@ class Recording:
         # An answer from the cache used no model: what the reference would have used is all saved.
         energy_wh = energy.wh(deployment, usage) if cache == "miss" else (0.0 if usage else None)
         record = SpendRecord(
-            id=trail.record_id or self._new_id(),
+            id=trail.record_id or _earlier_record(request) or self._new_id(),
             request_id=request.request_id,
             api=request.api,
             at=trail.at,
@@ -214,6 +214,11 @@ class Recording:
 
     def _new_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"
+
+
+def _earlier_record(request: ChatRequest) -> str | None:
+    """A batch line's earlier run's record id, when that run was recorded answered (`DeferredLine`)."""
+    return request.deferred.record_id if request.deferred is not None else None
 
 
 def _admission(overload: OverloadNote | None, batch_api: str | None) -> str | None:

@@ -175,5 +175,8 @@ class RequestPath:
             answer.slot.release()  # a stream's place, held until it ended
         in_flight = attempt.in_flight if attempt is not None else None
         record = self.recording.end(trail, routing, admitted, answer, in_flight, ending, overload)
-        self.admission.settle_later(admitted, record.cost_usd, record.completion_tokens)
+        deferred = trail.request.deferred
+        # A batch line recorded by an earlier run (see `wire.DeferredLine.record_id`) was counted then.
+        charged = 0.0 if deferred is not None and deferred.record_id is not None else record.cost_usd
+        self.admission.settle_later(admitted, charged, record.completion_tokens)
         return record

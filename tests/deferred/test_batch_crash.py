@@ -5,6 +5,7 @@ prompt's price: the upstream did receive it)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import sqlite3
 import time
@@ -16,9 +17,14 @@ from typing import Any
 import openai
 import orjson
 
+from gateway.batches.lines import parse_batch_input
+from gateway.batches.sqlite import SqliteBatchStore
+from gateway.fakes.background import BackgroundLoop
 from gateway.fakes.openai_upstream import FakeOpenAIUpstream
 from gateway.fakes.script import Behaviour
-from tests.conftest import openai_deployment
+from gateway.ledger.record import SpendRecord
+from gateway.ledger.sqlite import SqliteLedgerStore
+from tests.conftest import RunningGateway, ledger_rows, openai_deployment
 from tests.gateway_process import start_gateway, write_spec
 
 LINES = 40
@@ -82,3 +88,52 @@ def test_a_batch_survives_a_kill_mid_run_with_nothing_lost_or_charged_twice(
     ).fetchall()
     answered = Counter(request_id for request_id, status in rows if status == 200)
     assert len(answered) == LINES and set(answered.values()) == {1}
+
+
+def test_a_line_answered_and_recorded_just_before_a_kill_is_recorded_once(
+    upstreams: Callable[..., FakeOpenAIUpstream],
+    gateway: Callable[..., RunningGateway],
+    tmp_path: Path,
+    bg: BackgroundLoop,
+) -> None:
+    """The narrow window the test above reaches only sometimes, set up exactly: a dead run left its
+    line claimed (lease run out) but had already recorded the line's answer in the ledger."""
+    state = tmp_path / "state"
+
+    async def dead_run() -> str:
+        store = SqliteBatchStore(state / "batches.sqlite")
+        content = orjson.dumps({
+            "custom_id": "only", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "auto", "messages": [{"role": "user", "content": "Question?"}]},
+        })  # fmt: skip
+        source = await store.create_file("", "batch", "in.jsonl", content)
+        lines = parse_batch_input(content, "/v1/chat/completions")
+        batch = await store.create_batch("", source.id, "/v1/chat/completions", "24h", None, lines)
+        await store.claim("the-dead-replica", 1, 0.5)  # its lease runs out half a second later
+        await store.aclose()
+        return batch.id
+
+    batch_id = asyncio.run(dead_run())
+    ledger = SqliteLedgerStore(state / "ledger.sqlite")
+    answered = SpendRecord(
+        id="rec-from-the-dead-run", request_id=f"{batch_id}-1", at=time.time(), team=None, key_id=None,
+        policy="default", route="frontier", rule="default", deployment="big", model="fake-model",
+        stream=False, status=200, prompt_tokens=5, completion_tokens=5, cost_usd=0.00002,
+    )  # fmt: skip
+    ledger.insert([answered])
+    ledger.close()
+    spec = {
+        "deployments": {
+            "big": openai_deployment(upstreams(), price={"input_per_mtok": 1, "output_per_mtok": 2})
+        },
+        "routes": {"frontier": ["big"]},
+        "default_route": "frontier",
+    }
+    gw = gateway(spec, state_dir=state)
+    client = gw.client()
+    deadline = time.monotonic() + 30
+    while (done := client.batches.retrieve(batch_id)).status != "completed":
+        assert time.monotonic() < deadline, f"batch still {done.status}"
+        time.sleep(0.1)
+    rows = [row for row in ledger_rows(gw, bg) if row["request_id"] == f"{batch_id}-1"]
+    assert [(row["id"], row["status"]) for row in rows] == [("rec-from-the-dead-run", 200)]
