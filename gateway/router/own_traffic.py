@@ -98,7 +98,10 @@ def evaluate(
     results = [_judge(name, score, held_needs) for name, score in scores.items()]
     kept = max(results, key=lambda result: result.apgr)
     retrained = Retrained(rows[0].team if rows else None, len(fit), fit[-1].at, results, kept)
-    state = {"logistic": logistic, "vectors": vectors, "needs": needs, "k": k}
+    state = {
+        "logistic": logistic, "vectors": vectors, "needs": needs, "k": k,
+        "held_scores": scores, "held_needs": held_needs,
+    }  # fmt: skip
     return retrained, state
 
 
@@ -171,20 +174,12 @@ def plot(path: Path, retrained: Retrained, curves: dict[str, Any]) -> None:
     plt.close(figure)
 
 
-def held_out_curves(
-    rows: Sequence[RecordedOutcome], state: dict[str, Any], k: int, held_out_share: float = HELD_OUT_SHARE
-) -> dict[str, Any]:
-    """The held-out curves of both models and of random routing, for the plot and the card."""
-    _, held = split_by_time(rows, held_out_share)
-    held_needs = np.array([not row.agree for row in held])
-    weak, strong = (~held_needs).astype(np.float64), np.ones(len(held))
-    held_vectors = np.stack([row.vector for row in held]).astype(np.float32)
-    held_counts = np.stack([row.counts for row in held])
-    scores = {
-        "logistic": state["logistic"].scores(held_vectors, held_counts),
-        "knn": nearest_share(state["vectors"], state["needs"].astype(np.float32), held_vectors, k),
-    }
-    drawn: dict[str, Any] = {name: curve(score, weak, strong) for name, score in scores.items()}
+def held_out_curves(state: dict[str, Any]) -> dict[str, Any]:
+    """The held-out curves of both models (from the scores `evaluate` judged them by) and of random
+    routing, for the plot and the card."""
+    needs = state["held_needs"]
+    weak, strong = (~needs).astype(np.float64), np.ones(len(needs))
+    drawn: dict[str, Any] = {name: curve(score, weak, strong) for name, score in state["held_scores"].items()}
     drawn["random"] = random_curve(weak, strong)
     return drawn
 

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace, *, writes: bool) -> int:
             "results": [asdict(r) for r in retrained.results],
         }
         args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
-    curves = held_out_curves(rows, state, args.k, args.held_out)
+    curves = held_out_curves(state)
     if args.png:
         plot(args.png, retrained, curves)
         print(f"wrote {args.png}", file=sys.stderr)
