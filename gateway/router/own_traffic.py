@@ -90,7 +90,7 @@ def evaluate(
     held_vectors = np.stack([row.vector for row in held]).astype(np.float32)
     counts = np.stack([row.counts for row in fit])
     held_counts = np.stack([row.counts for row in held])
-    logistic = _logistic(vectors, counts, needs)
+    logistic = fit_logistic(vectors, counts, needs)
     scores = {
         "logistic": logistic.scores(held_vectors, held_counts),
         "knn": nearest_share(vectors, needs.astype(np.float32), held_vectors, k),
@@ -201,7 +201,10 @@ def _judge(name: str, scores: npt.NDArray[np.float64], needs: npt.NDArray[np.boo
 
 
 @dataclass
-class _Logistic:
+class Logistic:
+    """The router's logistic model (`gateway router train`'s) over embeddings and standardised text
+    counts; `model` is None when every fitted request had the same label (it then scores 0)."""
+
     model: Any
     mean: npt.NDArray[np.float64]
     spread: npt.NDArray[np.float64]
@@ -233,15 +236,15 @@ class _Logistic:
         )
 
 
-def _logistic(
+def fit_logistic(
     vectors: npt.NDArray[np.float32], counts: npt.NDArray[np.float64], needs: npt.NDArray[np.bool_]
-) -> _Logistic:
+) -> Logistic:
     from sklearn.linear_model import LogisticRegression
 
     from gateway.router.features import design, standardiser
 
     mean, spread = standardiser(counts)
     if needs.all() or not needs.any():
-        return _Logistic(None, mean, spread)
+        return Logistic(None, mean, spread)
     model = LogisticRegression(C=1.0, max_iter=3000).fit(design(vectors, counts, mean, spread), needs)
-    return _Logistic(model, mean, spread)
+    return Logistic(model, mean, spread)

@@ -10,51 +10,72 @@ beat random says so in the last column."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
-from gateway.router.features import design, feature_matrix, standardiser
+from gateway.router.features import feature_matrix
+from gateway.router.knn import nearest_share
 from gateway.router.metrics import curve, oracle_curve, random_curve
 from gateway.router.outcomes import load_outcomes
+from gateway.router.own_traffic import fit_logistic
 from gateway.router.significance import judge
 
 Floats = npt.NDArray[np.float64]
 
 
+@dataclass(frozen=True, slots=True)
+class Labelled:
+    """A labelled set read for routing: its prompts embedded (as served) and counted, and the weak and
+    strong models' scores."""
+
+    name: str
+    vectors: npt.NDArray[np.float32]
+    counts: Floats
+    weak: Floats
+    strong: Floats
+
+    @property
+    def needs_strong(self) -> npt.NDArray[np.bool_]:
+        needs: npt.NDArray[np.bool_] = self.strong > self.weak
+        return needs
+
+
+def labelled(path: Path, limit: int | None, embedder: Any) -> Labelled:
+    data = load_outcomes(path)
+    outcomes = data.outcomes[:limit] if limit else data.outcomes
+    prompts = [o.prompt for o in outcomes]
+    return Labelled(
+        data.name,
+        embedder.embed(prompts, progress=f"embedding {data.name}"),
+        feature_matrix(prompts),
+        np.array([o.weak for o in outcomes], dtype=np.float64),
+        np.array([o.strong for o in outcomes], dtype=np.float64),
+    )
+
+
 def run_transfer(args: argparse.Namespace, embedder: Any) -> dict[str, dict[str, Any]]:
     """Prints the table (and writes `--json`); the curves, for the caller to draw."""
-    from sklearn.linear_model import LogisticRegression
-
-    vectors, labels, texts, names = [], [], [], []
-    for path in args.train:
-        data = load_outcomes(path)
-        outcomes = data.outcomes[: args.limit] if args.limit else data.outcomes
-        names.append(data.name)
-        texts += [o.prompt for o in outcomes]
-        vectors.append(embedder.embed([o.prompt for o in outcomes], progress=f"embedding {data.name}"))
-        labels.append(np.array([o.strong > o.weak for o in outcomes]))
-    counts = feature_matrix(texts)
-    mean, spread = standardiser(counts)
-    model = LogisticRegression(C=1.0, max_iter=3000)
-    model.fit(design(np.concatenate(vectors), counts, mean, spread), np.concatenate(labels))
+    fitted = [labelled(path, args.limit, embedder) for path in args.train]
+    model = fit_logistic(
+        np.concatenate([one.vectors for one in fitted]),
+        np.concatenate([one.counts for one in fitted]),
+        np.concatenate([one.needs_strong for one in fitted]),
+    )
     rows, curves = [], {}
     for path in args.test:
-        data = load_outcomes(path)
-        outcomes = data.outcomes[: args.limit] if args.limit else data.outcomes
-        prompts = [o.prompt for o in outcomes]
-        embedded = embedder.embed(prompts, progress=f"embedding {data.name}")
-        scores = model.predict_proba(design(embedded, feature_matrix(prompts), mean, spread))[:, 1]
-        weak = np.array([o.weak for o in outcomes], dtype=np.float64)
-        strong = np.array([o.strong for o in outcomes], dtype=np.float64)
-        rows.append({"test": data.name, **judged(scores, weak, strong, args.target, args.weak_cost)})
-        curves[data.name] = {
+        test = labelled(path, args.limit, embedder)
+        scores, weak, strong = model.scores(test.vectors, test.counts), test.weak, test.strong
+        rows.append({"test": test.name, **judged(scores, weak, strong, args.target, args.weak_cost)})
+        curves[test.name] = {
             "router": curve(scores, weak, strong), "random": random_curve(weak, strong),
             "oracle": oracle_curve(weak, strong),
         }  # fmt: skip
-    trained_on = ", ".join(names)
+    trained_on = ", ".join(one.name for one in fitted)
     _print(
         f"learned router fitted on {trained_on}, judged on each test set without refitting", rows, args.target
     )
@@ -65,30 +86,20 @@ def run_transfer(args: argparse.Namespace, embedder: Any) -> dict[str, dict[str,
 
 
 def run_own_split(args: argparse.Namespace, embedder: Any) -> int:
-    from sklearn.linear_model import LogisticRegression
-
-    from gateway.router.knn import nearest_share
-
     rows = []
     for path in args.data:
-        data = load_outcomes(path)
-        outcomes = data.outcomes[: args.limit] if args.limit else data.outcomes
-        prompts = [o.prompt for o in outcomes]
-        vectors = embedder.embed(prompts, progress=f"embedding {data.name}")
-        counts = feature_matrix(prompts)
-        weak = np.array([o.weak for o in outcomes], dtype=np.float64)
-        strong = np.array([o.strong for o in outcomes], dtype=np.float64)
-        needs = strong > weak
-        cut = round(len(outcomes) * (1 - args.own_split))
-        mean, spread = standardiser(counts[:cut])
-        model = LogisticRegression(C=1.0, max_iter=3000)
-        model.fit(design(vectors[:cut], counts[:cut], mean, spread), needs[:cut])
+        data = labelled(path, args.limit, embedder)
+        needs = data.needs_strong
+        cut = round(len(needs) * (1 - args.own_split))
+        model = fit_logistic(data.vectors[:cut], data.counts[:cut], needs[:cut])
         scores = {
-            "logistic": model.predict_proba(design(vectors[cut:], counts[cut:], mean, spread))[:, 1],
-            "knn": nearest_share(vectors[:cut], needs[:cut].astype(np.float32), vectors[cut:], args.k),
+            "logistic": model.scores(data.vectors[cut:], data.counts[cut:]),
+            "knn": nearest_share(
+                data.vectors[:cut], needs[:cut].astype(np.float32), data.vectors[cut:], args.k
+            ),
         }
         for name, score in scores.items():
-            figures_of = judged(score, weak[cut:], strong[cut:], args.target, args.weak_cost)
+            figures_of = judged(score, data.weak[cut:], data.strong[cut:], args.target, args.weak_cost)
             rows.append({"test": f"{data.name}/{name}", "fitted": cut, **figures_of})
     first = f"{1 - args.own_split:.0%}"
     title = f"learned router fitted on the first {first} of each set (in its order), judged on the rest"
