@@ -204,10 +204,8 @@ class AnswerCache:
         exact = await self.store.get(keys.namespace, keys.exact)
         if exact is not None:
             return CacheHit(exact, "exact", keys.exact)
-        if not directive.semantic or self._verify is None:
-            return None
         acceptance = self._acceptance(directive)
-        if acceptance is None:
+        if acceptance is None or self._verify is None:
             return None
         scores, threshold = acceptance
         try:

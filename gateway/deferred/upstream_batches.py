@@ -138,10 +138,6 @@ class UpstreamBatches:
                 logger.exception("upstream batches: unexpected failure (tried again next tick)")
             await asyncio.sleep(self._tick)
 
-    async def counts(self) -> dict[str, int]:
-        """Lines by state and open submissions, across replicas."""
-        return await self._store.upstream_counts()
-
     async def _submit_ready(self) -> None:
         now = time.time()
         for group in await self._store.queued_upstream():
